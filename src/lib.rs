@@ -1,0 +1,19 @@
+//! embedstream: pandas pickle → Arrow IPC file (once) → memory-mapped store → gRPC.
+//!
+//! Data flows one way, one module per stage:
+//! [`pickle`] (safe opcode machine) → [`frame`] (DataFrame → Arrow columns) →
+//! [`convert`] (key column, atomic IPC/Parquet write) → [`store`] (memory-mapped
+//! file with its key index) → [`serve`] (StreamEmbedding + Flight) and [`client`].
+//! See ARCHITECTURE.md for the invariants each stage relies on.
+
+pub mod cli;
+pub mod client;
+pub mod convert;
+pub mod format;
+pub mod frame;
+pub mod inspect;
+pub mod logging;
+pub mod pickle;
+pub mod proto;
+pub mod serve;
+pub mod store;

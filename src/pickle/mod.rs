@@ -1,0 +1,1 @@
+//! A pickle machine that never executes anything (owned by the pickle work; stub).
