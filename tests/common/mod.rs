@@ -1,0 +1,121 @@
+//! Helpers shared by the integration tests: synthetic embedstream files with
+//! the reference layout (the same columns the Batch Server's RecruitRow reads).
+#![allow(dead_code)]
+
+use std::{collections::HashMap, fs::File, path::Path, sync::Arc};
+
+use arrow_array::{
+    builder::{FixedSizeBinaryBuilder, FixedSizeListBuilder, Float32Builder, StringBuilder},
+    ArrayRef, RecordBatch,
+};
+use arrow_ipc::writer::FileWriter;
+use arrow_schema::{DataType, Field, Schema};
+use embedstream::format;
+
+/// Deterministic UUID v7 keys, strictly increasing: row `i` gets timestamp
+/// `1_700_000_000_000 + i` ms and random bits derived from `i`.
+pub fn key_for_row(i: usize) -> [u8; 16] {
+    let ms = 1_700_000_000_000u64 + i as u64;
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    let r = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    b[8..].copy_from_slice(&r.to_be_bytes());
+    b[6] = 0x70 | (b[6] & 0x0f);
+    b[8] = 0x80 | (b[8] & 0x3f);
+    b
+}
+
+/// The vector value of row `i`, component `j` (exactly representable in f32).
+pub fn vector_value(i: usize, j: usize) -> f32 {
+    (i as f32) + (j as f32) / 1024.0
+}
+
+/// Expected cell values of row `i`.
+pub fn company(i: usize) -> String {
+    format!("Company {}", i % 97)
+}
+pub fn exp_years(i: usize) -> String {
+    format!("{}y", i % 11)
+}
+pub fn english_level(i: usize) -> &'static str {
+    ["no_english", "pre", "intermediate", "upper", "fluent"][i % 5]
+}
+pub fn primary_keyword(i: usize) -> &'static str {
+    ["Java", "Python", "Rust", "Go", "QA", "DevOps"][i % 6]
+}
+
+/// Write an embedstream-shaped Arrow IPC file: `id` (string), `Company Name`,
+/// `Exp Years`, `English Level`, `Primary Keyword`, `job_post_vectors`
+/// (FixedSizeList<Float32, dim>), `uuid` key; in batches of `batch_rows`.
+pub fn write_sample_file(path: &Path, rows: usize, dim: usize, batch_rows: usize) {
+    let vector_type = DataType::FixedSizeList(
+        Arc::new(Field::new_list_field(DataType::Float32, false)),
+        dim as i32,
+    );
+    let schema = Arc::new(
+        Schema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new("Company Name", DataType::Utf8, true),
+            Field::new("Exp Years", DataType::Utf8, true),
+            Field::new("English Level", DataType::Utf8, true),
+            Field::new("Primary Keyword", DataType::Utf8, true),
+            Field::new("job_post_vectors", vector_type, false),
+            format::key_field(format::DEFAULT_KEY_COLUMN),
+        ])
+        .with_metadata(HashMap::from([
+            (
+                format::META_KEY_COLUMN.to_string(),
+                format::DEFAULT_KEY_COLUMN.to_string(),
+            ),
+            (
+                format::META_VECTOR_COLUMN.to_string(),
+                "job_post_vectors".to_string(),
+            ),
+            (format::META_VECTOR_DIM.to_string(), dim.to_string()),
+            (format::META_ROWS.to_string(), rows.to_string()),
+            (format::META_KEYS_SORTED.to_string(), "true".to_string()),
+        ])),
+    );
+    let mut writer = FileWriter::try_new(File::create(path).unwrap(), &schema).unwrap();
+    let mut start = 0;
+    while start < rows || (rows == 0 && start == 0) {
+        let end = (start + batch_rows.max(1)).min(rows);
+        let mut id = StringBuilder::new();
+        let mut company_b = StringBuilder::new();
+        let mut exp = StringBuilder::new();
+        let mut english = StringBuilder::new();
+        let mut keyword = StringBuilder::new();
+        let mut vectors = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32)
+            .with_field(Arc::new(Field::new_list_field(DataType::Float32, false)));
+        let mut keys = FixedSizeBinaryBuilder::new(16);
+        for i in start..end {
+            id.append_value(format!("v5-{i}"));
+            company_b.append_value(company(i));
+            exp.append_value(exp_years(i));
+            english.append_value(english_level(i));
+            keyword.append_value(primary_keyword(i));
+            for j in 0..dim {
+                vectors.values().append_value(vector_value(i, j));
+            }
+            vectors.append(true);
+            keys.append_value(key_for_row(i)).unwrap();
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(id.finish()),
+            Arc::new(company_b.finish()),
+            Arc::new(exp.finish()),
+            Arc::new(english.finish()),
+            Arc::new(keyword.finish()),
+            Arc::new(vectors.finish()),
+            Arc::new(keys.finish()),
+        ];
+        writer
+            .write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+            .unwrap();
+        if rows == 0 {
+            break;
+        }
+        start = end;
+    }
+    writer.finish().unwrap();
+}
