@@ -14,6 +14,7 @@ pub mod frame;
 pub mod inspect;
 pub mod logging;
 pub mod pickle;
+pub mod progress;
 pub mod proto;
 pub mod serve;
 pub mod store;
