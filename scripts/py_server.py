@@ -6,6 +6,8 @@ break the contract in one way, so the checker can be shown to catch it.
 
     python scripts/py_server.py --data CONVERTED.arrow --port 50061
         [--bug skip-row|wrong-vector|ignore-resume|no-invalid|default-chunk]
+    python scripts/py_server.py --data CONVERTED.arrow --flight-port 50071 [--bug ...]
+        (an Arrow Flight server with the tickets of src/serve/flight.rs instead)
 
 Not a product: embedstream's Rust server is the real one.
 """
@@ -30,11 +32,14 @@ MAX_CHUNK = 50_000
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--flight-port", type=int)
     ap.add_argument("--bug", default=None,
                     choices=["skip-row", "wrong-vector", "ignore-resume", "no-invalid",
                              "default-chunk"])
     a = ap.parse_args()
+    if a.flight_port:
+        return flight_main(a)
 
     import grpc
 
@@ -96,6 +101,59 @@ def main() -> int:
     server.start()
     print(f"py_server: serving {a.data} ({exp.rows} rows) on 127.0.0.1:{a.port}", flush=True)
     server.wait_for_termination()
+    return 0
+
+
+def flight_main(a) -> int:
+    import pyarrow as pa
+    import pyarrow.flight as flight
+
+    with pa.memory_map(str(a.data)) as src:
+        table = pa.ipc.open_file(src).read_all()
+    keys = table.column("uuid").combine_chunks()
+    if isinstance(keys.type, pa.BaseExtensionType):
+        keys = keys.storage
+    key_bytes = keys.to_pylist()
+
+    class Server(flight.FlightServerBase):
+        def _info(self, descriptor):
+            endpoint = flight.FlightEndpoint(b"all", [])
+            return flight.FlightInfo(table.schema, descriptor, [endpoint], table.num_rows, -1)
+
+        def list_flights(self, context, criteria):
+            yield self._info(flight.FlightDescriptor.for_path(a.data.stem))
+
+        def get_flight_info(self, context, descriptor):
+            return self._info(descriptor)
+
+        def get_schema(self, context, descriptor):
+            return flight.SchemaResult(table.schema)
+
+        def do_get(self, context, ticket):
+            t = ticket.ticket.decode("utf-8", "replace")
+            if t in ("", "all"):
+                start = 0
+            elif t.startswith("after:"):
+                try:
+                    k = uuid.UUID(t[6:]).bytes
+                except ValueError:
+                    raise pa.ArrowInvalid("not a UUID") from None
+                start = 0 if a.bug == "ignore-resume" else bisect.bisect_right(key_bytes, k)
+            else:
+                if a.bug == "no-invalid":
+                    start = 0
+                else:
+                    raise pa.ArrowInvalid(f"unknown ticket {t!r}")
+            out = table.slice(start)
+            if a.bug == "skip-row" and out.num_rows > 2:
+                out = pa.concat_tables([out.slice(0, 1), out.slice(2)])
+            if a.bug == "wrong-vector":
+                out = out.replace_schema_metadata({})
+            return flight.RecordBatchStream(out)
+
+    server = Server(f"grpc://127.0.0.1:{a.flight_port}")
+    print(f"py_server: Flight for {a.data} on 127.0.0.1:{a.flight_port}", flush=True)
+    server.serve()
     return 0
 
 
