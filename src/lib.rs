@@ -16,5 +16,6 @@ pub mod logging;
 pub mod pickle;
 pub mod progress;
 pub mod proto;
+pub mod rows;
 pub mod serve;
 pub mod store;
