@@ -1,0 +1,860 @@
+//! Turning numpy arrays, Python cells and pandas extension arrays into Arrow.
+
+use std::sync::Arc;
+
+use arrow_array::{
+    builder::{BinaryBuilder, StringBuilder},
+    types::{Int16Type, Int32Type, Int64Type, Int8Type},
+    Array, ArrayRef, BooleanArray, DictionaryArray, DurationMicrosecondArray,
+    DurationMillisecondArray, DurationNanosecondArray, DurationSecondArray, FixedSizeListArray,
+    Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array,
+    PrimitiveArray, TimestampMicrosecondArray, TimestampMillisecondArray,
+    TimestampNanosecondArray, TimestampSecondArray, UInt16Array, UInt32Array, UInt64Array,
+    UInt8Array,
+};
+use arrow_buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
+use arrow_schema::{DataType, Field};
+
+use super::{
+    build::{bad, Builder},
+    ndarray::{element_f64, half_to_f64, Data, DType, NdArray, Unit},
+    FrameError,
+};
+use crate::pickle::{Kind, Value};
+
+/// What one Python cell of an object column is.
+enum Cell<'a> {
+    Null,
+    Str(std::borrow::Cow<'a, str>),
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Bytes(&'a [u8]),
+    Vector,
+}
+
+macro_rules! decode_vec {
+    ($raw:expr, $be:expr, $t:ty) => {{
+        const N: usize = std::mem::size_of::<$t>();
+        let raw: &[u8] = $raw;
+        let v: Vec<$t> = if $be {
+            raw.chunks_exact(N)
+                .map(|c| <$t>::from_be_bytes(c.try_into().expect("chunk")))
+                .collect()
+        } else {
+            raw.chunks_exact(N)
+                .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk")))
+                .collect()
+        };
+        v
+    }};
+}
+
+fn nulls_from(valid: Vec<bool>) -> Option<NullBuffer> {
+    if valid.iter().all(|v| *v) {
+        None
+    } else {
+        Some(NullBuffer::new(BooleanBuffer::from(valid)))
+    }
+}
+
+fn unsupported(name: &str, what: impl std::fmt::Display) -> FrameError {
+    FrameError::Unsupported(format!("column '{name}': {what}"))
+}
+
+/// Timestamps (or durations) with NaT as null.
+fn time_array(values: Vec<i64>, unit: Unit, tz: Option<&str>, duration: bool) -> ArrayRef {
+    let valid: Vec<bool> = values.iter().map(|v| *v != i64::MIN).collect();
+    let nulls = nulls_from(valid);
+    let buf = ScalarBuffer::from(values);
+    let tz: Option<Arc<str>> = tz.map(Arc::from);
+    if duration {
+        return match unit {
+            Unit::S => Arc::new(DurationSecondArray::new(buf, nulls)),
+            Unit::Ms => Arc::new(DurationMillisecondArray::new(buf, nulls)),
+            Unit::Us => Arc::new(DurationMicrosecondArray::new(buf, nulls)),
+            Unit::Ns => Arc::new(DurationNanosecondArray::new(buf, nulls)),
+        };
+    }
+    match unit {
+        Unit::S => Arc::new(TimestampSecondArray::new(buf, nulls).with_timezone_opt(tz)),
+        Unit::Ms => Arc::new(TimestampMillisecondArray::new(buf, nulls).with_timezone_opt(tz)),
+        Unit::Us => Arc::new(TimestampMicrosecondArray::new(buf, nulls).with_timezone_opt(tz)),
+        Unit::Ns => Arc::new(TimestampNanosecondArray::new(buf, nulls).with_timezone_opt(tz)),
+    }
+}
+
+/// A fixed-size numeric column from raw bytes, with optional validity.
+fn primitive_column(name: &str, dtype: &DType, raw: &[u8], nulls: Option<NullBuffer>) -> Result<ArrayRef, FrameError> {
+    let be = dtype.big_endian;
+    Ok(match (dtype.kind, dtype.size) {
+        (b'b', 1) => {
+            let vals: Vec<bool> = raw.iter().map(|b| *b != 0).collect();
+            Arc::new(BooleanArray::new(BooleanBuffer::from(vals), nulls))
+        }
+        (b'i', 1) => Arc::new(Int8Array::new(decode_vec!(raw, be, i8).into(), nulls)),
+        (b'i', 2) => Arc::new(Int16Array::new(decode_vec!(raw, be, i16).into(), nulls)),
+        (b'i', 4) => Arc::new(Int32Array::new(decode_vec!(raw, be, i32).into(), nulls)),
+        (b'i', 8) => Arc::new(Int64Array::new(decode_vec!(raw, be, i64).into(), nulls)),
+        (b'u', 1) => Arc::new(UInt8Array::new(decode_vec!(raw, be, u8).into(), nulls)),
+        (b'u', 2) => Arc::new(UInt16Array::new(decode_vec!(raw, be, u16).into(), nulls)),
+        (b'u', 4) => Arc::new(UInt32Array::new(decode_vec!(raw, be, u32).into(), nulls)),
+        (b'u', 8) => Arc::new(UInt64Array::new(decode_vec!(raw, be, u64).into(), nulls)),
+        (b'f', 2) => {
+            // float16 is widened to Float32 (exact).
+            let bits = decode_vec!(raw, be, u16);
+            let vals: Vec<f32> = bits.into_iter().map(|b| half_to_f64(b) as f32).collect();
+            Arc::new(Float32Array::new(vals.into(), nulls))
+        }
+        (b'f', 4) => Arc::new(Float32Array::new(decode_vec!(raw, be, f32).into(), nulls)),
+        (b'f', 8) => Arc::new(Float64Array::new(decode_vec!(raw, be, f64).into(), nulls)),
+        _ => return Err(unsupported(name, format!("numpy dtype {} is not supported", dtype.name()))),
+    })
+}
+
+impl<'h> Builder<'h> {
+    /// Column j of a fixed-size numpy array.
+    pub fn numeric_column(&self, name: &str, arr: &NdArray<'h>, j: usize, tz: Option<&str>) -> Result<ArrayRef, FrameError> {
+        let dtype = &arr.dtype;
+        let raw = arr.column_bytes(j)?;
+        match dtype.kind {
+            b'b' | b'i' | b'u' | b'f' => primitive_column(name, dtype, &raw, None),
+            b'M' | b'm' => {
+                let vals = decode_vec!(&raw, dtype.big_endian, i64);
+                Ok(time_array(vals, dtype.unit.expect("unit"), tz, dtype.kind == b'm'))
+            }
+            b'U' => {
+                let mut b = StringBuilder::new();
+                for item in raw.chunks_exact(dtype.size.max(1)) {
+                    let mut s = String::new();
+                    for c in item.chunks_exact(4) {
+                        let cp = if dtype.big_endian {
+                            u32::from_be_bytes(c.try_into().expect("4"))
+                        } else {
+                            u32::from_le_bytes(c.try_into().expect("4"))
+                        };
+                        if cp == 0 {
+                            break;
+                        }
+                        s.push(char::from_u32(cp).ok_or_else(|| bad("invalid code point in a numpy str array"))?);
+                    }
+                    b.append_value(s);
+                }
+                Ok(Arc::new(b.finish()))
+            }
+            b'S' => {
+                let mut b = BinaryBuilder::new();
+                for item in raw.chunks_exact(dtype.size.max(1)) {
+                    let end = item.iter().rposition(|x| *x != 0).map(|p| p + 1).unwrap_or(0);
+                    b.append_value(&item[..end]);
+                }
+                Ok(Arc::new(b.finish()))
+            }
+            _ => Err(unsupported(name, format!("numpy dtype {} is not supported", dtype.name()))),
+        }
+    }
+
+    /// Classify one Python cell.
+    fn cell(&self, v: Value) -> Cell<'h> {
+        let heap = self.heap;
+        match v {
+            Value::None => Cell::Null,
+            Value::Bool(b) => Cell::Bool(b),
+            Value::Int(i) => Cell::Int(i),
+            Value::Float(f) if f.is_nan() => Cell::Null,
+            Value::Float(f) => Cell::Float(f),
+            Value::Str(_) => Cell::Str(heap.str(v).expect("str").into()),
+            Value::LegacyStr(_) => {
+                let b = heap.bytes_of(v).expect("bytes");
+                match std::str::from_utf8(b) {
+                    Ok(s) => Cell::Str(s.into()),
+                    Err(_) => Cell::Str(b.iter().map(|c| *c as char).collect::<String>().into()),
+                }
+            }
+            Value::Bytes(_) | Value::ByteArray(_) => Cell::Bytes(heap.bytes_of(v).expect("bytes")),
+            Value::List(_) | Value::Tuple(_) => Cell::Vector,
+            Value::Global(_) if heap.kind(v) == Some(Kind::PandasNA) => Cell::Null,
+            Value::Object(_) => match heap.kind(v) {
+                Some(Kind::NpReconstruct | Kind::NpFromBuffer) => Cell::Vector,
+                Some(Kind::NaT) => Cell::Null,
+                Some(Kind::NpScalar) => match self.np_scalar(v) {
+                    Some((dtype, b)) => match dtype.kind {
+                        b'f' => match element_f64(&dtype, &b) {
+                            Some(f) if f.is_nan() => Cell::Null,
+                            Some(f) => Cell::Float(f),
+                            None => Cell::Vector,
+                        },
+                        b'b' => Cell::Bool(b[0] != 0),
+                        b'i' | b'u' => {
+                            let mut a = [0u8; 8];
+                            let n = dtype.size;
+                            if dtype.big_endian {
+                                let mut le = b.to_vec();
+                                le.reverse();
+                                a[..n].copy_from_slice(&le);
+                            } else {
+                                a[..n].copy_from_slice(&b);
+                            }
+                            let neg = dtype.kind == b'i' && a[n - 1] & 0x80 != 0;
+                            if neg {
+                                for x in a.iter_mut().skip(n) {
+                                    *x = 0xff;
+                                }
+                            }
+                            let v = i64::from_le_bytes(a);
+                            if dtype.kind == b'u' && v < 0 {
+                                Cell::Float(u64::from_le_bytes(a) as f64)
+                            } else {
+                                Cell::Int(v)
+                            }
+                        }
+                        _ => Cell::Vector,
+                    },
+                    None => Cell::Vector,
+                },
+                _ => Cell::Vector,
+            },
+            _ => Cell::Vector,
+        }
+    }
+
+    /// Build a column from Python cells (object dtype, plain lists).
+    pub fn object_column(&self, name: &str, cells: &[Value]) -> Result<ArrayRef, FrameError> {
+        let heap = self.heap;
+        // A vector column if the first present cell is an array or a list.
+        let first = cells.iter().position(|c| !matches!(self.cell(*c), Cell::Null));
+        if let Some(f) = first {
+            if matches!(self.cell(cells[f]), Cell::Vector) {
+                return self.vector_column(name, cells, f);
+            }
+        }
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        enum K {
+            Str,
+            Bool,
+            Int,
+            Float,
+            Bytes,
+        }
+        let kind_name = |k: K| match k {
+            K::Str => "str",
+            K::Bool => "bool",
+            K::Int => "int",
+            K::Float => "float",
+            K::Bytes => "bytes",
+        };
+        let mut kind: Option<(K, usize)> = None;
+        for (row, c) in cells.iter().enumerate() {
+            let k = match self.cell(*c) {
+                Cell::Null => continue,
+                Cell::Str(_) => K::Str,
+                Cell::Bool(_) => K::Bool,
+                Cell::Int(_) => K::Int,
+                Cell::Float(_) => K::Float,
+                Cell::Bytes(_) => K::Bytes,
+                Cell::Vector => {
+                    return Err(unsupported(
+                        name,
+                        format!(
+                            "row {row} holds a {} among {} cells; cells of that type are not supported here",
+                            heap.type_name(*c),
+                            kind.map(|(k, _)| kind_name(k)).unwrap_or("other")
+                        ),
+                    ))
+                }
+            };
+            kind = match kind {
+                None => Some((k, row)),
+                Some((prev, r0)) if prev == k => Some((prev, r0)),
+                Some((K::Int, r0)) if k == K::Float => Some((K::Float, r0)),
+                Some((K::Float, r0)) if k == K::Int => Some((K::Float, r0)),
+                Some((prev, r0)) => {
+                    return Err(unsupported(
+                        name,
+                        format!(
+                            "mixes {} cells (row {r0}) and {} cells (row {row})",
+                            kind_name(prev),
+                            kind_name(k)
+                        ),
+                    ))
+                }
+            };
+        }
+        let n = cells.len();
+        Ok(match kind.map(|k| k.0) {
+            None | Some(K::Str) => {
+                let mut b = StringBuilder::with_capacity(n, 16 * n);
+                for c in cells {
+                    match self.cell(*c) {
+                        Cell::Str(s) => b.append_value(s),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Some(K::Bytes) => {
+                let mut b = BinaryBuilder::new();
+                for c in cells {
+                    match self.cell(*c) {
+                        Cell::Bytes(s) => b.append_value(s),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Some(K::Bool) => {
+                let v: Vec<Option<bool>> = cells
+                    .iter()
+                    .map(|c| match self.cell(*c) {
+                        Cell::Bool(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect();
+                Arc::new(BooleanArray::from(v))
+            }
+            Some(K::Int) => {
+                let v: Vec<Option<i64>> = cells
+                    .iter()
+                    .map(|c| match self.cell(*c) {
+                        Cell::Int(i) => Some(i),
+                        _ => None,
+                    })
+                    .collect();
+                Arc::new(Int64Array::from(v))
+            }
+            Some(K::Float) => {
+                let v: Vec<Option<f64>> = cells
+                    .iter()
+                    .map(|c| match self.cell(*c) {
+                        Cell::Int(i) => Some(i as f64),
+                        Cell::Float(f) => Some(f),
+                        _ => None,
+                    })
+                    .collect();
+                Arc::new(Float64Array::from(v))
+            }
+        })
+    }
+
+    /// Length of a vector cell (numpy 1-D array or list of numbers).
+    fn vector_len(&self, name: &str, row: usize, v: Value) -> Result<usize, FrameError> {
+        let heap = self.heap;
+        if let Some(items) = heap.seq(v) {
+            return Ok(items.len());
+        }
+        let arr = self.ndarray(v)?;
+        if arr.shape.len() != 1 {
+            return Err(unsupported(
+                name,
+                format!("row {row} holds an array of shape {:?}; vectors must be 1-D", arr.shape),
+            ));
+        }
+        Ok(arr.shape[0])
+    }
+
+    /// A FixedSizeList column from array/list cells (None cells become nulls).
+    fn vector_column(&self, name: &str, cells: &[Value], first: usize) -> Result<ArrayRef, FrameError> {
+        let heap = self.heap;
+        let dim = self.vector_len(name, first, cells[first])?;
+        let n = cells.len();
+        let keep64 = self.opts.keep_float64;
+        let total = n.checked_mul(dim).ok_or_else(|| bad("vector column too large"))?;
+        let mut out32: Vec<f32> = Vec::new();
+        let mut out64: Vec<f64> = Vec::new();
+        if keep64 {
+            out64.reserve_exact(total);
+        } else {
+            out32.reserve_exact(total);
+        }
+        let mut valid: Vec<bool> = Vec::with_capacity(n);
+        let push = |x: f64, out32: &mut Vec<f32>, out64: &mut Vec<f64>| {
+            if keep64 {
+                out64.push(x)
+            } else {
+                out32.push(x as f32)
+            }
+        };
+        for (row, c) in cells.iter().enumerate() {
+            match self.cell(*c) {
+                Cell::Null => {
+                    valid.push(false);
+                    for _ in 0..dim {
+                        push(0.0, &mut out32, &mut out64);
+                    }
+                    continue;
+                }
+                Cell::Vector => {}
+                _ => {
+                    return Err(unsupported(
+                        name,
+                        format!("row {row} holds a {} among vector cells", heap.type_name(*c)),
+                    ))
+                }
+            }
+            valid.push(true);
+            if let Some(items) = heap.seq(*c) {
+                if items.len() != dim {
+                    return Err(FrameError::Ragged {
+                        column: name.to_string(),
+                        row,
+                        len: items.len(),
+                        first_row: first,
+                        dim,
+                    });
+                }
+                for x in items {
+                    let f = match x {
+                        Value::Float(f) => *f,
+                        Value::Int(i) => *i as f64,
+                        Value::Bool(b) => *b as u8 as f64,
+                        other => {
+                            return Err(unsupported(
+                                name,
+                                format!("row {row}: vector element of type {} is not a number", heap.type_name(*other)),
+                            ))
+                        }
+                    };
+                    push(f, &mut out32, &mut out64);
+                }
+                continue;
+            }
+            let arr = self.ndarray(*c)?;
+            if arr.shape.len() != 1 {
+                return Err(unsupported(
+                    name,
+                    format!("row {row} holds an array of shape {:?}; vectors must be 1-D", arr.shape),
+                ));
+            }
+            if arr.shape[0] != dim {
+                return Err(FrameError::Ragged {
+                    column: name.to_string(),
+                    row,
+                    len: arr.shape[0],
+                    first_row: first,
+                    dim,
+                });
+            }
+            let Data::Raw(raw) = &arr.data else {
+                return Err(unsupported(name, format!("row {row} holds an object array, not numbers")));
+            };
+            let dt = &arr.dtype;
+            match (dt.kind, dt.size, dt.big_endian, keep64) {
+                (b'f', 8, false, false) => out32.extend(
+                    raw.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32),
+                ),
+                (b'f', 8, false, true) => {
+                    out64.extend(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8"))))
+                }
+                (b'f', 4, false, false) => {
+                    out32.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))))
+                }
+                (b'f', 2, _, _) => {
+                    for ch in raw.chunks_exact(2) {
+                        let bits = if dt.big_endian {
+                            u16::from_be_bytes(ch.try_into().expect("2"))
+                        } else {
+                            u16::from_le_bytes(ch.try_into().expect("2"))
+                        };
+                        push(half_to_f64(bits), &mut out32, &mut out64);
+                    }
+                }
+                _ if dt.is_numeric() => {
+                    for ch in raw.chunks_exact(dt.size) {
+                        let x = element_f64(dt, ch).ok_or_else(|| bad("vector element"))?;
+                        push(x, &mut out32, &mut out64);
+                    }
+                }
+                _ => {
+                    return Err(unsupported(
+                        name,
+                        format!("row {row} holds a numpy array of dtype {}, not numbers", dt.name()),
+                    ))
+                }
+            }
+            if let Some(off) = self.src.offset_of(raw) {
+                self.src.release_before(off);
+            }
+        }
+        let dim_i32 = i32::try_from(dim).map_err(|_| bad("vector dimension too large"))?;
+        let nulls = nulls_from(valid);
+        let (item_type, values): (DataType, ArrayRef) = if keep64 {
+            (DataType::Float64, Arc::new(Float64Array::from(out64)))
+        } else {
+            (DataType::Float32, Arc::new(Float32Array::from(out32)))
+        };
+        let field = Arc::new(Field::new_list_field(item_type, false));
+        let list = FixedSizeListArray::try_new(field, dim_i32, values, nulls)
+            .map_err(|e| bad(format!("column '{name}': {e}")))?;
+        Ok(Arc::new(list))
+    }
+
+    // ------------------------------------------------------------------
+    // pandas extension arrays
+    // ------------------------------------------------------------------
+
+    /// The columns held by an extension-array block value (usually one).
+    pub fn extension_columns(
+        &self,
+        v: Value,
+        k: usize,
+        name_of: &dyn Fn(usize) -> String,
+    ) -> Result<Vec<ArrayRef>, FrameError> {
+        let heap = self.heap;
+        let o = heap.object(v).ok_or_else(|| {
+            unsupported(&name_of(0), format!("values of type {} are not supported", heap.type_name(v)))
+        })?;
+        match o.kind() {
+            Kind::UnpickleNDArrayBacked => {
+                // __pyx_unpickle_NDArrayBacked(cls, checksum, state) + BUILD (dtype, ndarray, attrs)
+                let args = heap.tuple(o.args).unwrap_or(&[]);
+                let cls = args.first().copied().ok_or_else(|| bad("NDArrayBacked without a class"))?;
+                let state = match args.get(2) {
+                    Some(s) if *s != Value::None => Some(*s),
+                    _ => o.state,
+                };
+                let state = state.ok_or_else(|| bad("NDArrayBacked without its state"))?;
+                let (dtype, values) = match heap.tuple(state) {
+                    Some([dtype, values, ..]) => (*dtype, *values),
+                    _ => match (heap.get(state, "_dtype"), heap.get(state, "_ndarray")) {
+                        (Some(d), Some(a)) => (d, a),
+                        _ => return Err(bad("NDArrayBacked state is not (dtype, ndarray, attrs)")),
+                    },
+                };
+                self.ndarray_backed(heap.kind(cls), cls, dtype, values, k, name_of)
+            }
+            Kind::Categorical | Kind::DatetimeArray | Kind::TimedeltaArray | Kind::StringArray => {
+                // Older pickles: NEWOBJ + BUILD with a __dict__ state.
+                let state = o.state.ok_or_else(|| bad(format!("{} without its state", o.class_name())))?;
+                let dtype = heap.get(state, "_dtype").unwrap_or(Value::None);
+                let values = heap
+                    .get(state, "_ndarray")
+                    .or_else(|| heap.get(state, "_codes"))
+                    .or_else(|| heap.get(state, "_data"))
+                    .ok_or_else(|| bad(format!("{} state without its data", o.class_name())))?;
+                self.ndarray_backed(Some(o.kind()), Value::Global(o.class), dtype, values, k, name_of)
+            }
+            Kind::MaskedArray => {
+                let state = o.state.ok_or_else(|| bad("masked array without its state"))?;
+                let data = heap.get(state, "_data").ok_or_else(|| bad("masked array without _data"))?;
+                let mask = heap.get(state, "_mask").ok_or_else(|| bad("masked array without _mask"))?;
+                let data = self.ndarray(data)?;
+                let mask = self.ndarray(mask)?;
+                let (kd, n) = data.as_columns()?;
+                let (km, nm) = mask.as_columns()?;
+                if kd != k || km != k || n != nm || mask.dtype.kind != b'b' {
+                    return Err(bad("masked array data and mask do not match"));
+                }
+                (0..k)
+                    .map(|j| {
+                        let m = mask.column_bytes(j)?;
+                        let valid: Vec<bool> = m.iter().map(|b| *b == 0).collect();
+                        let raw = data.column_bytes(j)?;
+                        primitive_column(&name_of(j), &data.dtype, &raw, nulls_from(valid))
+                    })
+                    .collect()
+            }
+            Kind::ArrowStringArray => {
+                if k != 1 {
+                    return Err(bad("Arrow string block with more than one column"));
+                }
+                let state = o.state.ok_or_else(|| bad("ArrowStringArray without its state"))?;
+                let pa = heap
+                    .get(state, "_pa_array")
+                    .or_else(|| heap.get(state, "_data"))
+                    .ok_or_else(|| bad("ArrowStringArray without _pa_array"))?;
+                Ok(vec![self.pyarrow_strings(&name_of(0), pa)?])
+            }
+            _ => Err(unsupported(
+                &name_of(0),
+                format!("values of type {} are not supported", o.class_name()),
+            )),
+        }
+    }
+
+    fn ndarray_backed(
+        &self,
+        kind: Option<Kind>,
+        cls: Value,
+        dtype: Value,
+        values: Value,
+        k: usize,
+        name_of: &dyn Fn(usize) -> String,
+    ) -> Result<Vec<ArrayRef>, FrameError> {
+        let heap = self.heap;
+        match kind {
+            Some(Kind::DatetimeArray) | Some(Kind::TimedeltaArray) => {
+                let arr = self.ndarray(values)?;
+                if !matches!(arr.dtype.kind, b'M' | b'm') {
+                    return Err(bad("DatetimeArray over a non-datetime64 array"));
+                }
+                let tz = self.tz_of(dtype)?;
+                let (kk, _) = arr.as_columns()?;
+                if kk != k {
+                    return Err(bad("datetime block shape does not match its placements"));
+                }
+                (0..k)
+                    .map(|j| self.numeric_column(&name_of(j), &arr, j, tz.as_deref()))
+                    .collect()
+            }
+            Some(Kind::StringArray) => {
+                let arr = self.ndarray(values)?;
+                let (kk, _) = arr.as_columns()?;
+                if kk != k {
+                    return Err(bad("string block shape does not match its placements"));
+                }
+                (0..k)
+                    .map(|j| {
+                        let cells = arr.column_objects(j)?;
+                        self.object_column(&name_of(j), &cells)
+                    })
+                    .collect()
+            }
+            Some(Kind::Categorical) => {
+                if k != 1 {
+                    return Err(bad("categorical block with more than one column"));
+                }
+                Ok(vec![self.categorical(&name_of(0), dtype, values)?])
+            }
+            _ => Err(unsupported(
+                &name_of(0),
+                format!("values of type {} are not supported", heap.type_name(cls)),
+            )),
+        }
+    }
+
+    /// Time zone name of a DatetimeTZDtype (None for numpy datetime64).
+    fn tz_of(&self, dtype: Value) -> Result<Option<String>, FrameError> {
+        let heap = self.heap;
+        let Some(o) = heap.object(dtype) else { return Ok(None) };
+        if o.kind() != Kind::DatetimeTZDtype {
+            return Ok(None);
+        }
+        let state = o.state.ok_or_else(|| bad("DatetimeTZDtype without its state"))?;
+        if let Some(u) = heap.get(state, "unit").and_then(|u| heap.text(u)) {
+            let _ = u; // the unit is also on the ndarray's dtype, which is authoritative
+        }
+        let tz = heap.get(state, "tz").ok_or_else(|| bad("DatetimeTZDtype without tz"))?;
+        Ok(Some(self.tz_name(tz)?))
+    }
+
+    fn tz_name(&self, tz: Value) -> Result<String, FrameError> {
+        let heap = self.heap;
+        if let Some(s) = heap.text(tz) {
+            return Ok(s.to_string());
+        }
+        let o = heap
+            .object(tz)
+            .ok_or_else(|| FrameError::Unsupported(format!("time zone of type {}", heap.type_name(tz))))?;
+        let name = o.class_name();
+        let args = heap.tuple(o.args).unwrap_or(&[]);
+        match name.as_str() {
+            "pytz._UTC" => Ok("UTC".into()),
+            "pytz._p" | "zoneinfo.ZoneInfo._unpickle" => args
+                .first()
+                .and_then(|z| heap.text(*z))
+                .map(str::to_string)
+                .ok_or_else(|| bad("time zone without a name")),
+            "datetime.timezone" => {
+                let off = args.first().copied().ok_or_else(|| bad("timezone without an offset"))?;
+                let td = heap
+                    .object(off)
+                    .and_then(|t| heap.tuple(t.args))
+                    .ok_or_else(|| bad("timezone offset is not a timedelta"))?;
+                let g = |i: usize| td.get(i).and_then(|x| heap.int(*x)).unwrap_or(0);
+                let secs = g(0) * 86_400 + g(1);
+                if secs == 0 && g(2) == 0 {
+                    return Ok("UTC".into());
+                }
+                let sign = if secs < 0 { '-' } else { '+' };
+                let a = secs.abs();
+                Ok(format!("{sign}{:02}:{:02}", a / 3600, (a % 3600) / 60))
+            }
+            _ => Err(FrameError::Unsupported(format!("time zone {name} is not supported"))),
+        }
+    }
+
+    fn categorical(&self, name: &str, dtype: Value, codes: Value) -> Result<ArrayRef, FrameError> {
+        let heap = self.heap;
+        let dt = heap
+            .object(dtype)
+            .filter(|o| o.kind() == Kind::CategoricalDtype)
+            .ok_or_else(|| bad(format!("column '{name}': categorical without a CategoricalDtype")))?;
+        let state = dt.state.ok_or_else(|| bad("CategoricalDtype without its state"))?;
+        let cats = heap
+            .get(state, "categories")
+            .ok_or_else(|| bad("CategoricalDtype without categories"))?;
+        let cat_values = self.index_values(name, cats)?;
+        let codes = self.ndarray(codes)?;
+        if codes.shape.len() != 1 || codes.dtype.kind != b'i' {
+            return Err(bad(format!("column '{name}': categorical codes are not a 1-D int array")));
+        }
+        let raw = codes.column_bytes(0)?;
+        let ncat = cat_values.len() as i64;
+        let be = codes.dtype.big_endian;
+        macro_rules! dict {
+            ($t:ty, $kt:ty) => {{
+                let v = decode_vec!(&raw, be, $t);
+                let mut valid = Vec::with_capacity(v.len());
+                let mut keys = Vec::with_capacity(v.len());
+                for (row, c) in v.into_iter().enumerate() {
+                    let ci = c as i64;
+                    if ci < 0 {
+                        valid.push(false);
+                        keys.push(0 as $t);
+                    } else if ci >= ncat {
+                        return Err(bad(format!(
+                            "column '{name}': row {row} has category code {ci} but there are {ncat} categories"
+                        )));
+                    } else {
+                        valid.push(true);
+                        keys.push(c);
+                    }
+                }
+                let keys = PrimitiveArray::<$kt>::new(keys.into(), nulls_from(valid));
+                Arc::new(
+                    DictionaryArray::<$kt>::try_new(keys, cat_values.clone())
+                        .map_err(|e| bad(format!("column '{name}': {e}")))?,
+                ) as ArrayRef
+            }};
+        }
+        Ok(match codes.dtype.size {
+            1 => dict!(i8, Int8Type),
+            2 => dict!(i16, Int16Type),
+            4 => dict!(i32, Int32Type),
+            8 => dict!(i64, Int64Type),
+            _ => return Err(bad("categorical codes of an odd width")),
+        })
+    }
+
+    /// The values of an Index (categories) as one Arrow array.
+    fn index_values(&self, name: &str, idx: Value) -> Result<ArrayRef, FrameError> {
+        let heap = self.heap;
+        let o = heap.object(idx).ok_or_else(|| bad("categories are not an Index"))?;
+        let d = match o.kind() {
+            Kind::NewIndex => heap.tuple(o.args).and_then(|a| a.get(1).copied()),
+            _ => None,
+        }
+        .ok_or_else(|| bad("categories are not an Index"))?;
+        let data = heap.get(d, "data").ok_or_else(|| bad("categories Index without data"))?;
+        if super::ndarray::is_ndarray(heap, data) {
+            let arr = self.ndarray(data)?;
+            if arr.shape.len() != 1 {
+                return Err(bad("categories are not 1-D"));
+            }
+            return self.ndarray_column(name, &arr, 0, None);
+        }
+        let cols = self.extension_columns(data, 1, &|_| name.to_string())?;
+        cols.into_iter().next().ok_or_else(|| bad("empty categories"))
+    }
+
+    /// A pyarrow string array (`_restore_array` or `chunked_array`) as Utf8.
+    fn pyarrow_strings(&self, name: &str, pa: Value) -> Result<ArrayRef, FrameError> {
+        let heap = self.heap;
+        let o = heap
+            .object(pa)
+            .ok_or_else(|| bad(format!("column '{name}': Arrow data is a {}", heap.type_name(pa))))?;
+        let mut b = StringBuilder::new();
+        match o.kind() {
+            Kind::PaRestoreArray => self.restore_strings(name, pa, &mut b)?,
+            Kind::PaChunkedArray => {
+                let chunks = heap
+                    .tuple(o.args)
+                    .and_then(|a| a.first().copied())
+                    .and_then(|c| heap.seq(c))
+                    .ok_or_else(|| bad("chunked_array without chunks"))?;
+                for c in chunks {
+                    self.restore_strings(name, *c, &mut b)?;
+                }
+            }
+            _ => return Err(bad(format!("column '{name}': Arrow data is a {}", o.class_name()))),
+        }
+        Ok(Arc::new(b.finish()))
+    }
+
+    fn restore_strings(&self, name: &str, v: Value, b: &mut StringBuilder) -> Result<(), FrameError> {
+        let heap = self.heap;
+        let o = heap
+            .object(v)
+            .filter(|o| o.kind() == Kind::PaRestoreArray)
+            .ok_or_else(|| bad(format!("column '{name}': Arrow chunk is a {}", heap.type_name(v))))?;
+        let st = heap
+            .tuple(o.args)
+            .and_then(|a| a.first().copied())
+            .and_then(|s| heap.tuple(s))
+            .ok_or_else(|| bad("_restore_array without its state tuple"))?;
+        let [ty, length, _null_count, offset, buffers, ..] = st else {
+            return Err(bad("_restore_array state is too short"));
+        };
+        let alias = heap
+            .object(*ty)
+            .filter(|t| t.kind() == Kind::PaTypeForAlias)
+            .and_then(|t| heap.tuple(t.args))
+            .and_then(|a| a.first().copied())
+            .and_then(|a| heap.text(a))
+            .ok_or_else(|| bad("Arrow type is not type_for_alias(...)"))?;
+        let wide = match alias {
+            "string" | "utf8" | "str" => false,
+            "large_string" | "large_utf8" | "large_str" => true,
+            other => {
+                return Err(unsupported(name, format!("Arrow columns of type {other} are not supported")))
+            }
+        };
+        let length = heap.int(*length).and_then(|x| usize::try_from(x).ok()).ok_or_else(|| bad("Arrow length"))?;
+        let offset = heap.int(*offset).and_then(|x| usize::try_from(x).ok()).ok_or_else(|| bad("Arrow offset"))?;
+        let bufs = heap.seq(*buffers).ok_or_else(|| bad("Arrow buffers are not a list"))?;
+        let buf = |i: usize| -> Result<Option<&[u8]>, FrameError> {
+            match bufs.get(i).copied() {
+                None | Some(Value::None) => Ok(None),
+                Some(x) => {
+                    let ob = heap
+                        .object(x)
+                        .filter(|p| p.kind() == Kind::PaPyBuffer)
+                        .ok_or_else(|| bad("Arrow buffer is not py_buffer(...)"))?;
+                    let data = heap
+                        .tuple(ob.args)
+                        .and_then(|a| a.first().copied())
+                        .and_then(|d| heap.bytes_of(d))
+                        .ok_or_else(|| bad("py_buffer without bytes"))?;
+                    Ok(Some(&data[..]))
+                }
+            }
+        };
+        let validity = buf(0)?;
+        let offsets = buf(1)?.unwrap_or(&[]);
+        let data = buf(2)?.unwrap_or(&[]);
+        let end = offset.checked_add(length).ok_or_else(|| bad("Arrow length overflows"))?;
+        let w = if wide { 8 } else { 4 };
+        if length > 0 && offsets.len() < (end + 1) * w {
+            return Err(bad(format!("column '{name}': Arrow offsets buffer is too short")));
+        }
+        if let Some(vb) = validity {
+            if vb.len() * 8 < end {
+                return Err(bad(format!("column '{name}': Arrow validity buffer is too short")));
+            }
+        }
+        let off_at = |i: usize| -> i64 {
+            if wide {
+                i64::from_le_bytes(offsets[i * 8..i * 8 + 8].try_into().expect("8"))
+            } else {
+                i32::from_le_bytes(offsets[i * 4..i * 4 + 4].try_into().expect("4")) as i64
+            }
+        };
+        for i in offset..end {
+            if let Some(vb) = validity {
+                if vb[i / 8] & (1 << (i % 8)) == 0 {
+                    b.append_null();
+                    continue;
+                }
+            }
+            let (s, e) = (off_at(i), off_at(i + 1));
+            if s < 0 || e < s || e as usize > data.len() {
+                return Err(bad(format!("column '{name}': Arrow string offsets out of range")));
+            }
+            let text = std::str::from_utf8(&data[s as usize..e as usize])
+                .map_err(|_| bad(format!("column '{name}': Arrow string is not UTF-8")))?;
+            b.append_value(text);
+        }
+        Ok(())
+    }
+}
