@@ -428,3 +428,35 @@ def test_ingest_receiver_wrong_package_is_unimplemented(tmp_path, sample_arrow):
     with Receiver(tmp_path, "--package", "embedding") as rv:
         resp, errors = upload(rv.port, sample_arrow)
     assert resp is None and errors[0][0] == "UNIMPLEMENTED"
+
+
+# ---------------------------------------------------------------------------
+# the committed fixtures themselves
+# ---------------------------------------------------------------------------
+
+KINDS = {"string", "int", "uint", "float", "bool", "category", "datetime", "vector", "empty"}
+
+
+def test_every_fixture_has_a_consistent_expected_json():
+    pkls = sorted(FIXTURES.glob("*/*.pkl"))
+    assert len(pkls) == 5 * 6 * 4
+    for pkl in pkls:
+        exp = json.loads(pkl.with_name(pkl.name[:-4] + ".expected.json").read_text())
+        assert exp["protocol"] == pkl.read_bytes()[1], pkl
+        assert exp["writer"] in ("to_pickle", "pickle.dump")
+        for col in exp["columns"]:
+            assert col["kind"] in KINDS, (pkl, col["name"])
+            assert len(col["values"]) == exp["rows"], (pkl, col["name"])
+
+
+def test_hostile_fixtures_reproduce(tmp_path):
+    import create_test_data as ctd
+
+    ctd.make_hostile(tmp_path, FIXTURES)
+    committed = REPO / "tests" / "fixtures" / "hostile"
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == sorted(p.name for p in committed.iterdir())
+    for name in made:
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
+    expected = json.loads((committed / "expected.json").read_text())
+    assert set(expected) == {n for n in made if n.endswith(".pkl")}
