@@ -159,6 +159,8 @@ def cols_from_pickle(path: Path) -> tuple[int, list[Col]]:
 
 def cols_from_expected(path: Path) -> tuple[int, list[Col], str | None]:
     d = json.loads(path.read_text(encoding="utf-8"))
+    if d.get("error"):
+        return d["rows"], [], d["error"]
     cols = []
     for c in d["columns"]:
         kind, vals = c["kind"], c["values"]
