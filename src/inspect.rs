@@ -39,9 +39,9 @@ pub fn report(args: &InspectArgs) -> anyhow::Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "file:     {} ({:.1} MB)",
+        "file:     {} ({})",
         args.file.display(),
-        file.len() as f64 / 1e6
+        crate::convert::human_bytes(file.len() as u64)
     );
     let (smallest, largest) = file
         .batches()

@@ -139,12 +139,13 @@ impl fmt::Display for ConvertSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Converted {} → {}: {} rows × {} columns in {} batches",
+            "Converted {} → {}: {} rows × {} columns in {} {}",
             self.input.display(),
             self.output.display(),
             self.rows,
             self.columns,
-            self.batches
+            self.batches,
+            if self.batches == 1 { "batch" } else { "batches" }
         )?;
         match &self.vector {
             Some((name, dim, ty)) => write!(f, "; vectors `{name}`: {dim} × {ty}")?,
@@ -159,12 +160,18 @@ impl fmt::Display for ConvertSummary {
         if let Some((first, last)) = &self.key_range {
             write!(f, " from {first} to {last}")?;
         }
-        write!(
-            f,
-            ". Wrote {:.1} MB in {:.2} s.",
-            self.bytes as f64 / 1e6,
-            self.elapsed.as_secs_f64()
-        )
+        write!(f, ". Wrote {} in {:.2} s.", human_bytes(self.bytes), self.elapsed.as_secs_f64())
+    }
+}
+
+/// "812 B", "3.4 kB", "232.1 MB", "4.49 GB" (decimal units, as `ls --si`).
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..=999 => format!("{bytes} B"),
+        1_000..=999_999 => format!("{:.1} kB", b / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.2} GB", b / 1e9),
     }
 }
 
