@@ -15,5 +15,6 @@ pub mod inspect;
 pub mod logging;
 pub mod pickle;
 pub mod proto;
+pub mod rows;
 pub mod serve;
 pub mod store;
