@@ -57,7 +57,10 @@ fn check_report(report: &StreamReport, first: usize, rows: usize, chunks: usize)
     assert_eq!(report.chunks, chunks);
     assert_eq!(report.dim, Some(DIM));
     assert_eq!(report.first_key.as_deref(), Some(key(first).as_str()));
-    assert_eq!(report.last_key.as_deref(), Some(key(first + rows - 1).as_str()));
+    assert_eq!(
+        report.last_key.as_deref(),
+        Some(key(first + rows - 1).as_str())
+    );
 }
 
 /// Every value of `out` equals the source's rows `first..`, read through the
@@ -66,8 +69,12 @@ fn assert_same_rows(source: &Path, out: &Path, first: usize) {
     let a = Store::open(source, None).unwrap();
     let b = Store::open(out, None).unwrap();
     assert_eq!(b.num_rows(), a.num_rows() - first);
-    let la = RowMapping::default().resolve(a.schema(), a.layout()).unwrap();
-    let lb = RowMapping::default().resolve(b.schema(), b.layout()).unwrap();
+    let la = RowMapping::default()
+        .resolve(a.schema(), a.layout())
+        .unwrap();
+    let lb = RowMapping::default()
+        .resolve(b.schema(), b.layout())
+        .unwrap();
     assert_eq!(lb.vector_dim(), DIM);
     let rows = |store: &Store, layout: &embedstream::rows::RecruitLayout| {
         let mut out = Vec::new();
@@ -120,7 +127,12 @@ async fn full_resumed_and_saved_stream_from_the_real_server() {
         .unwrap();
     let mut opts = options(again.local_addr());
     opts.checkpoint = Some(key(10));
-    check_report(&pull(&opts).await.unwrap(), 11, ROWS - 11, (ROWS - 11).div_ceil(300));
+    check_report(
+        &pull(&opts).await.unwrap(),
+        11,
+        ROWS - 11,
+        (ROWS - 11).div_ceil(300),
+    );
     again.shutdown().await.unwrap();
 
     // An existing --out is refused before anything is pulled, and kept.
@@ -129,7 +141,10 @@ async fn full_resumed_and_saved_stream_from_the_real_server() {
     let err = pull(&opts).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("{}: already exists; pass --force to replace it", out.display())
+        format!(
+            "{}: already exists; pass --force to replace it",
+            out.display()
+        )
     );
     opts.force = true;
     opts.checkpoint = Some(key(899));
@@ -166,18 +181,29 @@ async fn flight_full_resumed_and_saved() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_checkpoint_and_missing_server() {
-    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut opts = options(addr);
     opts.checkpoint = Some("yesterday".into());
     let err = pull(&opts).await.unwrap_err();
     assert!(
-        err.to_string().starts_with("--checkpoint `yesterday` is not a UUID ("),
+        err.to_string()
+            .starts_with("--checkpoint `yesterday` is not a UUID ("),
         "{err}"
     );
     opts.checkpoint = None;
     let err = pull(&opts).await.unwrap_err();
     assert!(
-        matches!(err, StreamError::Rpc { code: tonic::Code::Unavailable, rows: 0, .. }),
+        matches!(
+            err,
+            StreamError::Rpc {
+                code: tonic::Code::Unavailable,
+                rows: 0,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -200,7 +226,8 @@ impl EmbeddingStreamService for Broken {
         request: Request<StreamEmbeddingRequest>,
     ) -> Result<Response<Self::StreamEmbeddingStream>, Status> {
         self.requests.lock().unwrap().push(request.into_inner());
-        let mut items: Vec<Result<RowChunk, Status>> = self.chunks.iter().cloned().map(Ok).collect();
+        let mut items: Vec<Result<RowChunk, Status>> =
+            self.chunks.iter().cloned().map(Ok).collect();
         if let Some(status) = &self.then {
             items.push(Err(Status::new(status.code(), status.message())));
         }
@@ -253,7 +280,12 @@ async fn broken(
 }
 
 /// Pull from a broken server with chunks of 2 (and `checkpoint`), expect `expected`.
-async fn expect_violation(chunks: Vec<RowChunk>, checkpoint: Option<usize>, expected: Violation, message: &str) {
+async fn expect_violation(
+    chunks: Vec<RowChunk>,
+    checkpoint: Option<usize>,
+    expected: Violation,
+    message: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (addr, requests) = broken(chunks, None).await;
     let mut opts = options(addr);
@@ -266,12 +298,22 @@ async fn expect_violation(chunks: Vec<RowChunk>, checkpoint: Option<usize>, expe
         StreamError::Violation { violation, .. } => assert_eq!(violation, &expected),
         other => panic!("expected a violation, got {other}"),
     }
-    assert_eq!(err.to_string(), format!("{addr}: the stream is invalid: {message}"));
+    assert_eq!(
+        err.to_string(),
+        format!("{addr}: the stream is invalid: {message}")
+    );
     assert!(!out.exists(), "nothing is saved from an invalid stream");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary file left");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no temporary file left"
+    );
     let requests = requests.lock().unwrap();
     assert_eq!(requests[0].chunk_size, 2);
-    assert_eq!(requests[0].last_processed_uuid, checkpoint.map(key).unwrap_or_default());
+    assert_eq!(
+        requests[0].last_processed_uuid,
+        checkpoint.map(key).unwrap_or_default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,8 +340,16 @@ async fn wrong_dimension() {
     expect_violation(
         vec![chunk([row(0, 3), row(1, 3)]), chunk([row(2, 4)])],
         None,
-        Violation::Dimension { row: 2, key: key(2), expected: 3, found: 4 },
-        &format!("row 2 ({}): vector has 4 components, earlier rows had 3", key(2)),
+        Violation::Dimension {
+            row: 2,
+            key: key(2),
+            expected: 3,
+            found: 4,
+        },
+        &format!(
+            "row 2 ({}): vector has 4 components, earlier rows had 3",
+            key(2)
+        ),
     )
     .await;
 }
@@ -307,9 +357,17 @@ async fn wrong_dimension() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_larger_than_asked() {
     expect_violation(
-        vec![chunk([row(0, 3), row(1, 3)]), chunk([row(2, 3), row(3, 3), row(4, 3)])],
+        vec![
+            chunk([row(0, 3), row(1, 3)]),
+            chunk([row(2, 3), row(3, 3), row(4, 3)]),
+        ],
         None,
-        Violation::ChunkTooLarge { chunk: 1, row: 2, rows: 3, asked: 2 },
+        Violation::ChunkTooLarge {
+            chunk: 1,
+            row: 2,
+            rows: 3,
+            asked: 2,
+        },
         "chunk 1 (from row 2) has 3 rows, more than the 2 asked for",
     )
     .await;
@@ -327,7 +385,11 @@ async fn short_chunk_before_the_end_and_empty_chunk() {
     expect_violation(
         vec![chunk([row(0, 3), row(1, 3)]), chunk([])],
         None,
-        Violation::EmptyChunk { chunk: 1, row: 2, asked: 2 },
+        Violation::EmptyChunk {
+            chunk: 1,
+            row: 2,
+            asked: 2,
+        },
         "chunk 1 (at row 2) is empty; every chunk must carry 1 to 2 rows",
     )
     .await;
@@ -338,16 +400,32 @@ async fn key_not_after_the_checkpoint() {
     expect_violation(
         vec![chunk([row(3, 3), row(6, 3)])],
         Some(5),
-        Violation::NotAfterCheckpoint { row: 0, checkpoint: key(5), key: key(3) },
-        &format!("row 0: key {} is not after the checkpoint {}", key(3), key(5)),
+        Violation::NotAfterCheckpoint {
+            row: 0,
+            checkpoint: key(5),
+            key: key(3),
+        },
+        &format!(
+            "row 0: key {} is not after the checkpoint {}",
+            key(3),
+            key(5)
+        ),
     )
     .await;
     // The checkpoint itself is not after the checkpoint.
     expect_violation(
         vec![chunk([row(5, 3)])],
         Some(5),
-        Violation::NotAfterCheckpoint { row: 0, checkpoint: key(5), key: key(5) },
-        &format!("row 0: key {} is not after the checkpoint {}", key(5), key(5)),
+        Violation::NotAfterCheckpoint {
+            row: 0,
+            checkpoint: key(5),
+            key: key(5),
+        },
+        &format!(
+            "row 0: key {} is not after the checkpoint {}",
+            key(5),
+            key(5)
+        ),
     )
     .await;
 }
@@ -360,7 +438,11 @@ async fn malformed_id() {
     expect_violation(
         vec![chunk([row(0, 3), bad])],
         None,
-        Violation::MalformedId { row: 1, id: "v5-1".into(), reason: reason.clone() },
+        Violation::MalformedId {
+            row: 1,
+            id: "v5-1".into(),
+            reason: reason.clone(),
+        },
         &format!("row 1: id `v5-1` is not a UUID ({reason})"),
     )
     .await;

@@ -212,12 +212,22 @@ fn check_attempt(attempt: &Attempt, chunk_size: usize) {
             keys.sort_unstable();
             assert_eq!(
                 keys,
-                ["company_name", "english_level", "exp_years", "id", "primary_keyword", "vector"]
+                [
+                    "company_name",
+                    "english_level",
+                    "exp_years",
+                    "id",
+                    "primary_keyword",
+                    "vector"
+                ]
             );
             let expected_id = uuid::Uuid::from_bytes(common::key_for_row(row)).to_string();
             assert_eq!(object["id"], expected_id.as_str());
             assert_eq!(object["company_name"], common::company(row).as_str());
-            let years: i64 = common::exp_years(row).trim_end_matches('y').parse().unwrap();
+            let years: i64 = common::exp_years(row)
+                .trim_end_matches('y')
+                .parse()
+                .unwrap();
             assert_eq!(object["exp_years"], years);
             assert_eq!(object["english_level"], common::english_level(row));
             assert_eq!(object["primary_keyword"], common::primary_keyword(row));
@@ -225,7 +235,11 @@ fn check_attempt(attempt: &Attempt, chunk_size: usize) {
             assert_eq!(vector.len(), DIM);
             for (j, v) in vector.iter().enumerate() {
                 let v = v.as_f64().expect("number") as f32;
-                assert_eq!(v.to_bits(), common::vector_value(row, j).to_bits(), "row {row} [{j}]");
+                assert_eq!(
+                    v.to_bits(),
+                    common::vector_value(row, j).to_bits(),
+                    "row {row} [{j}]"
+                );
             }
             row += 1;
         }
@@ -239,7 +253,9 @@ async fn uploads_every_row_under_both_packages() {
     let file = sample(dir.path());
     for package in [ALIAS_PACKAGE, PACKAGE] {
         let (addr, attempts) = start(package, Behaviour::Accept).await;
-        let report = upload(&options(&file, addr.to_string(), package)).await.unwrap();
+        let report = upload(&options(&file, addr.to_string(), package))
+            .await
+            .unwrap();
         assert_eq!(report.attempts, 1);
         assert_eq!((report.rows, report.chunks), (ROWS, ROWS.div_ceil(7)));
         assert!(report.response.success);
@@ -249,7 +265,11 @@ async fn uploads_every_row_under_both_packages() {
         check_attempt(&attempts[0], 7);
         assert_eq!(
             report.json_bytes,
-            attempts[0].chunks.iter().map(|c| c.len() as u64).sum::<u64>()
+            attempts[0]
+                .chunks
+                .iter()
+                .map(|c| c.len() as u64)
+                .sum::<u64>()
         );
     }
 }
@@ -259,8 +279,20 @@ async fn wrong_package_is_unimplemented_and_not_retried() {
     let dir = tempfile::tempdir().unwrap();
     let file = sample(dir.path());
     let (addr, attempts) = start(PACKAGE, Behaviour::Accept).await;
-    let err = upload(&options(&file, addr.to_string(), ALIAS_PACKAGE)).await.unwrap_err();
-    assert!(matches!(err, UploadError::Rejected { code: tonic::Code::Unimplemented, attempt: 1, .. }), "{err}");
+    let err = upload(&options(&file, addr.to_string(), ALIAS_PACKAGE))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UploadError::Rejected {
+                code: tonic::Code::Unimplemented,
+                attempt: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("check --service-package"), "{err}");
     assert!(attempts.lock().unwrap().is_empty());
 }
@@ -270,12 +302,18 @@ async fn a_failure_mid_stream_is_retried_from_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let file = sample(dir.path());
     let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::FailFirstAfter(3)).await;
-    let report = upload(&options(&file, addr.to_string(), ALIAS_PACKAGE)).await.unwrap();
+    let report = upload(&options(&file, addr.to_string(), ALIAS_PACKAGE))
+        .await
+        .unwrap();
     assert_eq!(report.attempts, 2);
     assert_eq!(report.rows, ROWS);
     let attempts = attempts.lock().unwrap();
     assert_eq!(attempts.len(), 2);
-    assert_eq!(attempts[0].chunks.len(), 3, "the first attempt stopped after 3 chunks");
+    assert_eq!(
+        attempts[0].chunks.len(),
+        3,
+        "the first attempt stopped after 3 chunks"
+    );
     check_attempt(&attempts[1], 7);
 }
 
@@ -284,7 +322,11 @@ async fn transient_failures_exhaust_the_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let file = sample(dir.path());
     for attempts_allowed in [1u32, 3] {
-        let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::AlwaysFail(tonic::Code::Unavailable)).await;
+        let (addr, attempts) = start(
+            ALIAS_PACKAGE,
+            Behaviour::AlwaysFail(tonic::Code::Unavailable),
+        )
+        .await;
         let mut opts = options(&file, addr.to_string(), ALIAS_PACKAGE);
         opts.max_attempts = attempts_allowed;
         let err = upload(&opts).await.unwrap_err();
@@ -300,12 +342,19 @@ async fn transient_failures_exhaust_the_attempts() {
 async fn other_transient_codes_are_retried() {
     let dir = tempfile::tempdir().unwrap();
     let file = sample(dir.path());
-    for code in [tonic::Code::DeadlineExceeded, tonic::Code::ResourceExhausted, tonic::Code::Aborted] {
+    for code in [
+        tonic::Code::DeadlineExceeded,
+        tonic::Code::ResourceExhausted,
+        tonic::Code::Aborted,
+    ] {
         let (addr, attempts) = start(PACKAGE, Behaviour::AlwaysFail(code)).await;
         let mut opts = options(&file, addr.to_string(), PACKAGE);
         opts.max_attempts = 2;
         let err = upload(&opts).await.unwrap_err();
-        assert!(matches!(err, UploadError::RetriesExhausted { attempts: 2, .. }), "{code:?}: {err}");
+        assert!(
+            matches!(err, UploadError::RetriesExhausted { attempts: 2, .. }),
+            "{code:?}: {err}"
+        );
         assert_eq!(attempts.lock().unwrap().len(), 2, "{code:?}");
     }
 }
@@ -315,7 +364,10 @@ async fn a_refused_connection_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let file = sample(dir.path());
     // Bind then drop: the port is (almost certainly) closed now.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut opts = options(&file, addr.to_string(), ALIAS_PACKAGE);
     opts.max_attempts = 2;
     let err = upload(&opts).await.unwrap_err();
@@ -331,8 +383,14 @@ async fn a_refused_connection_is_retried() {
 async fn non_transient_errors_fail_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let file = sample(dir.path());
-    let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::AlwaysFail(tonic::Code::InvalidArgument)).await;
-    let err = upload(&options(&file, addr.to_string(), ALIAS_PACKAGE)).await.unwrap_err();
+    let (addr, attempts) = start(
+        ALIAS_PACKAGE,
+        Behaviour::AlwaysFail(tonic::Code::InvalidArgument),
+    )
+    .await;
+    let err = upload(&options(&file, addr.to_string(), ALIAS_PACKAGE))
+        .await
+        .unwrap_err();
     assert_eq!(attempts.lock().unwrap().len(), 1);
     assert_eq!(
         err.to_string(),
@@ -345,8 +403,14 @@ async fn success_false_is_a_failure_with_the_server_message() {
     let dir = tempfile::tempdir().unwrap();
     let file = sample(dir.path());
     let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::ReportFailure).await;
-    let err = upload(&options(&file, addr.to_string(), ALIAS_PACKAGE)).await.unwrap_err();
-    assert_eq!(attempts.lock().unwrap().len(), 1, "a refusal is not retried");
+    let err = upload(&options(&file, addr.to_string(), ALIAS_PACKAGE))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        attempts.lock().unwrap().len(),
+        1,
+        "a refusal is not retried"
+    );
     assert_eq!(
         err.to_string(),
         format!("{addr}: the Batch Server refused the upload (received 8 chunk(s)): vector_dimension 384 does not match the table's 1536")
@@ -359,18 +423,29 @@ async fn bad_options_are_refused_before_connecting() {
     let file = sample(dir.path());
     let mut opts = options(&file, "127.0.0.1:1".into(), "com..alpha");
     let err = upload(&opts).await.unwrap_err();
-    assert!(err.to_string().starts_with("--service-package `com..alpha` is not a protobuf package name"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("--service-package `com..alpha` is not a protobuf package name"),
+        "{err}"
+    );
     opts.service_package = PACKAGE.into();
     opts.to = "no-port".into();
     let err = upload(&opts).await.unwrap_err();
     assert!(err.to_string().contains("(no port)"), "{err}");
     opts.to = "127.0.0.1:1".into();
     opts.chunk_size = 0;
-    assert_eq!(upload(&opts).await.unwrap_err().to_string(), "--chunk-size must be at least 1");
+    assert_eq!(
+        upload(&opts).await.unwrap_err().to_string(),
+        "--chunk-size must be at least 1"
+    );
     opts.chunk_size = 7;
     opts.mapping.english_level = "Level".into();
     let err = upload(&opts).await.unwrap_err();
-    assert!(err.to_string().contains("RecruitRow.english_level reads column `Level`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("RecruitRow.english_level reads column `Level`"),
+        "{err}"
+    );
     opts.mapping = RowMapping::default();
     opts.file = dir.path().join("missing.arrow");
     let err = upload(&opts).await.unwrap_err();
@@ -381,12 +456,22 @@ async fn bad_options_are_refused_before_connecting() {
 fn cli_flags_parse_and_refuse_zero() {
     use clap::Parser;
     let cli = embedstream::cli::Cli::try_parse_from([
-        "embedstream", "upload", "f.arrow", "--to", "h:1", "--max-retries", "0",
+        "embedstream",
+        "upload",
+        "f.arrow",
+        "--to",
+        "h:1",
+        "--max-retries",
+        "0",
     ]);
     let err = cli.unwrap_err().to_string();
     assert!(err.contains("--max-retries"), "{err}");
     let cli = embedstream::cli::Cli::try_parse_from([
-        "embedstream", "upload", "f.arrow", "--initial-backoff", "10ms",
+        "embedstream",
+        "upload",
+        "f.arrow",
+        "--initial-backoff",
+        "10ms",
     ])
     .unwrap();
     match cli.command {

@@ -110,7 +110,15 @@ mod tests {
 
     #[test]
     fn floats_round_trip_as_f32_and_strings_are_escaped() {
-        let vector = [0.1f32, -1.0e-7, 3.4028235e38, 1.0, f32::MIN_POSITIVE, 0.0, -0.0];
+        let vector = [
+            0.1f32,
+            -1.0e-7,
+            3.4028235e38,
+            1.0,
+            f32::MIN_POSITIVE,
+            0.0,
+            -0.0,
+        ];
         let mut buf = b"[".to_vec();
         write_row(&mut buf, row(&vector), true).unwrap();
         write_row(&mut buf, row(&vector[..1]), false).unwrap();

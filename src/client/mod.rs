@@ -64,7 +64,10 @@ pub fn local_address(
     port: Option<&str>,
     default_port: u16,
 ) -> Result<String, AddressError> {
-    let host = host.map(str::trim).filter(|h| !h.is_empty()).unwrap_or("localhost");
+    let host = host
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .unwrap_or("localhost");
     let port = match port.map(str::trim).filter(|p| !p.is_empty()) {
         None => default_port,
         Some(p) => p
@@ -97,23 +100,46 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(endpoint("localhost:50051").unwrap().uri().to_string(), "http://localhost:50051/");
-        assert_eq!(endpoint("http://127.0.0.1:1").unwrap().uri().port_u16(), Some(1));
+        assert_eq!(
+            endpoint("localhost:50051").unwrap().uri().to_string(),
+            "http://localhost:50051/"
+        );
+        assert_eq!(
+            endpoint("http://127.0.0.1:1").unwrap().uri().port_u16(),
+            Some(1)
+        );
         assert_eq!(
             endpoint("localhost").unwrap_err().to_string(),
             "`localhost` is not a server address (no port); give HOST:PORT, e.g. localhost:50051"
         );
-        assert!(endpoint("https://x:1").unwrap_err().to_string().contains("TLS is not supported"));
-        assert!(endpoint("x:1/path").unwrap_err().to_string().contains("a path is not allowed"));
-        assert!(endpoint("").unwrap_err().to_string().contains("it is empty"));
-        assert_eq!(local_address("GRPC_PORT", None, None, 50051).unwrap(), "localhost:50051");
-        assert_eq!(local_address("GRPC_PORT", None, Some("7000"), 50051).unwrap(), "localhost:7000");
+        assert!(endpoint("https://x:1")
+            .unwrap_err()
+            .to_string()
+            .contains("TLS is not supported"));
+        assert!(endpoint("x:1/path")
+            .unwrap_err()
+            .to_string()
+            .contains("a path is not allowed"));
+        assert!(endpoint("")
+            .unwrap_err()
+            .to_string()
+            .contains("it is empty"));
+        assert_eq!(
+            local_address("GRPC_PORT", None, None, 50051).unwrap(),
+            "localhost:50051"
+        );
+        assert_eq!(
+            local_address("GRPC_PORT", None, Some("7000"), 50051).unwrap(),
+            "localhost:7000"
+        );
         assert_eq!(
             local_address("BATCH_SERVER_PORT", Some("batch"), Some(""), 50052).unwrap(),
             "batch:50052"
         );
         assert_eq!(
-            local_address("GRPC_PORT", None, Some("http"), 50051).unwrap_err().to_string(),
+            local_address("GRPC_PORT", None, Some("http"), 50051)
+                .unwrap_err()
+                .to_string(),
             "GRPC_PORT=http is not a port number (1-65535)"
         );
     }

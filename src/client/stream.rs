@@ -38,7 +38,10 @@ use super::{
 use crate::{
     convert::atomic::{AtomicFile, AtomicFileError},
     format::{self, format_uuid, FileLayout},
-    proto::{embedding_stream_service_client::EmbeddingStreamServiceClient, RowChunk, StreamEmbeddingRequest},
+    proto::{
+        embedding_stream_service_client::EmbeddingStreamServiceClient, RowChunk,
+        StreamEmbeddingRequest,
+    },
 };
 
 /// The Batch Server's inbound message limit; a stream this client accepts
@@ -217,7 +220,9 @@ pub enum StreamError {
     #[error(transparent)]
     Address(#[from] AddressError),
     /// Bad `--checkpoint`.
-    #[error("--checkpoint `{checkpoint}` is not a UUID ({reason}); give the id of the last row stored")]
+    #[error(
+        "--checkpoint `{checkpoint}` is not a UUID ({reason}); give the id of the last row stored"
+    )]
     Checkpoint {
         /// What was given.
         checkpoint: String,
@@ -430,8 +435,9 @@ impl Output {
     ) -> Result<(), StreamError> {
         self.open(schema)?;
         let result = match self.writer.as_mut() {
-            Some((writer, schema)) => RecordBatch::try_new(schema.clone(), columns)
-                .and_then(|batch| writer.write(&batch)),
+            Some((writer, schema)) => {
+                RecordBatch::try_new(schema.clone(), columns).and_then(|batch| writer.write(&batch))
+            }
             None => Ok(()),
         };
         result.map_err(|e| self.write_err(e))
@@ -439,7 +445,11 @@ impl Output {
 
     /// Finish the file (an empty one with `empty_schema` if no batch came)
     /// and rename it into place.
-    fn commit(mut self, rows: usize, empty_schema: impl FnOnce() -> SchemaRef) -> Result<(), StreamError> {
+    fn commit(
+        mut self,
+        rows: usize,
+        empty_schema: impl FnOnce() -> SchemaRef,
+    ) -> Result<(), StreamError> {
         self.open(empty_schema)?;
         let Some((mut writer, _)) = self.writer.take() else {
             return Ok(());
@@ -477,12 +487,23 @@ fn recruit_schema(dim: usize, server: &str) -> SchemaRef {
     )
 }
 
-fn out_metadata(key: &str, vector: Option<&str>, dim: usize, server: &str) -> HashMap<String, String> {
+fn out_metadata(
+    key: &str,
+    vector: Option<&str>,
+    dim: usize,
+    server: &str,
+) -> HashMap<String, String> {
     let mut meta = HashMap::from([
         (format::META_KEY_COLUMN.to_string(), key.to_string()),
         (format::META_VECTOR_DIM.to_string(), dim.to_string()),
-        (format::META_SOURCE.to_string(), format!("embedstream stream --server {server}")),
-        (format::META_VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        (
+            format::META_SOURCE.to_string(),
+            format!("embedstream stream --server {server}"),
+        ),
+        (
+            format::META_VERSION.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
         // Every key was checked on arrival; the file is not kept otherwise.
         (format::META_KEYS_SORTED.to_string(), "true".to_string()),
     ]);
@@ -531,7 +552,12 @@ fn chunk_columns(chunk: &RowChunk, keys: &[[u8; 16]], dim: usize) -> Result<Vec<
 /// Pull the stream described by `opts`, check it, save it if asked.
 pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
     let endpoint = endpoint(&opts.server)?;
-    let checkpoint = match opts.checkpoint.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+    let checkpoint = match opts
+        .checkpoint
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
         None => None,
         Some(c) => Some(
             uuid::Uuid::parse_str(c)
@@ -555,7 +581,11 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
     }
     let mut progress = Progress::new(opts.progress, "stream", None);
     let started = Instant::now();
-    let what = if opts.flight { "Flight DoGet" } else { "StreamEmbedding" };
+    let what = if opts.flight {
+        "Flight DoGet"
+    } else {
+        "StreamEmbedding"
+    };
     let rpc = |rows: usize, status: tonic::Status| StreamError::Rpc {
         server: opts.server.clone(),
         what,
@@ -598,17 +628,22 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
                     let file_layout = FileLayout::from_schema(&batch.schema(), None)
                         .map_err(|e| violation(Violation::Schema(e.to_string())))?;
                     if file_layout.vector_index.is_none() {
-                        return Err(violation(Violation::Schema("it has no vector column".into())));
+                        return Err(violation(Violation::Schema(
+                            "it has no vector column".into(),
+                        )));
                     }
                     let schema = batch.schema();
                     let mut meta = schema.metadata().clone();
                     meta.extend(out_metadata(
                         schema.field(file_layout.key_index).name(),
-                        file_layout.vector_index.map(|i| schema.field(i).name().as_str()),
+                        file_layout
+                            .vector_index
+                            .map(|i| schema.field(i).name().as_str()),
                         file_layout.vector_dim,
                         &opts.server,
                     ));
-                    let out_schema = Arc::new(Schema::new(schema.fields().clone()).with_metadata(meta));
+                    let out_schema =
+                        Arc::new(Schema::new(schema.fields().clone()).with_metadata(meta));
                     layout = Some((file_layout, out_schema));
                 }
             }
@@ -621,14 +656,23 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
                 .column(file_layout.key_index)
                 .as_any()
                 .downcast_ref::<FixedSizeBinaryArray>()
-                .ok_or_else(|| violation(Violation::Schema("the key column changed type".into())))?;
+                .ok_or_else(|| {
+                    violation(Violation::Schema("the key column changed type".into()))
+                })?;
             for i in 0..keys.len() {
                 if keys.is_null(i) {
-                    return Err(violation(Violation::NullKey { row: checker.rows() }));
+                    return Err(violation(Violation::NullKey {
+                        row: checker.rows(),
+                    }));
                 }
-                let key = <[u8; 16]>::try_from(keys.value(i))
-                    .map_err(|_| violation(Violation::Schema("the key column is not 16 bytes wide".into())))?;
-                checker.row(key, file_layout.vector_dim).map_err(violation)?;
+                let key = <[u8; 16]>::try_from(keys.value(i)).map_err(|_| {
+                    violation(Violation::Schema(
+                        "the key column is not 16 bytes wide".into(),
+                    ))
+                })?;
+                checker
+                    .row(key, file_layout.vector_dim)
+                    .map_err(violation)?;
             }
             if let Some(out) = output.as_mut() {
                 let schema = out_schema.clone();
@@ -647,8 +691,8 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
     } else {
         let asked = opts.chunk_size as usize;
         checker = Checker::new(Some(asked), checkpoint);
-        let mut client = EmbeddingStreamServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client =
+            EmbeddingStreamServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let request = StreamEmbeddingRequest {
             last_processed_uuid: checkpoint.map(|k| format_uuid(&k)).unwrap_or_default(),
             chunk_size: i32::try_from(opts.chunk_size).unwrap_or(i32::MAX),
@@ -674,10 +718,11 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
             }
             if let Some(out) = output.as_mut() {
                 let dim = checker.dim.unwrap_or(0);
-                let columns = chunk_columns(&chunk, &keys, dim).map_err(|message| StreamError::Write {
-                    path: out.path.clone(),
-                    message,
-                })?;
+                let columns =
+                    chunk_columns(&chunk, &keys, dim).map_err(|message| StreamError::Write {
+                        path: out.path.clone(),
+                        message,
+                    })?;
                 let server = opts.server.clone();
                 out.write(|| recruit_schema(dim, &server), columns)?;
             }
@@ -696,7 +741,12 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
 pub fn run(args: StreamArgs) -> anyhow::Result<()> {
     let server = match args.server {
         Some(server) => server,
-        None => local_address("GRPC_PORT", None, std::env::var("GRPC_PORT").ok().as_deref(), 50051)?,
+        None => local_address(
+            "GRPC_PORT",
+            None,
+            std::env::var("GRPC_PORT").ok().as_deref(),
+            50051,
+        )?,
     };
     let opts = StreamOptions {
         server,
@@ -707,7 +757,9 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
         flight: args.flight,
         progress: ProgressMode::Auto,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(pull(&opts))?;
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     println!(
@@ -716,7 +768,9 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
         report.chunks,
         if opts.flight { "batches" } else { "chunks" },
         opts.server,
-        report.dim.map_or_else(|| "-".to_string(), |d| d.to_string()),
+        report
+            .dim
+            .map_or_else(|| "-".to_string(), |d| d.to_string()),
         report.first_key.as_deref().unwrap_or("-"),
         report.last_key.as_deref().unwrap_or("-"),
     );

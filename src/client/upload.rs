@@ -212,7 +212,9 @@ pub enum UploadError {
 pub fn ingest_path(package: &str) -> Result<PathAndQuery, UploadError> {
     let valid = !package.is_empty()
         && package.split('.').all(|part| {
-            part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            part.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
     if !valid {
