@@ -36,6 +36,8 @@ enum Behaviour {
     AlwaysFail(tonic::Code),
     /// Read everything, answer success=false.
     ReportFailure,
+    /// Keep only counts (rows, bytes) instead of the chunks: for big uploads.
+    CountOnly,
 }
 
 /// What one attempt delivered.
@@ -45,6 +47,10 @@ struct Attempt {
     /// Whether a data chunk came before the metadata (or a second metadata).
     out_of_order: bool,
     chunks: Vec<Vec<u8>>,
+    /// With `CountOnly`: chunks, rows (objects) and JSON bytes received.
+    counted: (usize, usize, u64),
+    /// Whether the request stream ended cleanly (the client said "that's all").
+    completed: bool,
 }
 
 #[derive(Clone)]
@@ -92,7 +98,14 @@ impl EmbeddingStreamService for Receiver {
                     if attempt.metadata.is_none() {
                         attempt.out_of_order = true;
                     }
-                    attempt.chunks.push(c);
+                    if matches!(self.behaviour, Behaviour::CountOnly) {
+                        let rows = c.windows(7).filter(|w| w == b"{\"id\":\"").count();
+                        attempt.counted.0 += 1;
+                        attempt.counted.1 += rows;
+                        attempt.counted.2 += c.len() as u64;
+                    } else {
+                        attempt.chunks.push(c);
+                    }
                     data_chunks += 1;
                 }
                 None => attempt.out_of_order = true,
@@ -104,6 +117,7 @@ impl EmbeddingStreamService for Receiver {
                 }
             }
         }
+        self.attempts.lock().unwrap()[index].completed = true;
         let success = !matches!(self.behaviour, Behaviour::ReportFailure);
         Ok(Response::new(IngestDataResponse {
             success,
@@ -195,6 +209,7 @@ fn sample(dir: &Path) -> std::path::PathBuf {
 
 /// Every row of the file exactly once, in order, with the right values.
 fn check_attempt(attempt: &Attempt, chunk_size: usize) {
+    assert!(attempt.completed, "the request stream ended cleanly");
     assert!(!attempt.out_of_order, "metadata must come first, once");
     let metadata = attempt.metadata.as_ref().expect("metadata");
     assert_eq!(metadata.domain, "recruit");
@@ -483,4 +498,99 @@ fn cli_flags_parse_and_refuse_zero() {
         }
         other => panic!("parsed as {other:?}"),
     }
+}
+
+/// Throughput of the release binary against an in-process receiver that
+/// only counts what it gets; 141,897 rows × 384 like the reference data set.
+/// A measurement, not a check of speed: it asserts only that every row
+/// arrived. Run: `cargo test --release --test client_upload -- --ignored --nocapture measure`.
+#[test]
+#[ignore = "measurement: builds a 220 MB file; run with --release -- --ignored --nocapture"]
+fn measure_upload_throughput_of_the_binary() {
+    const BIG_ROWS: usize = 141_897;
+    const BIG_DIM: usize = 384;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.arrow");
+    common::write_sample_file(&file, BIG_ROWS, BIG_DIM, 8192);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (addr, attempts) = runtime.block_on(start(ALIAS_PACKAGE, Behaviour::CountOnly));
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args(["upload", file.to_str().unwrap(), "--to", &addr.to_string()])
+        .output()
+        .unwrap();
+    let wall = started.elapsed();
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success());
+    let attempts = attempts.lock().unwrap();
+    assert_eq!(attempts.len(), 1);
+    let (chunks, rows, bytes) = attempts[0].counted;
+    assert_eq!((chunks, rows), (BIG_ROWS.div_ceil(300), BIG_ROWS));
+    let secs = wall.as_secs_f64();
+    println!(
+        "binary wall time {secs:.2} s (process start to exit): {:.0} rows/s, {:.1} MB/s of JSON ({bytes} bytes)",
+        BIG_ROWS as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    );
+}
+
+/// A file whose row `bad` has a NaN component is refused before anything
+/// is sent (a call cancelled mid-stream can look like a complete upload to
+/// the receiver, so nothing may be sent before the data is known to encode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_json_cannot_carry_cancels_the_upload() {
+    use arrow_array::{
+        builder::{FixedSizeBinaryBuilder, FixedSizeListBuilder, Float32Builder, StringBuilder},
+        ArrayRef, RecordBatch,
+    };
+    use arrow_schema::{DataType, Field, Schema};
+    let (rows, bad) = (40usize, 30usize);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nan.arrow");
+    let item = Arc::new(Field::new_list_field(DataType::Float32, false));
+    let schema = Arc::new(Schema::new(vec![
+        embedstream::format::key_field("uuid"),
+        Field::new("Company Name", DataType::Utf8, false),
+        Field::new("Exp Years", DataType::Utf8, false),
+        Field::new("English Level", DataType::Utf8, false),
+        Field::new("Primary Keyword", DataType::Utf8, false),
+        Field::new("v", DataType::FixedSizeList(item.clone(), 2), false),
+    ]));
+    let mut keys = FixedSizeBinaryBuilder::new(16);
+    let mut strings: Vec<StringBuilder> = (0..4).map(|_| StringBuilder::new()).collect();
+    let mut vectors = FixedSizeListBuilder::new(Float32Builder::new(), 2).with_field(item);
+    for i in 0..rows {
+        keys.append_value(common::key_for_row(i)).unwrap();
+        for s in &mut strings {
+            s.append_value("1y");
+        }
+        let first = if i == bad { f32::NAN } else { i as f32 };
+        vectors.values().append_slice(&[first, 0.5]);
+        vectors.append(true);
+    }
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(keys.finish())];
+    columns.extend(strings.iter_mut().map(|s| Arc::new(s.finish()) as ArrayRef));
+    columns.push(Arc::new(vectors.finish()));
+    let mut writer =
+        arrow_ipc::writer::FileWriter::try_new(std::fs::File::create(&file).unwrap(), &schema)
+            .unwrap();
+    writer
+        .write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+        .unwrap();
+    writer.finish().unwrap();
+
+    let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::Accept).await;
+    let mut opts = options(&file, addr.to_string(), ALIAS_PACKAGE);
+    opts.chunk_size = 10;
+    let err = upload(&opts).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: row {bad} ({}): vector component 0 is NaN, which JSON cannot carry; fix the source data and convert again",
+            file.display(),
+            uuid::Uuid::from_bytes(common::key_for_row(bad))
+        )
+    );
+    assert!(attempts.lock().unwrap().is_empty(), "nothing sent");
 }

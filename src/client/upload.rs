@@ -258,6 +258,14 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
             source,
         })?,
     );
+    // Refuse values JSON cannot carry before sending anything: once the call
+    // is open there is no way to abort it that a receiver is sure to see as
+    // a failure (with tonic, dropping a client-streaming call was observed to
+    // end the request stream cleanly).
+    rows.check_finite().map_err(|source| UploadError::Json {
+        path: shown.clone(),
+        source,
+    })?;
     let metadata = IngestMetadata {
         domain: opts.domain.clone(),
         file_name: file_name(&opts.file),
@@ -364,6 +372,28 @@ impl UploadRows {
             store,
             columns,
         })
+    }
+
+    /// The first non-finite vector component, if any.
+    fn check_finite(&self) -> Result<(), JsonError> {
+        let mut row = 0usize;
+        for columns in &self.columns {
+            for i in 0..columns.len() {
+                let vector = columns.vector(i);
+                if let Some((component, value)) =
+                    vector.iter().enumerate().find(|(_, v)| !v.is_finite())
+                {
+                    return Err(JsonError::NonFinite {
+                        row,
+                        id: columns.id(i).to_string(),
+                        component,
+                        value,
+                    });
+                }
+                row += 1;
+            }
+        }
+        Ok(())
     }
 
     /// A guess at a chunk's JSON size, so its buffer is allocated once:
