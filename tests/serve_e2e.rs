@@ -691,3 +691,48 @@ async fn flight_do_get_info_schema_and_resume() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_lets_streams_finish_then_cuts_them() {
+    let rows = 20_000;
+    let (_dir, server) = start_with(rows, 128, 1000, |c| {
+        c.grace_period = Duration::from_millis(200);
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut c = client(&server).await;
+    let mut stream = c
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: String::new(),
+            chunk_size: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    let stats = server.stats().clone();
+    // The client stops reading; shutdown returns once the grace period is over.
+    server.shutdown().await.unwrap();
+    // The stream was ended early: either an error, or it stops short of the file.
+    let mut received = 1;
+    let outcome = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    assert!(received < rows, "received {received} rows after shutdown");
+    assert!(
+        outcome.is_some(),
+        "the cut stream must end with an error status"
+    );
+    eventually("the stream is dropped", || stats.active() == 0).await;
+    assert_eq!(stats.completed(), 0);
+    // No new connections.
+    let refused = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(refused.is_err());
+}
