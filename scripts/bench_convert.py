@@ -57,18 +57,21 @@ def make_pickle(rows: int, dim: int, out: Path) -> None:
 def measure(label: str, cmd: list[str], runs: int, out: Path) -> dict:
     print(f"  {label}: warm-up ...", end="", flush=True)
     C.time_v(cmd)
-    walls, rss = [], []
+    walls, rss, cpus = [], [], []
     for i in range(runs):
         r = C.time_v(cmd)
         walls.append(r["wall_s"])
         rss.append(r["peak_rss_mib"])
+        cpus.append((r["user_s"] or 0) + (r["sys_s"] or 0))
         print(f" run{i + 1} {r['wall_s']:.2f}s/{r['peak_rss_mib']:.0f}MiB", end="", flush=True)
     print()
     return {
         "cmd": " ".join(cmd),
         "walls": walls,
         "rss": rss,
+        "cpus": cpus,
         "wall_s": C.median(walls),
+        "cpu_s": C.median(cpus),
         "peak_rss_mib": C.median(rss),
         "out_mib": out.stat().st_size / 2**20,
     }
@@ -93,41 +96,48 @@ def main() -> None:
         make_pickle(rows, a.dim, pkl)
         es_out = C.DATA_DIR / f"convert-es-{rows}.arrow"
         peer_out = C.DATA_DIR / f"convert-peer-{rows}.arrow"
-        print(f"== {rows:,} rows x {a.dim} ({pkl.stat().st_size / 1e6:.0f} MB pickle)")
+        print(f"== {rows:,} rows x {a.dim} ({pkl.stat().st_size / 1e6:.0f} MB pickle); load {C.loadavg()}")
         r = {"rows": rows, "pickle_mib": pkl.stat().st_size / 2**20}
-        r["embedstream"] = measure(
-            "embedstream", [str(exe), "convert", str(pkl), "-o", str(es_out), "--force",
-                            "--no-progress"], a.runs, es_out)
+        try:
+            r["embedstream"] = measure(
+                "embedstream", [str(exe), "convert", str(pkl), "-o", str(es_out), "--force",
+                                "--no-progress"], a.runs, es_out)
+        except Exception as e:
+            print(f"\n  embedstream convert FAILED: {str(e).strip()[-500:]}")
         if sc not in skip_peer:
             r["peer"] = measure(
                 "pandas+pyarrow", [sys.executable, str(C.BENCH_DIR / "peer_convert.py"),
                                    str(pkl), str(peer_out)], a.runs, peer_out)
         results[sc] = r
 
-    print("\n== results (median of", a.runs, "runs after one warm-up)")
+    print("\n== results (median of", a.runs, "runs after one warm-up; CPU = user + sys)")
     rows_t = []
+    nan = {"wall_s": float("nan"), "cpu_s": float("nan"), "peak_rss_mib": float("nan"),
+           "out_mib": float("nan")}
     for sc, r in results.items():
-        e = r["embedstream"]
+        e = r.get("embedstream", nan)
         p = r.get("peer")
         rows_t.append([
             f"{r['rows']:,}", f"{e['wall_s']:.2f}", f"{p['wall_s']:.2f}" if p else "-",
             f"{C.ratio(p['wall_s'], e['wall_s']):.1f}x" if p else "-",
+            f"{e['cpu_s']:.2f}", f"{p['cpu_s']:.2f}" if p else "-",
             f"{e['peak_rss_mib']:.0f}", f"{p['peak_rss_mib']:.0f}" if p else "-",
             f"{C.ratio(p['peak_rss_mib'], e['peak_rss_mib']):.1f}x" if p else "-",
             f"{e['out_mib']:.0f}", f"{p['out_mib']:.0f}" if p else "-",
         ])
-    print(C.table(rows_t, ["rows", "embedstream s", "peer s", "speed-up", "es peak RSS MiB",
+    print(C.table(rows_t, ["rows", "embedstream s", "peer s", "speed-up", "es CPU s",
+                           "peer CPU s", "es peak RSS MiB",
                            "peer peak RSS MiB", "RSS ratio", "es out MiB", "peer out MiB"]))
 
     print("\n== checks")
     for sc, r in results.items():
-        e, p = r["embedstream"], r.get("peer")
+        e, p = r.get("embedstream", nan), r.get("peer")
         if p:
             sp = C.ratio(p["wall_s"], e["wall_s"])
-            print(f"  {r['rows']:,}: embedstream >= 5x faster than the peer: {sp:.1f}x -> {C.verdict(sp >= 5)}")
+            print(f"  {r['rows']:,}: embedstream >= 5x faster than the peer: {sp:.1f}x -> {C.verdict(sp >= 5, sp)}")
         bound = e["out_mib"] + 128
         print(f"  {r['rows']:,}: peak RSS {e['peak_rss_mib']:.0f} MiB <= output {e['out_mib']:.0f} MiB"
-              f" + 128 = {bound:.0f} MiB -> {C.verdict(e['peak_rss_mib'] <= bound)}")
+              f" + 128 = {bound:.0f} MiB -> {C.verdict(e['peak_rss_mib'] <= bound, bound)}")
     if 1 in results and 10 in results:
         for who in ("embedstream", "peer"):
             a1, a10 = results[1].get(who), results[10].get(who)
@@ -136,7 +146,7 @@ def main() -> None:
                 rr = C.ratio(a10["peak_rss_mib"], a1["peak_rss_mib"])
                 ok = 7 <= tr <= 13 and rr <= 13
                 print(f"  linear ({who}): 10x/1x time {tr:.2f}, peak RSS {rr:.2f} (10 = linear)"
-                      f" -> {C.verdict(ok)}")
+                      f" -> {C.verdict(ok, tr, rr)}")
     C.save_results("convert", {"machine": info, "results": results})
 
 

@@ -323,8 +323,17 @@ def ratio(a, b):
         return float("nan")
 
 
-def verdict(ok: bool) -> str:
+def verdict(ok: bool, *values) -> str:
+    """"met" / "MISSED", or "not measured" when any value it rests on is NaN."""
+    import math
+
+    if any(isinstance(v, float) and math.isnan(v) for v in values):
+        return "not measured"
     return "met" if ok else "MISSED"
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def table(rows: list[list], header: list[str]) -> str:
