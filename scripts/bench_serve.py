@@ -33,8 +33,8 @@ sorted v7 keys, embedstream metadata).
     so the clients stay cheap) stream a 700,000 x 384 file (~1.1 GB). Target max
     RssAnon <= 64 MB.
 
-How serve is started: `embedstream serve --data FILE` with GRPC_PORT=PORT in the
-environment (the Python server's name); add flags with --serve-arg.
+How serve is started: `embedstream serve --data FILE --port PORT` (GRPC_PORT=PORT
+also set, LOG_LEVEL=WARNING); add flags with --serve-arg.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def ensure_arrow(rows: int, dim: int) -> Path:
 def start_serve(exe: Path, data: Path, extra: list[str]) -> C.Server:
     port = C.free_port()
     t0 = time.perf_counter()
-    s = C.Server("embedstream-serve", [str(exe), "serve", "--data", str(data)] + extra, port,
+    s = C.Server("embedstream-serve",
+                 [str(exe), "serve", "--data", str(data), "--port", str(port)] + extra, port,
                  env={"GRPC_PORT": str(port), "LOG_LEVEL": "WARNING"}, ready_timeout=300)
     s.startup_s = time.perf_counter() - t0
     return s
