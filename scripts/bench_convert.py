@@ -83,12 +83,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dim", type=int, default=C.REF_DIM)
     ap.add_argument("--no-peer-at", default="", help="scales at which to skip the peer, e.g. 10")
+    ap.add_argument("--runs-at", default="",
+                    help="measured runs per scale overriding --runs, e.g. 10:1 (time budget)")
     a = ap.parse_args()
     C.require_venv()
     info = C.machine_report()
     exe = C.embedstream_bin()
     scales = [int(s) for s in a.scales.split(",") if s]
     skip_peer = {int(s) for s in a.no_peer_at.split(",") if s}
+    runs_at = {int(k): int(v) for k, v in (x.split(":") for x in a.runs_at.split(",") if x)}
     results = {}
     for sc in scales:
         rows = C.REF_ROWS * sc
@@ -101,16 +104,17 @@ def main() -> None:
         try:
             r["embedstream"] = measure(
                 "embedstream", [str(exe), "convert", str(pkl), "-o", str(es_out), "--force",
-                                "--no-progress"], a.runs, es_out)
+                                "--no-progress"], runs_at.get(sc, a.runs), es_out)
         except Exception as e:
             print(f"\n  embedstream convert FAILED: {str(e).strip()[-500:]}")
         if sc not in skip_peer:
             r["peer"] = measure(
                 "pandas+pyarrow", [sys.executable, str(C.BENCH_DIR / "peer_convert.py"),
-                                   str(pkl), str(peer_out)], a.runs, peer_out)
+                                   str(pkl), str(peer_out)], runs_at.get(sc, a.runs), peer_out)
         results[sc] = r
 
-    print("\n== results (median of", a.runs, "runs after one warm-up; CPU = user + sys)")
+    print(f"\n== results (median of {a.runs} runs after one warm-up, {a.runs_at or 'no override'};"
+          " CPU = user + sys)")
     rows_t = []
     nan = {"wall_s": float("nan"), "cpu_s": float("nan"), "peak_rss_mib": float("nan"),
            "out_mib": float("nan")}
