@@ -33,7 +33,7 @@ sorted v7 keys, embedstream metadata).
     so the clients stay cheap) stream a 700,000 x 384 file (~1.1 GB). Target max
     RssAnon <= 64 MB.
 
-How serve is started: `embedstream serve --data FILE --port PORT` (GRPC_PORT=PORT
+How serve is started: `embedstream serve --data FILE --host 127.0.0.1 --port PORT` (GRPC_PORT=PORT
 also set, LOG_LEVEL=WARNING); add flags with --serve-arg.
 """
 
@@ -99,7 +99,8 @@ def start_serve(exe: Path, data: Path, extra: list[str]) -> C.Server:
     port = C.free_port()
     t0 = time.perf_counter()
     s = C.Server("embedstream-serve",
-                 [str(exe), "serve", "--data", str(data), "--port", str(port)] + extra, port,
+                 [str(exe), "serve", "--data", str(data), "--host", "127.0.0.1", "--port", str(port)] + extra,
+                 port,
                  env={"GRPC_PORT": str(port), "LOG_LEVEL": "WARNING"}, ready_timeout=300)
     s.startup_s = time.perf_counter() - t0
     return s
@@ -365,7 +366,7 @@ def main() -> None:
     ap.add_argument("--python-ttfc-requests", type=int, default=3)
     ap.add_argument("--ttfc-skip", default="", help="sizes to skip in (c), e.g. 14189700")
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--flight-ticket", default="",
+    ap.add_argument("--flight-ticket", default="all",
                     help="ticket for serve's Flight do_get (see src/serve/flight.rs)")
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="extra argument for `embedstream serve` (repeatable)")
