@@ -1,14 +1,29 @@
-//! Progress reporting: a bar on a terminal, periodic log lines otherwise
-//! (CI logs and pipes should not fill with control characters).
+//! Progress reporting shared by every long command: an indicatif bar when
+//! stderr is a terminal, a plain log line every few seconds when it is not (so
+//! logs collected by systemd or CI stay readable), nothing when hidden (tests,
+//! `--no-progress`).
 use std::{
     io::IsTerminal,
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// What unit the counter counts, for its display.
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProgressMode {
+    /// A bar on a terminal, log lines otherwise.
+    #[default]
+    Auto,
+    /// Nothing (library callers, tests).
+    Hidden,
+}
+
+/// What the counter counts, for its display.
 #[derive(Debug, Clone, Copy)]
 pub enum Unit {
     /// Bytes (shown as MB, MB/s).
@@ -17,65 +32,91 @@ pub enum Unit {
     Rows,
 }
 
-/// A progress counter that draws a bar on a terminal or logs every few seconds.
+/// Interval between plain log lines when stderr is not a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// A progress counter. Shared by reference (`&self`) so that a callback on
+/// another thread can advance it.
 #[derive(Debug)]
 pub struct Progress {
-    bar: Option<ProgressBar>,
     label: String,
+    bar: Option<ProgressBar>,
+    log: bool,
     unit: Unit,
     total: Option<u64>,
+    position: AtomicU64,
+    started: Instant,
     last_log: Mutex<Instant>,
 }
 
-const LOG_EVERY: Duration = Duration::from_secs(5);
-
 impl Progress {
-    /// A counter for `label` up to `total` (if known). `enabled = false`
-    /// silences it entirely (e.g. `--no-progress`).
-    pub fn new(label: &str, total: Option<u64>, unit: Unit, enabled: bool) -> Self {
-        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+    /// A counter for `label` up to `total` (if known).
+    pub fn new(label: &str, total: Option<u64>, unit: Unit, mode: ProgressMode) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (mode == ProgressMode::Auto && terminal).then(|| {
             let template = match (unit, total.is_some()) {
                 (Unit::Bytes, true) => {
-                    "{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
+                    "{prefix:>9} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}"
                 }
-                (Unit::Bytes, false) => "{msg:>10} {bytes} ({bytes_per_sec})",
+                (Unit::Bytes, false) => "{prefix:>9} {spinner} {bytes} ({bytes_per_sec}) {msg}",
                 (Unit::Rows, true) => {
-                    "{msg:>10} [{bar:40}] {human_pos}/{human_len} rows ({per_sec}, {eta})"
+                    "{prefix:>9} [{bar:40}] {human_pos}/{human_len} rows ({per_sec}, eta {eta}) {msg}"
                 }
-                (Unit::Rows, false) => "{msg:>10} {human_pos} rows ({per_sec})",
+                (Unit::Rows, false) => "{prefix:>9} {spinner} {human_pos} rows ({per_sec}) {msg}",
             };
-            let bar = total.map_or_else(ProgressBar::no_length, ProgressBar::new);
+            let bar = total.map_or_else(ProgressBar::new_spinner, ProgressBar::new);
+            // The templates are constants; a bad one would only lose the styling.
             if let Ok(style) = ProgressStyle::with_template(template) {
                 bar.set_style(style.progress_chars("=> "));
             }
-            bar.set_message(label.to_string());
+            bar.set_prefix(label.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
+        let now = Instant::now();
         Progress {
-            bar,
             label: label.to_string(),
+            bar,
+            log: mode == ProgressMode::Auto && !terminal,
             unit,
             total,
-            last_log: Mutex::new(Instant::now()),
+            position: AtomicU64::new(0),
+            started: now,
+            last_log: Mutex::new(now),
         }
     }
 
     /// Set the absolute position.
     pub fn set(&self, position: u64) {
-        match &self.bar {
-            Some(bar) => bar.set_position(position),
-            None => self.maybe_log(position),
-        }
+        self.position.store(position, Ordering::Relaxed);
+        self.show(position);
     }
 
     /// Advance by `delta`.
     pub fn inc(&self, delta: u64) {
+        let position = self.position.fetch_add(delta, Ordering::Relaxed) + delta;
+        self.show(position);
+    }
+
+    /// Start over with a note (a retried upload sends every row again).
+    pub fn restart(&self, note: &str) {
+        self.position.store(0, Ordering::Relaxed);
         if let Some(bar) = &self.bar {
-            bar.inc(delta);
+            bar.set_position(0);
+            bar.set_message(note.to_string());
+        } else if self.log {
+            tracing::info!("{}: {note}", self.label);
         }
     }
 
-    fn maybe_log(&self, position: u64) {
+    fn show(&self, position: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(position);
+            return;
+        }
+        if !self.log {
+            return;
+        }
         let Ok(mut last) = self.last_log.lock() else {
             return;
         };
@@ -83,19 +124,28 @@ impl Progress {
             return;
         }
         *last = Instant::now();
-        let shown = |n: u64| match self.unit {
-            Unit::Bytes => format!("{:.1} MB", n as f64 / 1e6),
-            Unit::Rows => format!("{n} rows"),
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let (amount, rate) = match self.unit {
+            Unit::Bytes => (
+                format!("{:.1} MB", position as f64 / 1e6),
+                format!("{:.1} MB/s", position as f64 / 1e6 / secs),
+            ),
+            Unit::Rows => (
+                format!("{position} rows"),
+                format!("{:.0} rows/s", position as f64 / secs),
+            ),
         };
         match self.total {
             Some(total) if total > 0 => tracing::info!(
-                "{}: {} of {} ({:.0}%)",
+                "{}: {amount} ({:.0}% of {}), {rate}",
                 self.label,
-                shown(position),
-                shown(total),
-                position as f64 * 100.0 / total as f64
+                position as f64 * 100.0 / total as f64,
+                match self.unit {
+                    Unit::Bytes => format!("{:.1} MB", total as f64 / 1e6),
+                    Unit::Rows => format!("{total} rows"),
+                }
             ),
-            _ => tracing::info!("{}: {}", self.label, shown(position)),
+            _ => tracing::info!("{}: {amount}, {rate}", self.label),
         }
     }
 
@@ -104,5 +154,11 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

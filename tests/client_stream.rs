@@ -9,11 +9,9 @@ use std::{
 };
 
 use embedstream::{
-    client::{
-        progress::ProgressMode,
-        stream::{pull, StreamError, StreamOptions, StreamReport, Violation},
-    },
+    client::stream::{pull, StreamError, StreamOptions, StreamReport, Violation},
     format::format_uuid,
+    progress::ProgressMode,
     proto::{
         embedding_stream_service_server::{EmbeddingStreamService, EmbeddingStreamServiceServer},
         IngestDataRequest, IngestDataResponse, RecruitRow, RowChunk, StreamEmbeddingRequest,

@@ -11,10 +11,8 @@ use std::{
 };
 
 use embedstream::{
-    client::{
-        progress::ProgressMode,
-        upload::{upload, UploadError, UploadOptions},
-    },
+    client::upload::{upload, UploadError, UploadOptions},
+    progress::ProgressMode,
     proto::{
         embedding_stream_service_server::{EmbeddingStreamService, EmbeddingStreamServiceServer},
         ingest_data_request::RequestType,

@@ -25,7 +25,8 @@ fn convert(args: &[&str]) -> Output {
 #[test]
 fn hostile_pickles_are_refused_and_nothing_runs_or_is_written() {
     let expected: BTreeMap<String, String> =
-        serde_json::from_slice(&std::fs::read(fixtures().join("hostile/expected.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(fixtures().join("hostile/expected.json")).unwrap())
+            .unwrap();
     assert!(expected.len() >= 30, "the hostile set is there");
     let canary = Path::new("/tmp/embedstream-pwned");
     let _ = std::fs::remove_file(canary);
@@ -37,13 +38,25 @@ fn hostile_pickles_are_refused_and_nothing_runs_or_is_written() {
         let out = convert(&[input.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.code() != Some(1) || !stderr.contains(needle.as_str()) || out_path.exists() {
-            failures.push(format!("{name}: exit {:?}, wanted {needle:?} in: {}", out.status.code(), stderr.trim()));
+            failures.push(format!(
+                "{name}: exit {:?}, wanted {needle:?} in: {}",
+                out.status.code(),
+                stderr.trim()
+            ));
         }
     }
     assert!(!canary.exists(), "a hostile pickle ran code");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert!(leftovers.is_empty(), "no output or temporary file is left behind: {leftovers:?}");
-    assert!(failures.is_empty(), "{} refusals wrong:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        leftovers.is_empty(),
+        "no output or temporary file is left behind: {leftovers:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} refusals wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -57,12 +70,23 @@ fn the_reference_layout_converts_and_serves() {
         }
         for writer in ["to_pickle", "dump-p2", "dump-p4", "dump-p5"] {
             let input = combo.join(format!("reference.{writer}.pkl"));
-            let output = dir.path().join(format!("{}-{writer}.arrow", combo.file_name().unwrap().to_string_lossy()));
+            let output = dir.path().join(format!(
+                "{}-{writer}.arrow",
+                combo.file_name().unwrap().to_string_lossy()
+            ));
             let out = convert(&[input.to_str().unwrap(), "-o", output.to_str().unwrap()]);
-            assert!(out.status.success(), "{}: {}", input.display(), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                input.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             let summary = String::from_utf8_lossy(&out.stdout);
             assert!(summary.contains("40 rows × 7 columns"), "{summary}");
-            assert!(summary.contains("vectors `job_post_vectors`: 8 × Float32"), "{summary}");
+            assert!(
+                summary.contains("vectors `job_post_vectors`: 8 × Float32"),
+                "{summary}"
+            );
             let store = Store::open(&output, None).unwrap();
             assert_eq!(store.num_rows(), 40);
             assert_eq!(store.layout().vector_dim, 8);
@@ -91,11 +115,30 @@ fn keep_float64_and_parquet_flags() {
     let input = fixtures().join("pandas/pandas-2.1.4/reference.to_pickle.pkl");
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("r64.arrow");
-    let out = convert(&[input.to_str().unwrap(), "-o", output.to_str().unwrap(), "--keep-float64"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = convert(&[
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--keep-float64",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("8 × Float64"));
     let parquet = dir.path().join("r.parquet");
-    let out = convert(&[input.to_str().unwrap(), "-o", parquet.to_str().unwrap(), "--format", "parquet"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = convert(&[
+        input.to_str().unwrap(),
+        "-o",
+        parquet.to_str().unwrap(),
+        "--format",
+        "parquet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(&std::fs::read(&parquet).unwrap()[..4], b"PAR1");
 }

@@ -10,7 +10,7 @@ use embedstream::{
     convert::{self, write::Table, ConvertArgs, OutputFormat},
     format::{self, FileLayout},
     frame::{Frame, FrameColumn},
-    progress::{Progress, Unit},
+    progress::{Progress, ProgressMode, Unit},
     store::Store,
 };
 
@@ -61,7 +61,7 @@ fn write(
         table,
         out,
         &args,
-        &Progress::new("t", None, Unit::Rows, false),
+        &Progress::new("t", None, Unit::Rows, ProgressMode::Hidden),
     )
     .unwrap()
 }

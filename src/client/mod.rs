@@ -2,7 +2,6 @@
 //! Server upload ([`upload`]). Both are library functions (`pull`, `upload`)
 //! that the CLI only wraps, so tests drive them in-process.
 pub mod json;
-pub mod progress;
 pub mod stream;
 pub mod upload;
 

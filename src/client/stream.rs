@@ -30,14 +30,11 @@ use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
 
-use super::{
-    endpoint, local_address,
-    progress::{Progress, ProgressMode},
-    AddressError,
-};
+use super::{endpoint, local_address, AddressError};
 use crate::{
     convert::atomic::{AtomicFile, AtomicFileError},
     format::{self, format_uuid, FileLayout},
+    progress::{Progress, ProgressMode, Unit},
     proto::{
         embedding_stream_service_client::EmbeddingStreamServiceClient, RowChunk,
         StreamEmbeddingRequest,
@@ -579,7 +576,7 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
             return Err(AtomicFileError::Exists(out.path.clone()).into());
         }
     }
-    let mut progress = Progress::new(opts.progress, "stream", None);
+    let progress = Progress::new("stream", None, Unit::Rows, opts.progress);
     let started = Instant::now();
     let what = if opts.flight {
         "Flight DoGet"

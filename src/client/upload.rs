@@ -21,11 +21,10 @@ use tonic::codegen::http::uri::PathAndQuery;
 use super::{
     endpoint, is_transient,
     json::{self, JsonError},
-    local_address,
-    progress::{Progress, ProgressMode},
-    AddressError,
+    local_address, AddressError,
 };
 use crate::{
+    progress::{Progress, ProgressMode, Unit},
     proto::{
         ingest_data_request::RequestType, IngestDataRequest, IngestDataResponse, IngestMetadata,
         ALIAS_PACKAGE, SERVICE,
@@ -273,7 +272,7 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
     };
 
     let total_rows = store.num_rows();
-    let mut progress = Progress::new(opts.progress, "upload", Some(total_rows as u64));
+    let progress = Progress::new("upload", Some(total_rows as u64), Unit::Rows, opts.progress);
     let started = Instant::now();
     let mut backoff = opts.initial_backoff;
     let mut attempt = 0u32;
@@ -289,7 +288,7 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
             metadata.clone(),
             rows.clone(),
             opts.chunk_size,
-            &mut progress,
+            &progress,
         )
         .await;
         let status = match outcome {
@@ -465,7 +464,7 @@ async fn attempt_once(
     metadata: IngestMetadata,
     rows: Arc<UploadRows>,
     chunk_size: usize,
-    progress: &mut Progress,
+    progress: &Progress,
 ) -> Attempt {
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,

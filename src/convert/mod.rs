@@ -23,7 +23,7 @@ use arrow_schema::DataType;
 use crate::{
     format::{self, format_uuid},
     frame::{self, FrameOptions},
-    progress::{Progress, Unit},
+    progress::{Progress, ProgressMode, Unit},
 };
 
 /// Output file format.
@@ -97,6 +97,15 @@ impl ConvertArgs {
         }
     }
 
+    /// Progress shown unless `--no-progress`.
+    pub fn progress_mode(&self) -> ProgressMode {
+        if self.no_progress {
+            ProgressMode::Hidden
+        } else {
+            ProgressMode::Auto
+        }
+    }
+
     /// The output path: `-o` or INPUT with the format's extension.
     pub fn output_path(&self) -> PathBuf {
         self.output.clone().unwrap_or_else(|| {
@@ -145,7 +154,11 @@ impl fmt::Display for ConvertSummary {
             self.rows,
             self.columns,
             self.batches,
-            if self.batches == 1 { "batch" } else { "batches" }
+            if self.batches == 1 {
+                "batch"
+            } else {
+                "batches"
+            }
         )?;
         match &self.vector {
             Some((name, dim, ty)) => write!(f, "; vectors `{name}`: {dim} × {ty}")?,
@@ -160,7 +173,12 @@ impl fmt::Display for ConvertSummary {
         if let Some((first, last)) = &self.key_range {
             write!(f, " from {first} to {last}")?;
         }
-        write!(f, ". Wrote {} in {:.2} s.", human_bytes(self.bytes), self.elapsed.as_secs_f64())
+        write!(
+            f,
+            ". Wrote {} in {:.2} s.",
+            human_bytes(self.bytes),
+            self.elapsed.as_secs_f64()
+        )
     }
 }
 
@@ -227,7 +245,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         "reading",
         Some(input_meta.len()),
         Unit::Bytes,
-        !args.no_progress,
+        args.progress_mode(),
     ));
     let progress_sink = reading.clone();
     let options = FrameOptions {
@@ -253,7 +271,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         "writing",
         Some(table.rows() as u64),
         Unit::Rows,
-        !args.no_progress,
+        args.progress_mode(),
     );
     let written = write::write(&table, &output, args, &writing)?;
     writing.finish();
