@@ -71,9 +71,13 @@ impl AtomicFile {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         );
-        let temp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".tmp")
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        // tempfile creates 0600 files; an output file is an ordinary file
+        // (0644 before the umask), readable by whoever serves or reads it.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        let temp = builder
             .tempfile_in(dir)
             .map_err(|e| AtomicFileError::io(dest, e))?;
         Ok(AtomicFile {
@@ -141,6 +145,16 @@ mod tests {
         assert!(!dest.exists(), "nothing under the final name before commit");
         f.commit().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+            assert_eq!(
+                mode & 0o044,
+                0o044,
+                "group and others can read the output ({mode:o})"
+            );
+        }
 
         let err = AtomicFile::create(&dest, false).unwrap_err();
         assert_eq!(
