@@ -23,7 +23,10 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Schema};
 
-use crate::format::{vector_shape, FileLayout};
+use crate::{
+    format::{vector_shape, FileLayout},
+    store::Store,
+};
 
 /// Default column feeding `company_name`.
 pub const DEFAULT_COMPANY_NAME_COLUMN: &str = "Company Name";
@@ -628,6 +631,72 @@ impl IntColumn {
         (self.1)(self.0.as_ref(), i)
             .map(|v| v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
             .unwrap_or(0)
+    }
+}
+
+/// The mapped store with a [`RecruitColumns`] view of every batch, built
+/// once at start-up (a few `Arc` clones per batch) and shared by all streams.
+#[derive(Debug)]
+pub struct RecruitTable {
+    store: Arc<Store>,
+    layout: RecruitLayout,
+    columns: Vec<RecruitColumns>,
+}
+
+impl RecruitTable {
+    /// Views of every batch of `store` under `layout`.
+    pub fn new(store: Arc<Store>, layout: RecruitLayout) -> Result<Self, RowsError> {
+        let columns = store
+            .batches()
+            .iter()
+            .map(|b| layout.columns(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecruitTable {
+            store,
+            layout,
+            columns,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The resolved mapping.
+    pub fn layout(&self) -> &RecruitLayout {
+        &self.layout
+    }
+
+    /// Total rows.
+    pub fn num_rows(&self) -> usize {
+        self.store.num_rows()
+    }
+
+    /// Call `f(columns, first, end)` for each batch segment of global rows
+    /// `start..end` (clamped to the file).
+    pub fn for_segments(
+        &self,
+        start: usize,
+        end: usize,
+        mut f: impl FnMut(&RecruitColumns, usize, usize),
+    ) {
+        let end = end.min(self.num_rows());
+        let mut row = start;
+        while row < end {
+            let (b, i) = self.store.locate(row);
+            let Some(cols) = self.columns.get(b) else {
+                return;
+            };
+            let take = (cols.len().saturating_sub(i)).min(end - row);
+            if take == 0 {
+                // An empty batch cannot be returned by `locate` for a row
+                // inside the file; stop rather than loop.
+                return;
+            }
+            f(cols, i, i + take);
+            row += take;
+        }
     }
 }
 

@@ -34,8 +34,6 @@ enum Behaviour {
     AlwaysFail(tonic::Code),
     /// Read everything, answer success=false.
     ReportFailure,
-    /// Keep only counts (rows, bytes) instead of the chunks: for big uploads.
-    CountOnly,
 }
 
 /// What one attempt delivered.
@@ -45,8 +43,6 @@ struct Attempt {
     /// Whether a data chunk came before the metadata (or a second metadata).
     out_of_order: bool,
     chunks: Vec<Vec<u8>>,
-    /// With `CountOnly`: chunks, rows (objects) and JSON bytes received.
-    counted: (usize, usize, u64),
     /// Whether the request stream ended cleanly (the client said "that's all").
     completed: bool,
 }
@@ -96,14 +92,7 @@ impl EmbeddingStreamService for Receiver {
                     if attempt.metadata.is_none() {
                         attempt.out_of_order = true;
                     }
-                    if matches!(self.behaviour, Behaviour::CountOnly) {
-                        let rows = c.windows(7).filter(|w| w == b"{\"id\":\"").count();
-                        attempt.counted.0 += 1;
-                        attempt.counted.1 += rows;
-                        attempt.counted.2 += c.len() as u64;
-                    } else {
-                        attempt.chunks.push(c);
-                    }
+                    attempt.chunks.push(c);
                     data_chunks += 1;
                 }
                 None => attempt.out_of_order = true,
@@ -496,41 +485,6 @@ fn cli_flags_parse_and_refuse_zero() {
         }
         other => panic!("parsed as {other:?}"),
     }
-}
-
-/// Throughput of the release binary against an in-process receiver that
-/// only counts what it gets; 141,897 rows × 384 like the reference data set.
-/// A measurement, not a check of speed: it asserts only that every row
-/// arrived. Run: `cargo test --release --test client_upload -- --ignored --nocapture measure`.
-#[test]
-#[ignore = "measurement: builds a 220 MB file; run with --release -- --ignored --nocapture"]
-fn measure_upload_throughput_of_the_binary() {
-    const BIG_ROWS: usize = 141_897;
-    const BIG_DIM: usize = 384;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big.arrow");
-    common::write_sample_file(&file, BIG_ROWS, BIG_DIM, 8192);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (addr, attempts) = runtime.block_on(start(ALIAS_PACKAGE, Behaviour::CountOnly));
-    let started = std::time::Instant::now();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
-        .args(["upload", file.to_str().unwrap(), "--to", &addr.to_string()])
-        .output()
-        .unwrap();
-    let wall = started.elapsed();
-    println!("{}", String::from_utf8_lossy(&output.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success());
-    let attempts = attempts.lock().unwrap();
-    assert_eq!(attempts.len(), 1);
-    let (chunks, rows, bytes) = attempts[0].counted;
-    assert_eq!((chunks, rows), (BIG_ROWS.div_ceil(300), BIG_ROWS));
-    let secs = wall.as_secs_f64();
-    println!(
-        "binary wall time {secs:.2} s (process start to exit): {:.0} rows/s, {:.1} MB/s of JSON ({bytes} bytes)",
-        BIG_ROWS as f64 / secs,
-        bytes as f64 / 1e6 / secs
-    );
 }
 
 /// A file whose row `bad` has a NaN component is refused before anything

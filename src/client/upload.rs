@@ -29,7 +29,7 @@ use crate::{
         ingest_data_request::RequestType, IngestDataRequest, IngestDataResponse, IngestMetadata,
         ALIAS_PACKAGE, SERVICE,
     },
-    rows::{RecruitColumns, RowMapping, RowsError},
+    rows::{RecruitTable, RowMapping, RowsError},
     store::{Store, StoreError},
 };
 
@@ -351,48 +351,47 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
     }
 }
 
-/// The file's rows as RecruitRow views, one per record batch.
+/// The file's rows as RecruitRow views (the same table `serve` encodes from).
 struct UploadRows {
-    store: Arc<Store>,
-    columns: Vec<RecruitColumns>,
+    table: RecruitTable,
     dim: usize,
 }
 
 impl UploadRows {
     fn new(store: Arc<Store>, mapping: &RowMapping) -> Result<Self, RowsError> {
         let layout = mapping.resolve(store.schema(), store.layout())?;
-        let columns = store
-            .batches()
-            .iter()
-            .map(|batch| layout.columns(batch))
-            .collect::<Result<Vec<_>, _>>()?;
+        let dim = layout.vector_dim();
         Ok(UploadRows {
-            dim: layout.vector_dim(),
-            store,
-            columns,
+            table: RecruitTable::new(store, layout)?,
+            dim,
         })
     }
 
     /// The first non-finite vector component, if any.
     fn check_finite(&self) -> Result<(), JsonError> {
+        let mut found = None;
         let mut row = 0usize;
-        for columns in &self.columns {
-            for i in 0..columns.len() {
-                let vector = columns.vector(i);
-                if let Some((component, value)) =
-                    vector.iter().enumerate().find(|(_, v)| !v.is_finite())
-                {
-                    return Err(JsonError::NonFinite {
-                        row,
-                        id: columns.id(i).to_string(),
-                        component,
-                        value,
-                    });
+        self.table
+            .for_segments(0, self.table.num_rows(), |columns, first, stop| {
+                for i in first..stop {
+                    if found.is_some() {
+                        return;
+                    }
+                    let vector = columns.vector(i);
+                    if let Some((component, value)) =
+                        vector.iter().enumerate().find(|(_, v)| !v.is_finite())
+                    {
+                        found = Some(JsonError::NonFinite {
+                            row,
+                            id: columns.id(i).to_string(),
+                            component,
+                            value,
+                        });
+                    }
+                    row += 1;
                 }
-                row += 1;
-            }
-        }
-        Ok(())
+            });
+        found.map_or(Ok(()), Err)
     }
 
     /// A guess at a chunk's JSON size, so its buffer is allocated once:
@@ -407,15 +406,14 @@ impl UploadRows {
         buf.push(b'[');
         let mut row = start;
         let mut id = [0u8; 36];
-        while row < end {
-            let (batch, first) = self.store.locate(row);
-            let Some(columns) = self.columns.get(batch) else {
-                break;
-            };
-            let stop = columns.len().min(first + (end - row));
+        let mut result = Ok(());
+        self.table.for_segments(start, end, |columns, first, stop| {
             for i in first..stop {
+                if result.is_err() {
+                    return;
+                }
                 let json = json::JsonRow {
-                    row: row + (i - first),
+                    row,
                     id: columns.id_str(i, &mut id),
                     company_name: columns.company_name(i),
                     exp_years: columns.exp_years(i),
@@ -423,15 +421,11 @@ impl UploadRows {
                     primary_keyword: columns.primary_keyword(i),
                     vector: columns.vector(i).iter(),
                 };
-                json::write_row(buf, json, row == start && i == first)?;
+                result = json::write_row(buf, json, row == start);
+                row += 1;
             }
-            if stop <= first {
-                // An empty batch cannot hold `row`; `locate` skips those, so
-                // this only guards against looping forever.
-                break;
-            }
-            row += stop - first;
-        }
+        });
+        result?;
         buf.push(b']');
         Ok(())
     }
@@ -482,9 +476,9 @@ async fn attempt_once(
     // error through `failed`, and dropping the call cancels the RPC.
     let (tx, rx) = mpsc::channel::<Result<(Vec<u8>, usize), JsonError>>(CHANNEL_CHUNKS);
     let (failed_tx, failed_rx) = oneshot::channel::<UploadError>();
-    let total_rows = rows.store.num_rows();
+    let total_rows = rows.table.num_rows();
     let encoder = tokio::task::spawn_blocking(move || {
-        let total = rows.store.num_rows();
+        let total = rows.table.num_rows();
         let mut start = 0usize;
         let mut warned = false;
         while start < total {

@@ -21,8 +21,9 @@ use tonic::{
     Request, Response, Status,
 };
 
-use super::encode::{ChunkCodec, ChunkPlan, RecruitTable};
+use super::encode::{row_size_bound, ChunkCodec, ChunkPlan};
 use crate::proto::StreamEmbeddingRequest;
+use crate::rows::RecruitTable;
 
 /// Full name of the canonical service.
 pub const SERVICE_NAME: &str = "embedding.EmbeddingStreamService";
@@ -299,7 +300,7 @@ where
                     // Room for one chunk of the default size: tonic reuses the buffer.
                     let buffer_size = limits
                         .default
-                        .saturating_mul(shared.table.row_size_bound(64))
+                        .saturating_mul(row_size_bound(&shared.table, 64))
                         .min(limits.max_message_bytes);
                     let mut grpc = Grpc::new(ChunkCodec { buffer_size })
                         .apply_max_message_size_config(

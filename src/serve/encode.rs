@@ -20,8 +20,7 @@ use tonic::{
 
 use crate::{
     proto::StreamEmbeddingRequest,
-    rows::{RecruitColumns, RecruitLayout, RowsError, VectorRef},
-    store::Store,
+    rows::{RecruitColumns, RecruitTable, VectorRef},
 };
 
 /// Wire type 2 (length-delimited) tags of the fields we write.
@@ -35,78 +34,12 @@ const TAG_VECTOR: u8 = (6 << 3) | 2;
 /// Length of a hyphenated UUID.
 const ID_LEN: usize = 36;
 
-/// The mapped store with a [`RecruitColumns`] view of every batch, built
-/// once at start-up (a few `Arc` clones per batch) and shared by all streams.
-#[derive(Debug)]
-pub struct RecruitTable {
-    store: Arc<Store>,
-    layout: RecruitLayout,
-    columns: Vec<RecruitColumns>,
-}
-
-impl RecruitTable {
-    /// Views of every batch of `store` under `layout`.
-    pub fn new(store: Arc<Store>, layout: RecruitLayout) -> Result<Self, RowsError> {
-        let columns = store
-            .batches()
-            .iter()
-            .map(|b| layout.columns(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecruitTable {
-            store,
-            layout,
-            columns,
-        })
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
-    /// The resolved mapping.
-    pub fn layout(&self) -> &RecruitLayout {
-        &self.layout
-    }
-
-    /// Total rows.
-    pub fn num_rows(&self) -> usize {
-        self.store.num_rows()
-    }
-
-    /// Call `f(columns, first, end)` for each batch segment of global rows
-    /// `start..end` (clamped to the file).
-    fn for_segments(
-        &self,
-        start: usize,
-        end: usize,
-        mut f: impl FnMut(&RecruitColumns, usize, usize),
-    ) {
-        let end = end.min(self.num_rows());
-        let mut row = start;
-        while row < end {
-            let (b, i) = self.store.locate(row);
-            let Some(cols) = self.columns.get(b) else {
-                return;
-            };
-            let take = (cols.len().saturating_sub(i)).min(end - row);
-            if take == 0 {
-                // An empty batch cannot be returned by `locate` for a row
-                // inside the file; stop rather than loop.
-                return;
-            }
-            f(cols, i, i + take);
-            row += take;
-        }
-    }
-
-    /// Upper bound of one encoded row's size when every string is at most
-    /// `max_string` bytes: used to bound `chunk_size` below a message limit.
-    pub fn row_size_bound(&self, max_string: usize) -> usize {
-        let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
-        let body = field(ID_LEN) + 3 * field(max_string) + 11 + field(self.layout.vector_dim() * 4);
-        1 + encoded_len_varint(body as u64) + body
-    }
+/// Upper bound of one encoded row's size when every string is at most
+/// `max_string` bytes: used to bound `chunk_size` below a message limit.
+pub fn row_size_bound(table: &RecruitTable, max_string: usize) -> usize {
+    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let body = field(ID_LEN) + 3 * field(max_string) + 11 + field(table.layout().vector_dim() * 4);
+    1 + encoded_len_varint(body as u64) + body
 }
 
 /// Length of the `RecruitRow` message of row `i` (without its own tag/length).
@@ -377,7 +310,7 @@ mod tests {
             w.write(&batch).unwrap();
         }
         w.finish().unwrap();
-        let store = Arc::new(Store::open(&path, None).unwrap());
+        let store = Arc::new(crate::store::Store::open(&path, None).unwrap());
         let layout = RowMapping::default()
             .resolve(store.schema(), store.layout())
             .unwrap();
@@ -441,7 +374,7 @@ mod tests {
     fn row_bound_covers_rows() {
         let (_dir, t) = table(false, false);
         for i in 0..5 {
-            assert!(chunk_len(&t, i, i + 1) <= t.row_size_bound(16));
+            assert!(chunk_len(&t, i, i + 1) <= row_size_bound(&t, 16));
         }
     }
 }

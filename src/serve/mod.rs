@@ -24,12 +24,12 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
+use crate::rows::RecruitTable;
 use crate::{
     rows::{RowMapping, RowsError},
     store::{Store, StoreError},
 };
 use embedding::{ChunkLimits, EmbeddingService, StreamStats};
-use encode::RecruitTable;
 use package_alias::{PackageAlias, ALIAS_SERVICE_NAME};
 
 /// Rows per chunk when a request asks for 0 (the Batch Server's own default).
@@ -203,7 +203,7 @@ fn open(config: &ServerConfig) -> Result<(Arc<RecruitTable>, ChunkLimits), Serve
     let table = Arc::new(RecruitTable::new(store, layout).map_err(mapping_err)?);
     // The chunk size bound: the whole chunk (plus gRPC's 5-byte frame
     // header) must fit the Batch Server's inbound limit.
-    let row_bound = table.row_size_bound(STRING_ALLOWANCE);
+    let row_bound = encode::row_size_bound(&table, STRING_ALLOWANCE);
     let fits = config.max_message_bytes.saturating_sub(5) / row_bound.max(1);
     if fits == 0 {
         return Err(ServeError::Settings(format!(
