@@ -14,6 +14,8 @@ pub mod frame;
 pub mod inspect;
 pub mod logging;
 pub mod pickle;
+pub mod progress;
 pub mod proto;
+pub mod rows;
 pub mod serve;
 pub mod store;

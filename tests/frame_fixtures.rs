@@ -88,10 +88,18 @@ fn timestamp_ns_at(a: &dyn Array, i: usize) -> Option<i128> {
         return None;
     }
     Some(match a.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => a.as_primitive::<TimestampSecondType>().value(i) as i128 * 1_000_000_000,
-        DataType::Timestamp(TimeUnit::Millisecond, _) => a.as_primitive::<TimestampMillisecondType>().value(i) as i128 * 1_000_000,
-        DataType::Timestamp(TimeUnit::Microsecond, _) => a.as_primitive::<TimestampMicrosecondType>().value(i) as i128 * 1_000,
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => a.as_primitive::<TimestampNanosecondType>().value(i) as i128,
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            a.as_primitive::<TimestampSecondType>().value(i) as i128 * 1_000_000_000
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            a.as_primitive::<TimestampMillisecondType>().value(i) as i128 * 1_000_000
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            a.as_primitive::<TimestampMicrosecondType>().value(i) as i128 * 1_000
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            a.as_primitive::<TimestampNanosecondType>().value(i) as i128
+        }
         t => panic!("not a timestamp column: {t}"),
     })
 }
@@ -106,7 +114,13 @@ fn compare_column(col: &J, name: &str, a: &ArrayRef, keep64: bool) -> Result<(),
     for (i, want) in values.iter().enumerate() {
         let ok = match kind {
             "string" => string_at(a, i).as_deref() == want.as_str(),
-            "int" | "uint" => int_at(a, i) == want.as_i64().map(|v| v as i128).or(want.as_u64().map(|v| v as i128)),
+            "int" | "uint" => {
+                int_at(a, i)
+                    == want
+                        .as_i64()
+                        .map(|v| v as i128)
+                        .or(want.as_u64().map(|v| v as i128))
+            }
             "float" => {
                 let got = float_at(a, i);
                 match (got, want.as_f64()) {
@@ -117,7 +131,10 @@ fn compare_column(col: &J, name: &str, a: &ArrayRef, keep64: bool) -> Result<(),
                         if a.data_type() == &DataType::Float32 {
                             g as f32 == w as f32
                         } else {
-                            g.to_bits() == w.to_bits() || (g == 0.0 && w == 0.0 && g.is_sign_negative() == w.is_sign_negative())
+                            g.to_bits() == w.to_bits()
+                                || (g == 0.0
+                                    && w == 0.0
+                                    && g.is_sign_negative() == w.is_sign_negative())
                         }
                     }
                     (None, Some(_)) => false,
@@ -158,7 +175,11 @@ fn compare_column(col: &J, name: &str, a: &ArrayRef, keep64: bool) -> Result<(),
                         return Err(format!("dim {dim}, expected {d}"));
                     }
                 }
-                let want_item = if keep64 { DataType::Float64 } else { DataType::Float32 };
+                let want_item = if keep64 {
+                    DataType::Float64
+                } else {
+                    DataType::Float32
+                };
                 if item.data_type() != &want_item {
                     return Err(format!("vector items are {}", item.data_type()));
                 }
@@ -182,12 +203,17 @@ fn compare_column(col: &J, name: &str, a: &ArrayRef, keep64: bool) -> Result<(),
             other => return Err(format!("unknown kind {other}")),
         };
         if !ok {
-            return Err(format!("row {i}: expected {want}, column is {} (name {name})", a.data_type()));
+            return Err(format!(
+                "row {i}: expected {want}, column is {} (name {name})",
+                a.data_type()
+            ));
         }
     }
     if kind == "category" {
         let d = a.as_any_dictionary();
-        let got: Vec<String> = (0..d.values().len()).map(|k| value_as_string(d.values(), k)).collect();
+        let got: Vec<String> = (0..d.values().len())
+            .map(|k| value_as_string(d.values(), k))
+            .collect();
         let want: Vec<String> = col["categories"]
             .as_array()
             .unwrap()
@@ -231,7 +257,9 @@ fn check_fixture(pkl: &Path, json: &Path, keep64: bool) -> Result<(), String> {
         return match result {
             Ok(_) => Err(format!("converted, but must fail with {err:?}")),
             Err(e) if e.to_string().contains(err) => Ok(()),
-            Err(e) => Err(format!("failed with {e}, expected a message containing {err:?}")),
+            Err(e) => Err(format!(
+                "failed with {e}, expected a message containing {err:?}"
+            )),
         };
     }
     let frame = result.map_err(|e| format!("failed: {e}"))?;
@@ -246,7 +274,8 @@ fn check_fixture(pkl: &Path, json: &Path, keep64: bool) -> Result<(), String> {
         return Err(format!("columns {got:?}, expected {names:?}"));
     }
     for (c, col) in cols.iter().zip(&frame.columns) {
-        compare_column(c, &col.name, &col.array, keep64).map_err(|e| format!("column '{}': {e}", col.name))?;
+        compare_column(c, &col.name, &col.array, keep64)
+            .map_err(|e| format!("column '{}': {e}", col.name))?;
     }
     Ok(())
 }
@@ -256,19 +285,44 @@ fn every_fixture_matches_what_pandas_held() {
     let all = fixtures();
     // The set must not be empty and must cover the version matrix, so this
     // test cannot pass on zero files.
-    assert!(all.len() >= 100, "only {} fixtures found under {}", all.len(), fixture_root().display());
+    assert!(
+        all.len() >= 100,
+        "only {} fixtures found under {}",
+        all.len(),
+        fixture_root().display()
+    );
     let combos: BTreeSet<String> = all
         .iter()
-        .map(|(p, _)| p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned())
+        .map(|(p, _)| {
+            p.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
-    for want in ["pandas-1.5.3", "pandas-2.1.4", "pandas-2.2.3", "pandas-3.1.1-pyarrow", "pandas-3.1.1-nopyarrow"] {
+    for want in [
+        "pandas-1.5.3",
+        "pandas-2.1.4",
+        "pandas-2.2.3",
+        "pandas-3.1.1-pyarrow",
+        "pandas-3.1.1-nopyarrow",
+    ] {
         assert!(combos.contains(want), "no fixtures for {want}: {combos:?}");
     }
     let names: BTreeSet<String> = all
         .iter()
         .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for frame in ["reference", "kitchen_sink", "dict_of_lists", "list_of_dicts", "ragged", "empty"] {
+    for frame in [
+        "reference",
+        "kitchen_sink",
+        "dict_of_lists",
+        "list_of_dicts",
+        "ragged",
+        "empty",
+    ] {
         for writer in ["to_pickle", "dump-p2", "dump-p4", "dump-p5"] {
             let f = format!("{frame}.{writer}.pkl");
             assert!(names.contains(&f), "no fixture {f}");
@@ -277,17 +331,31 @@ fn every_fixture_matches_what_pandas_held() {
     let mut failures = Vec::new();
     for (pkl, json) in &all {
         if let Err(e) = check_fixture(pkl, json, false) {
-            failures.push(format!("{}: {e}", pkl.strip_prefix(fixture_root()).unwrap().display()));
+            failures.push(format!(
+                "{}: {e}",
+                pkl.strip_prefix(fixture_root()).unwrap().display()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} fixtures differ:\n{}", failures.len(), all.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures differ:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn reference_fixtures_keep_float64_exactly() {
     let all: Vec<_> = fixtures()
         .into_iter()
-        .filter(|(p, _)| p.file_name().unwrap().to_string_lossy().starts_with("reference."))
+        .filter(|(p, _)| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("reference.")
+        })
         .collect();
     assert!(all.len() >= 20);
     let mut failures = Vec::new();

@@ -95,7 +95,10 @@ fn scalars() {
         (p4(&[0x8a, 0]), Value::Int(0)),
         (p4(&[0x8b, 1, 0, 0, 0, 0x7f]), Value::Int(127)),
         (b"F1.5\n.".to_vec(), Value::Float(1.5)),
-        (p4(&cat(&[b"G", &2.25f64.to_be_bytes()])), Value::Float(2.25)),
+        (
+            p4(&cat(&[b"G", &2.25f64.to_be_bytes()])),
+            Value::Float(2.25),
+        ),
     ];
     for (data, want) in cases {
         assert_eq!(ok(&data).root, want, "{data:?}");
@@ -105,7 +108,10 @@ fn scalars() {
     assert!(matches!(l.root, Value::BigInt(_)));
     assert_eq!(l.heap.py_str(l.root, 1).unwrap(), "18446744073709551616");
     let l = ok(b"L-123456789012345678901234567890L\n.");
-    assert_eq!(l.heap.py_str(l.root, 1).unwrap(), "-123456789012345678901234567890");
+    assert_eq!(
+        l.heap.py_str(l.root, 1).unwrap(),
+        "-123456789012345678901234567890"
+    );
 }
 
 #[test]
@@ -150,7 +156,10 @@ fn containers() {
     let l = ok(&p4(b")"));
     assert_eq!(l.heap.tuple(l.root).unwrap().len(), 0);
     let l = ok(&p4(&[b'K', 1, b'K', 2, 0x86]));
-    assert_eq!(l.heap.tuple(l.root).unwrap(), &[Value::Int(1), Value::Int(2)]);
+    assert_eq!(
+        l.heap.tuple(l.root).unwrap(),
+        &[Value::Int(1), Value::Int(2)]
+    );
     let l = ok(&p4(&[b'K', 1, 0x85]));
     assert_eq!(l.heap.tuple(l.root).unwrap().len(), 1);
     let l = ok(&p4(&[b'K', 1, b'K', 2, b'K', 3, 0x87]));
@@ -158,10 +167,19 @@ fn containers() {
     let l = ok(&p4(b"(K\x01K\x02K\x03K\x04t"));
     assert_eq!(l.heap.tuple(l.root).unwrap().len(), 4);
     let l = ok(&p4(b"]K\x01a(K\x02K\x03e"));
-    assert_eq!(l.heap.list(l.root).unwrap(), &[Value::Int(1), Value::Int(2), Value::Int(3)]);
+    assert_eq!(
+        l.heap.list(l.root).unwrap(),
+        &[Value::Int(1), Value::Int(2), Value::Int(3)]
+    );
     let l = ok(b"(I1\nI2\nl.");
     assert_eq!(l.heap.list(l.root).unwrap().len(), 2);
-    let l = ok(&p4(&cat(&[b"}", &short_str("a"), b"K\x01s(", &short_str("b"), b"K\x02u"])));
+    let l = ok(&p4(&cat(&[
+        b"}",
+        &short_str("a"),
+        b"K\x01s(",
+        &short_str("b"),
+        b"K\x02u",
+    ])));
     assert_eq!(l.heap.get(l.root, "a"), Some(Value::Int(1)));
     assert_eq!(l.heap.get(l.root, "b"), Some(Value::Int(2)));
     let l = ok(b"(S'k'\nI5\nd.");
@@ -178,12 +196,18 @@ fn stack_and_memo() {
     assert_eq!(ok(&p4(b"K\x01K\x020")).root, Value::Int(1));
     assert_eq!(ok(&p4(b"K\x07(K\x01K\x021")).root, Value::Int(7));
     let l = ok(&p4(&[b'K', 9, b'2', 0x86]));
-    assert_eq!(l.heap.tuple(l.root).unwrap(), &[Value::Int(9), Value::Int(9)]);
+    assert_eq!(
+        l.heap.tuple(l.root).unwrap(),
+        &[Value::Int(9), Value::Int(9)]
+    );
     // PUT/GET (text), BINPUT/BINGET, LONG_BINPUT/LONG_BINGET, MEMOIZE
     let l = ok(b"I5\np0\n0g0\n.");
     assert_eq!(l.root, Value::Int(5));
     assert_eq!(ok(&p4(b"K\x05q\x000h\x00")).root, Value::Int(5));
-    assert_eq!(ok(&p4(b"K\x05r\x00\x00\x00\x000j\x00\x00\x00\x00")).root, Value::Int(5));
+    assert_eq!(
+        ok(&p4(b"K\x05r\x00\x00\x00\x000j\x00\x00\x00\x00")).root,
+        Value::Int(5)
+    );
     assert_eq!(ok(&p4(&[b'K', 3, 0x94, b'0', b'h', 0])).root, Value::Int(3));
     // A memoised list is shared, so appends through the memo are seen.
     let l = ok(&p4(&[b']', 0x94, b'h', 0, b'K', 1, b'a', b'0']));
@@ -203,7 +227,11 @@ fn framing() {
 #[test]
 fn globals_and_construction_are_recorded_not_run() {
     // GLOBAL + REDUCE
-    let l = ok(&cat(&[&proto(2), &global("builtins", "slice"), b"K\x00K\x03N\x87R."]));
+    let l = ok(&cat(&[
+        &proto(2),
+        &global("builtins", "slice"),
+        b"K\x00K\x03N\x87R.",
+    ]));
     let o = l.heap.object(l.root).unwrap();
     assert_eq!(o.kind(), Kind::Slice);
     assert_eq!(o.class_name(), "builtins.slice");
@@ -217,7 +245,12 @@ fn globals_and_construction_are_recorded_not_run() {
     ])));
     let o = l.heap.object(l.root).unwrap();
     assert_eq!(o.kind(), Kind::DataFrame);
-    assert_eq!(l.heap.get(o.state.unwrap(), "_typ").map(|v| text(&l.heap, v)), Some("dataframe".into()));
+    assert_eq!(
+        l.heap
+            .get(o.state.unwrap(), "_typ")
+            .map(|v| text(&l.heap, v)),
+        Some("dataframe".into())
+    );
     // NEWOBJ_EX
     let l = ok(&p4(&cat(&[&stack_global("pandas", "Index"), b")}\x92"])));
     assert!(l.heap.object(l.root).unwrap().kwargs.is_some());
@@ -237,7 +270,12 @@ fn globals_and_construction_are_recorded_not_run() {
     // REDUCE(_reconstructor, (cls, object, None)) then BUILD
     let _ = l;
     // collections.OrderedDict() becomes a dict that SETITEMS fills.
-    let l = ok(&p4(&cat(&[&stack_global("collections", "OrderedDict"), b")R", &short_str("k"), b"K\x01s"])));
+    let l = ok(&p4(&cat(&[
+        &stack_global("collections", "OrderedDict"),
+        b")R",
+        &short_str("k"),
+        b"K\x01s",
+    ])));
     assert_eq!(l.heap.get(l.root, "k"), Some(Value::Int(1)));
     // getattr(zoneinfo.ZoneInfo, '_unpickle')('Europe/Berlin', 1): the one allowed getattr.
     let l = ok(&p4(&cat(&[
@@ -248,7 +286,10 @@ fn globals_and_construction_are_recorded_not_run() {
         &short_str("Europe/Berlin"),
         b"K\x01\x86R",
     ])));
-    assert_eq!(l.heap.object(l.root).unwrap().class_name(), "zoneinfo.ZoneInfo._unpickle");
+    assert_eq!(
+        l.heap.object(l.root).unwrap().class_name(),
+        "zoneinfo.ZoneInfo._unpickle"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -278,7 +319,11 @@ fn forbidden_globals_are_refused_with_name_and_offset() {
     ];
     for (m, n) in cases {
         // GLOBAL at offset 2 (after PROTO 2)
-        let data = cat(&[&proto(2), &global(m, n), b"S'touch /tmp/embedstream-pwned'\n\x85R."]);
+        let data = cat(&[
+            &proto(2),
+            &global(m, n),
+            b"S'touch /tmp/embedstream-pwned'\n\x85R.",
+        ]);
         let msg = err(&data);
         assert_contains(&msg, &[&format!("{m}.{n}"), "byte offset 2", "refused"]);
         // STACK_GLOBAL: the opcode after the two strings
@@ -302,7 +347,10 @@ fn getattr_is_refused_except_for_zoneinfo_unpickle() {
         &short_str("to_pickle"),
         b"\x86R",
     ])));
-    assert_contains(&msg, &["getattr", "pandas.core.frame.DataFrame", "'to_pickle'"]);
+    assert_contains(
+        &msg,
+        &["getattr", "pandas.core.frame.DataFrame", "'to_pickle'"],
+    );
     let msg = err(&p4(&cat(&[
         &stack_global("builtins", "getattr"),
         &stack_global("zoneinfo", "ZoneInfo"),
@@ -319,14 +367,27 @@ fn refused_opcode_families() {
     assert_contains(&err(&p4(&[0x82, 1])), &["EXT1", "byte offset 2"]);
     assert_contains(&err(&p4(&[0x83, 1, 0])), &["EXT2"]);
     assert_contains(&err(&p4(&[0x84, 1, 0, 0, 0])), &["EXT4"]);
-    assert_contains(&err(&cat(&[&proto(5), &[0x97]])), &["NEXT_BUFFER", "out-of-band"]);
-    assert_contains(&err(&cat(&[&proto(5), &[0x98]])), &["READONLY_BUFFER", "out-of-band"]);
+    assert_contains(
+        &err(&cat(&[&proto(5), &[0x97]])),
+        &["NEXT_BUFFER", "out-of-band"],
+    );
+    assert_contains(
+        &err(&cat(&[&proto(5), &[0x98]])),
+        &["READONLY_BUFFER", "out-of-band"],
+    );
     assert_contains(&err(&proto(6)), &["protocol 6"]);
-    assert_contains(&err(&p4(&[0xfe])), &["unknown opcode 0xfe", "byte offset 2"]);
+    assert_contains(
+        &err(&p4(&[0xfe])),
+        &["unknown opcode 0xfe", "byte offset 2"],
+    );
     // A call of something that is not an allow-listed global.
     assert_contains(&err(&p4(b"K\x01)R")), &["REDUCE", "int"]);
     // copyreg._reconstructor may only rebuild allowed classes.
-    let data = cat(&[&global("copy_reg", "_reconstructor"), b"(", &global("subprocess", "Popen")]);
+    let data = cat(&[
+        &global("copy_reg", "_reconstructor"),
+        b"(",
+        &global("subprocess", "Popen"),
+    ]);
     assert_contains(&err(&data), &["subprocess.Popen"]);
 }
 
@@ -334,7 +395,10 @@ fn refused_opcode_families() {
 fn not_a_pickle() {
     assert_contains(&err(b""), &["empty"]);
     assert_contains(&err(b"\x89PNG\r\n\x1a\n"), &["not a pickle"]);
-    assert_contains(&err(b"id,Company Name,Exp Years\nabc,Acme,2y\n"), &["not a pickle"]);
+    assert_contains(
+        &err(b"id,Company Name,Exp Years\nabc,Acme,2y\n"),
+        &["not a pickle"],
+    );
     // A pickle of an int is a valid pickle but no DataFrame.
     assert_contains(&frame_err(&p4(b"K\x2a")), &["DataFrame"]);
 }
@@ -360,10 +424,17 @@ fn absurd_lengths_fail_fast_without_allocating() {
         assert_contains(&err(&c), &["truncated"]);
         assert!(t.elapsed().as_millis() < 100);
     }
-    assert_contains(&err(&p4(&cat(&[&[0x8b], &(-5i32).to_le_bytes()]))), &["negative"]);
+    assert_contains(
+        &err(&p4(&cat(&[&[0x8b], &(-5i32).to_le_bytes()]))),
+        &["negative"],
+    );
     // A large (but present) LONG4 is kept as bytes, not expanded.
     let big = vec![0x11u8; 100_000];
-    let l = ok(&p4(&cat(&[&[0x8b], &(big.len() as i32).to_le_bytes(), &big])));
+    let l = ok(&p4(&cat(&[
+        &[0x8b],
+        &(big.len() as i32).to_le_bytes(),
+        &big,
+    ])));
     assert!(matches!(l.root, Value::BigInt(_)));
 }
 
@@ -411,14 +482,18 @@ fn stack_abuse() {
 
 #[test]
 fn non_utf8_text() {
-    assert_contains(&err(&p4(&cat(&[b"X", &2u32.to_le_bytes(), b"\xff\xfe"]))), &["UTF-8"]);
+    assert_contains(
+        &err(&p4(&cat(&[b"X", &2u32.to_le_bytes(), b"\xff\xfe"]))),
+        &["UTF-8"],
+    );
     assert_contains(&err(&cat(&[b"c\xff\n\xfe\n."])), &["UTF-8"]);
     assert_contains(&err(&p4(&cat(&[&[0x8c, 1, 0xc3]]))), &["UTF-8"]);
 }
 
 fn small_real_pickle() -> Vec<u8> {
     std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pandas/pandas-2.1.4/reference.to_pickle.pkl"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pandas/pandas-2.1.4/reference.to_pickle.pkl"),
     )
     .expect("fixture")
 }
@@ -431,7 +506,12 @@ fn truncation_at_every_byte_never_panics() {
         ("pandas-1.5.3/kitchen_sink.dump-p2.pkl", 7),
         ("pandas-3.1.1-pyarrow/kitchen_sink.to_pickle.pkl", 7),
     ] {
-        let data = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pandas").join(name)).unwrap();
+        let data = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/pandas")
+                .join(name),
+        )
+        .unwrap();
         assert!(read_pickle_bytes(Bytes::from(data.clone()), &FrameOptions::default()).is_ok());
         for n in (0..data.len()).step_by(stride) {
             let r = read_pickle_bytes(Bytes::copy_from_slice(&data[..n]), &FrameOptions::default());
@@ -483,14 +563,30 @@ fn shape_dtype_and_byte_count_mismatches() {
     let frame = |a: Vec<u8>| cat(&[&proto(5), b"}", &short_str("v"), &a, b"s."]);
     let msg = frame_err(&frame(arr(16, b"K\x03\x85", &dtype)));
     assert_contains(&msg, &["needs 24 bytes", "16"]);
-    let ok_frame = read_pickle_bytes(Bytes::from(frame(arr(24, b"K\x03\x85", &dtype))), &FrameOptions::default()).unwrap();
+    let ok_frame = read_pickle_bytes(
+        Bytes::from(frame(arr(24, b"K\x03\x85", &dtype))),
+        &FrameOptions::default(),
+    )
+    .unwrap();
     assert_eq!(ok_frame.rows, 3);
     // Absurd shape: product overflows.
-    let msg = frame_err(&frame(arr(8, b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x0f\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x0f\x86", &dtype)));
+    let msg = frame_err(&frame(arr(
+        8,
+        b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x0f\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x0f\x86",
+        &dtype,
+    )));
     assert_contains(&msg, &["overflow"]);
     // Unknown dtype code.
-    let bad_dtype = cat(&[&stack_global("numpy", "dtype"), &short_str("q9"), &[0x89, 0x88, 0x87], b"R"]);
-    assert_contains(&frame_err(&frame(arr(8, b"K\x01\x85", &bad_dtype))), &["dtype"]);
+    let bad_dtype = cat(&[
+        &stack_global("numpy", "dtype"),
+        &short_str("q9"),
+        &[0x89, 0x88, 0x87],
+        b"R",
+    ]);
+    assert_contains(
+        &frame_err(&frame(arr(8, b"K\x01\x85", &bad_dtype))),
+        &["dtype"],
+    );
 }
 
 #[test]
@@ -515,7 +611,11 @@ fn hostile_fixtures_are_refused() {
 
 #[test]
 fn errors_are_typed() {
-    let e = read_pickle_bytes(Bytes::from(p4(&global("os", "system"))), &FrameOptions::default()).unwrap_err();
+    let e = read_pickle_bytes(
+        Bytes::from(p4(&global("os", "system"))),
+        &FrameOptions::default(),
+    )
+    .unwrap_err();
     match e {
         FrameError::Pickle(PickleError::ForbiddenGlobal { global, offset }) => {
             assert_eq!(global, "os.system");

@@ -4,7 +4,7 @@
 use arrow_array::{Array, ArrayRef};
 
 use super::{
-    ndarray::{parse_ndarray, Data, DTypeCache, NdArray},
+    ndarray::{parse_ndarray, DTypeCache, Data, NdArray},
     Frame, FrameColumn, FrameError, FrameOptions,
 };
 use crate::pickle::{Heap, How, Kind, Object, PickleSource, Value};
@@ -82,7 +82,10 @@ impl<'h> Builder<'h> {
             .ok_or_else(|| bad("DataFrame state has no '_mgr' (block manager)"))?;
         let (blocks, axes) = self.manager(mgr)?;
         let [columns_axis, index_axis] = axes.as_slice() else {
-            return Err(bad(format!("block manager has {} axes, expected 2", axes.len())));
+            return Err(bad(format!(
+                "block manager has {} axes, expected 2",
+                axes.len()
+            )));
         };
         let names = self.labels(*columns_axis)?;
         let index_rows = self.index_len(*index_axis)?;
@@ -161,7 +164,9 @@ impl<'h> Builder<'h> {
             .get(3)
             .and_then(|e| heap.get(*e, "0.14.1"))
             .ok_or_else(|| {
-                FrameError::Unsupported("block manager state from a pandas older than 0.14.1".into())
+                FrameError::Unsupported(
+                    "block manager state from a pandas older than 0.14.1".into(),
+                )
             })?;
         let axes = heap
             .get(extra, "axes")
@@ -174,8 +179,12 @@ impl<'h> Builder<'h> {
             .ok_or_else(|| bad("block manager state without blocks"))?
             .iter()
             .map(|b| {
-                let values = heap.get(*b, "values").ok_or_else(|| bad("block without values"))?;
-                let locs = heap.get(*b, "mgr_locs").ok_or_else(|| bad("block without mgr_locs"))?;
+                let values = heap
+                    .get(*b, "values")
+                    .ok_or_else(|| bad("block without values"))?;
+                let locs = heap
+                    .get(*b, "mgr_locs")
+                    .ok_or_else(|| bad("block without mgr_locs"))?;
                 Ok(Block {
                     values,
                     placement: self.placement(locs)?,
@@ -232,7 +241,9 @@ impl<'h> Builder<'h> {
                 let get = |i: usize| args.get(i).copied().unwrap_or(Value::None);
                 let start = match get(0) {
                     Value::None => 0,
-                    x => heap.int(x).ok_or_else(|| bad("slice start is not an int"))?,
+                    x => heap
+                        .int(x)
+                        .ok_or_else(|| bad("slice start is not an int"))?,
                 };
                 let stop = heap
                     .int(get(1))
@@ -242,9 +253,15 @@ impl<'h> Builder<'h> {
                     x => heap.int(x).ok_or_else(|| bad("slice step is not an int"))?,
                 };
                 if start < 0 || stop < 0 || step <= 0 {
-                    return Err(bad(format!("unsupported block placement slice({start}, {stop}, {step})")));
+                    return Err(bad(format!(
+                        "unsupported block placement slice({start}, {stop}, {step})"
+                    )));
                 }
-                let count = if stop > start { (stop - start + step - 1) / step } else { 0 };
+                let count = if stop > start {
+                    (stop - start + step - 1) / step
+                } else {
+                    0
+                };
                 if count as u64 > MAX_COLUMNS as u64 {
                     return Err(bad("block placement slice is too long"));
                 }
@@ -348,7 +365,9 @@ impl<'h> Builder<'h> {
                 let [cls, d, ..] = args else {
                     return Err(bad("_new_Index takes (class, dict)"));
                 };
-                let kind = heap.kind(*cls).ok_or_else(|| bad("index class is not a class"))?;
+                let kind = heap
+                    .kind(*cls)
+                    .ok_or_else(|| bad("index class is not a class"))?;
                 let cname = match cls {
                     Value::Global(g) => {
                         let e = crate::pickle::allow::entry(*g);
@@ -381,7 +400,9 @@ impl<'h> Builder<'h> {
                 None => Ok(0),
             };
         }
-        let data = heap.get(d, "data").ok_or_else(|| bad(format!("{cname} without data")))?;
+        let data = heap
+            .get(d, "data")
+            .ok_or_else(|| bad(format!("{cname} without data")))?;
         self.array_len(data)
     }
 
@@ -390,7 +411,9 @@ impl<'h> Builder<'h> {
         let get = |k: &str, default: i64| -> Result<i64, FrameError> {
             match heap.get(d, k) {
                 None | Some(Value::None) => Ok(default),
-                Some(x) => heap.int(x).ok_or_else(|| bad(format!("RangeIndex {k} is not an int"))),
+                Some(x) => heap
+                    .int(x)
+                    .ok_or_else(|| bad(format!("RangeIndex {k} is not an int"))),
             }
         };
         let start = get("start", 0)?;
@@ -426,12 +449,16 @@ impl<'h> Builder<'h> {
             if n > MAX_COLUMNS {
                 return Err(bad(format!("RangeIndex of {n} columns")));
             }
-            return Ok((0..n as i64).map(|k| (start + k * step).to_string()).collect());
+            return Ok((0..n as i64)
+                .map(|k| (start + k * step).to_string())
+                .collect());
         }
         if kind == Kind::MultiIndex {
             return self.multi_labels(d);
         }
-        let data = heap.get(d, "data").ok_or_else(|| bad(format!("{cname} without data")))?;
+        let data = heap
+            .get(d, "data")
+            .ok_or_else(|| bad(format!("{cname} without data")))?;
         self.label_values(data, false)
     }
 
@@ -514,7 +541,9 @@ impl<'h> Builder<'h> {
         let mut level_labels = Vec::new();
         for l in levels {
             let (_, _, ld) = self.index_parts(*l)?;
-            let data = heap.get(ld, "data").ok_or_else(|| bad("MultiIndex level without data"))?;
+            let data = heap
+                .get(ld, "data")
+                .ok_or_else(|| bad("MultiIndex level without data"))?;
             level_labels.push(self.label_values(data, true)?);
         }
         let mut level_codes = Vec::new();
@@ -538,7 +567,10 @@ impl<'h> Builder<'h> {
                         if c < 0 {
                             "nan".to_string()
                         } else {
-                            labels.get(c as usize).cloned().unwrap_or_else(|| "?".into())
+                            labels
+                                .get(c as usize)
+                                .cloned()
+                                .unwrap_or_else(|| "?".into())
                         }
                     })
                     .collect();
@@ -614,15 +646,14 @@ impl<'h> Builder<'h> {
         let mut names: Vec<(Value, String)> = Vec::new();
         for (r, row) in rows.iter().enumerate() {
             let pairs = heap.dict(*row).ok_or_else(|| {
-                not_a_frame(&format!(
-                    "list whose row {r} is a {}",
-                    heap.type_name(*row)
-                ))
+                not_a_frame(&format!("list whose row {r} is a {}", heap.type_name(*row)))
             })?;
             for (k, _) in pairs {
                 if !names.iter().any(|(kv, _)| same_key(heap, *kv, *k)) {
                     if names.len() >= 100_000 {
-                        return Err(FrameError::Unsupported("more than 100,000 distinct keys".into()));
+                        return Err(FrameError::Unsupported(
+                            "more than 100,000 distinct keys".into(),
+                        ));
                     }
                     names.push((*k, self.plain_label(*k)?));
                 }

@@ -7,17 +7,16 @@ use arrow_array::{
     types::{Int16Type, Int32Type, Int64Type, Int8Type},
     Array, ArrayRef, BooleanArray, DictionaryArray, DurationMicrosecondArray,
     DurationMillisecondArray, DurationNanosecondArray, DurationSecondArray, FixedSizeListArray,
-    Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array,
-    PrimitiveArray, TimestampMicrosecondArray, TimestampMillisecondArray,
-    TimestampNanosecondArray, TimestampSecondArray, UInt16Array, UInt32Array, UInt64Array,
-    UInt8Array,
+    Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array, PrimitiveArray,
+    TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
+    TimestampSecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
 use arrow_buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field};
 
 use super::{
     build::{bad, Builder},
-    ndarray::{element_f64, half_to_f64, Data, DType, NdArray, Unit},
+    ndarray::{element_f64, half_to_f64, DType, Data, NdArray, Unit},
     FrameError,
 };
 use crate::pickle::{Kind, Value};
@@ -85,7 +84,12 @@ fn time_array(values: Vec<i64>, unit: Unit, tz: Option<&str>, duration: bool) ->
 }
 
 /// A fixed-size numeric column from raw bytes, with optional validity.
-fn primitive_column(name: &str, dtype: &DType, raw: &[u8], nulls: Option<NullBuffer>) -> Result<ArrayRef, FrameError> {
+fn primitive_column(
+    name: &str,
+    dtype: &DType,
+    raw: &[u8],
+    nulls: Option<NullBuffer>,
+) -> Result<ArrayRef, FrameError> {
     let be = dtype.big_endian;
     Ok(match (dtype.kind, dtype.size) {
         (b'b', 1) => {
@@ -108,20 +112,36 @@ fn primitive_column(name: &str, dtype: &DType, raw: &[u8], nulls: Option<NullBuf
         }
         (b'f', 4) => Arc::new(Float32Array::new(decode_vec!(raw, be, f32).into(), nulls)),
         (b'f', 8) => Arc::new(Float64Array::new(decode_vec!(raw, be, f64).into(), nulls)),
-        _ => return Err(unsupported(name, format!("numpy dtype {} is not supported", dtype.name()))),
+        _ => {
+            return Err(unsupported(
+                name,
+                format!("numpy dtype {} is not supported", dtype.name()),
+            ))
+        }
     })
 }
 
 impl<'h> Builder<'h> {
     /// Column j of a fixed-size numpy array.
-    pub fn numeric_column(&self, name: &str, arr: &NdArray<'h>, j: usize, tz: Option<&str>) -> Result<ArrayRef, FrameError> {
+    pub fn numeric_column(
+        &self,
+        name: &str,
+        arr: &NdArray<'h>,
+        j: usize,
+        tz: Option<&str>,
+    ) -> Result<ArrayRef, FrameError> {
         let dtype = &arr.dtype;
         let raw = arr.column_bytes(j)?;
         match dtype.kind {
             b'b' | b'i' | b'u' | b'f' => primitive_column(name, dtype, &raw, None),
             b'M' | b'm' => {
                 let vals = decode_vec!(&raw, dtype.big_endian, i64);
-                Ok(time_array(vals, dtype.unit.expect("unit"), tz, dtype.kind == b'm'))
+                Ok(time_array(
+                    vals,
+                    dtype.unit.expect("unit"),
+                    tz,
+                    dtype.kind == b'm',
+                ))
             }
             b'U' => {
                 let mut b = StringBuilder::new();
@@ -136,7 +156,10 @@ impl<'h> Builder<'h> {
                         if cp == 0 {
                             break;
                         }
-                        s.push(char::from_u32(cp).ok_or_else(|| bad("invalid code point in a numpy str array"))?);
+                        s.push(
+                            char::from_u32(cp)
+                                .ok_or_else(|| bad("invalid code point in a numpy str array"))?,
+                        );
                     }
                     b.append_value(s);
                 }
@@ -145,12 +168,19 @@ impl<'h> Builder<'h> {
             b'S' => {
                 let mut b = BinaryBuilder::new();
                 for item in raw.chunks_exact(dtype.size.max(1)) {
-                    let end = item.iter().rposition(|x| *x != 0).map(|p| p + 1).unwrap_or(0);
+                    let end = item
+                        .iter()
+                        .rposition(|x| *x != 0)
+                        .map(|p| p + 1)
+                        .unwrap_or(0);
                     b.append_value(&item[..end]);
                 }
                 Ok(Arc::new(b.finish()))
             }
-            _ => Err(unsupported(name, format!("numpy dtype {} is not supported", dtype.name()))),
+            _ => Err(unsupported(
+                name,
+                format!("numpy dtype {} is not supported", dtype.name()),
+            )),
         }
     }
 
@@ -222,7 +252,9 @@ impl<'h> Builder<'h> {
     pub fn object_column(&self, name: &str, cells: &[Value]) -> Result<ArrayRef, FrameError> {
         let heap = self.heap;
         // A vector column if the first present cell is an array or a list.
-        let first = cells.iter().position(|c| !matches!(self.cell(*c), Cell::Null));
+        let first = cells
+            .iter()
+            .position(|c| !matches!(self.cell(*c), Cell::Null));
         if let Some(f) = first {
             if matches!(self.cell(cells[f]), Cell::Vector) {
                 return self.vector_column(name, cells, f);
@@ -346,19 +378,29 @@ impl<'h> Builder<'h> {
         if arr.shape.len() != 1 {
             return Err(unsupported(
                 name,
-                format!("row {row} holds an array of shape {:?}; vectors must be 1-D", arr.shape),
+                format!(
+                    "row {row} holds an array of shape {:?}; vectors must be 1-D",
+                    arr.shape
+                ),
             ));
         }
         Ok(arr.shape[0])
     }
 
     /// A FixedSizeList column from array/list cells (None cells become nulls).
-    fn vector_column(&self, name: &str, cells: &[Value], first: usize) -> Result<ArrayRef, FrameError> {
+    fn vector_column(
+        &self,
+        name: &str,
+        cells: &[Value],
+        first: usize,
+    ) -> Result<ArrayRef, FrameError> {
         let heap = self.heap;
         let dim = self.vector_len(name, first, cells[first])?;
         let n = cells.len();
         let keep64 = self.opts.keep_float64;
-        let total = n.checked_mul(dim).ok_or_else(|| bad("vector column too large"))?;
+        let total = n
+            .checked_mul(dim)
+            .ok_or_else(|| bad("vector column too large"))?;
         let mut out32: Vec<f32> = Vec::new();
         let mut out64: Vec<f64> = Vec::new();
         if keep64 {
@@ -387,7 +429,10 @@ impl<'h> Builder<'h> {
                 _ => {
                     return Err(unsupported(
                         name,
-                        format!("row {row} holds a {} among vector cells", heap.type_name(*c)),
+                        format!(
+                            "row {row} holds a {} among vector cells",
+                            heap.type_name(*c)
+                        ),
                     ))
                 }
             }
@@ -410,7 +455,10 @@ impl<'h> Builder<'h> {
                         other => {
                             return Err(unsupported(
                                 name,
-                                format!("row {row}: vector element of type {} is not a number", heap.type_name(*other)),
+                                format!(
+                                    "row {row}: vector element of type {} is not a number",
+                                    heap.type_name(*other)
+                                ),
                             ))
                         }
                     };
@@ -422,7 +470,10 @@ impl<'h> Builder<'h> {
             if arr.shape.len() != 1 {
                 return Err(unsupported(
                     name,
-                    format!("row {row} holds an array of shape {:?}; vectors must be 1-D", arr.shape),
+                    format!(
+                        "row {row} holds an array of shape {:?}; vectors must be 1-D",
+                        arr.shape
+                    ),
                 ));
             }
             if arr.shape[0] != dim {
@@ -435,7 +486,10 @@ impl<'h> Builder<'h> {
                 });
             }
             let Data::Raw(raw) = &arr.data else {
-                return Err(unsupported(name, format!("row {row} holds an object array, not numbers")));
+                return Err(unsupported(
+                    name,
+                    format!("row {row} holds an object array, not numbers"),
+                ));
             };
             let dt = &arr.dtype;
             match (dt.kind, dt.size, dt.big_endian, keep64) {
@@ -443,12 +497,14 @@ impl<'h> Builder<'h> {
                     raw.chunks_exact(8)
                         .map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32),
                 ),
-                (b'f', 8, false, true) => {
-                    out64.extend(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8"))))
-                }
-                (b'f', 4, false, false) => {
-                    out32.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))))
-                }
+                (b'f', 8, false, true) => out64.extend(
+                    raw.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8"))),
+                ),
+                (b'f', 4, false, false) => out32.extend(
+                    raw.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
+                ),
                 (b'f', 2, _, _) => {
                     for ch in raw.chunks_exact(2) {
                         let bits = if dt.big_endian {
@@ -468,7 +524,10 @@ impl<'h> Builder<'h> {
                 _ => {
                     return Err(unsupported(
                         name,
-                        format!("row {row} holds a numpy array of dtype {}, not numbers", dt.name()),
+                        format!(
+                            "row {row} holds a numpy array of dtype {}, not numbers",
+                            dt.name()
+                        ),
                     ))
                 }
             }
@@ -502,13 +561,19 @@ impl<'h> Builder<'h> {
     ) -> Result<Vec<ArrayRef>, FrameError> {
         let heap = self.heap;
         let o = heap.object(v).ok_or_else(|| {
-            unsupported(&name_of(0), format!("values of type {} are not supported", heap.type_name(v)))
+            unsupported(
+                &name_of(0),
+                format!("values of type {} are not supported", heap.type_name(v)),
+            )
         })?;
         match o.kind() {
             Kind::UnpickleNDArrayBacked => {
                 // __pyx_unpickle_NDArrayBacked(cls, checksum, state) + BUILD (dtype, ndarray, attrs)
                 let args = heap.tuple(o.args).unwrap_or(&[]);
-                let cls = args.first().copied().ok_or_else(|| bad("NDArrayBacked without a class"))?;
+                let cls = args
+                    .first()
+                    .copied()
+                    .ok_or_else(|| bad("NDArrayBacked without a class"))?;
                 let state = match args.get(2) {
                     Some(s) if *s != Value::None => Some(*s),
                     _ => o.state,
@@ -525,19 +590,34 @@ impl<'h> Builder<'h> {
             }
             Kind::Categorical | Kind::DatetimeArray | Kind::TimedeltaArray | Kind::StringArray => {
                 // Older pickles: NEWOBJ + BUILD with a __dict__ state.
-                let state = o.state.ok_or_else(|| bad(format!("{} without its state", o.class_name())))?;
+                let state = o
+                    .state
+                    .ok_or_else(|| bad(format!("{} without its state", o.class_name())))?;
                 let dtype = heap.get(state, "_dtype").unwrap_or(Value::None);
                 let values = heap
                     .get(state, "_ndarray")
                     .or_else(|| heap.get(state, "_codes"))
                     .or_else(|| heap.get(state, "_data"))
                     .ok_or_else(|| bad(format!("{} state without its data", o.class_name())))?;
-                self.ndarray_backed(Some(o.kind()), Value::Global(o.class), dtype, values, k, name_of)
+                self.ndarray_backed(
+                    Some(o.kind()),
+                    Value::Global(o.class),
+                    dtype,
+                    values,
+                    k,
+                    name_of,
+                )
             }
             Kind::MaskedArray => {
-                let state = o.state.ok_or_else(|| bad("masked array without its state"))?;
-                let data = heap.get(state, "_data").ok_or_else(|| bad("masked array without _data"))?;
-                let mask = heap.get(state, "_mask").ok_or_else(|| bad("masked array without _mask"))?;
+                let state = o
+                    .state
+                    .ok_or_else(|| bad("masked array without its state"))?;
+                let data = heap
+                    .get(state, "_data")
+                    .ok_or_else(|| bad("masked array without _data"))?;
+                let mask = heap
+                    .get(state, "_mask")
+                    .ok_or_else(|| bad("masked array without _mask"))?;
                 let data = self.ndarray(data)?;
                 let mask = self.ndarray(mask)?;
                 let (kd, n) = data.as_columns()?;
@@ -558,7 +638,9 @@ impl<'h> Builder<'h> {
                 if k != 1 {
                     return Err(bad("Arrow string block with more than one column"));
                 }
-                let state = o.state.ok_or_else(|| bad("ArrowStringArray without its state"))?;
+                let state = o
+                    .state
+                    .ok_or_else(|| bad("ArrowStringArray without its state"))?;
                 let pa = heap
                     .get(state, "_pa_array")
                     .or_else(|| heap.get(state, "_data"))
@@ -626,15 +708,21 @@ impl<'h> Builder<'h> {
     /// Time zone name of a DatetimeTZDtype (None for numpy datetime64).
     fn tz_of(&self, dtype: Value) -> Result<Option<String>, FrameError> {
         let heap = self.heap;
-        let Some(o) = heap.object(dtype) else { return Ok(None) };
+        let Some(o) = heap.object(dtype) else {
+            return Ok(None);
+        };
         if o.kind() != Kind::DatetimeTZDtype {
             return Ok(None);
         }
-        let state = o.state.ok_or_else(|| bad("DatetimeTZDtype without its state"))?;
+        let state = o
+            .state
+            .ok_or_else(|| bad("DatetimeTZDtype without its state"))?;
         if let Some(u) = heap.get(state, "unit").and_then(|u| heap.text(u)) {
             let _ = u; // the unit is also on the ndarray's dtype, which is authoritative
         }
-        let tz = heap.get(state, "tz").ok_or_else(|| bad("DatetimeTZDtype without tz"))?;
+        let tz = heap
+            .get(state, "tz")
+            .ok_or_else(|| bad("DatetimeTZDtype without tz"))?;
         Ok(Some(self.tz_name(tz)?))
     }
 
@@ -643,9 +731,9 @@ impl<'h> Builder<'h> {
         if let Some(s) = heap.text(tz) {
             return Ok(s.to_string());
         }
-        let o = heap
-            .object(tz)
-            .ok_or_else(|| FrameError::Unsupported(format!("time zone of type {}", heap.type_name(tz))))?;
+        let o = heap.object(tz).ok_or_else(|| {
+            FrameError::Unsupported(format!("time zone of type {}", heap.type_name(tz)))
+        })?;
         let name = o.class_name();
         let args = heap.tuple(o.args).unwrap_or(&[]);
         match name.as_str() {
@@ -656,7 +744,10 @@ impl<'h> Builder<'h> {
                 .map(str::to_string)
                 .ok_or_else(|| bad("time zone without a name")),
             "datetime.timezone" => {
-                let off = args.first().copied().ok_or_else(|| bad("timezone without an offset"))?;
+                let off = args
+                    .first()
+                    .copied()
+                    .ok_or_else(|| bad("timezone without an offset"))?;
                 let td = heap
                     .object(off)
                     .and_then(|t| heap.tuple(t.args))
@@ -670,7 +761,9 @@ impl<'h> Builder<'h> {
                 let a = secs.abs();
                 Ok(format!("{sign}{:02}:{:02}", a / 3600, (a % 3600) / 60))
             }
-            _ => Err(FrameError::Unsupported(format!("time zone {name} is not supported"))),
+            _ => Err(FrameError::Unsupported(format!(
+                "time zone {name} is not supported"
+            ))),
         }
     }
 
@@ -679,15 +772,23 @@ impl<'h> Builder<'h> {
         let dt = heap
             .object(dtype)
             .filter(|o| o.kind() == Kind::CategoricalDtype)
-            .ok_or_else(|| bad(format!("column '{name}': categorical without a CategoricalDtype")))?;
-        let state = dt.state.ok_or_else(|| bad("CategoricalDtype without its state"))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "column '{name}': categorical without a CategoricalDtype"
+                ))
+            })?;
+        let state = dt
+            .state
+            .ok_or_else(|| bad("CategoricalDtype without its state"))?;
         let cats = heap
             .get(state, "categories")
             .ok_or_else(|| bad("CategoricalDtype without categories"))?;
         let cat_values = self.index_values(name, cats)?;
         let codes = self.ndarray(codes)?;
         if codes.shape.len() != 1 || codes.dtype.kind != b'i' {
-            return Err(bad(format!("column '{name}': categorical codes are not a 1-D int array")));
+            return Err(bad(format!(
+                "column '{name}': categorical codes are not a 1-D int array"
+            )));
         }
         let raw = codes.column_bytes(0)?;
         let ncat = cat_values.len() as i64;
@@ -730,13 +831,17 @@ impl<'h> Builder<'h> {
     /// The values of an Index (categories) as one Arrow array.
     fn index_values(&self, name: &str, idx: Value) -> Result<ArrayRef, FrameError> {
         let heap = self.heap;
-        let o = heap.object(idx).ok_or_else(|| bad("categories are not an Index"))?;
+        let o = heap
+            .object(idx)
+            .ok_or_else(|| bad("categories are not an Index"))?;
         let d = match o.kind() {
             Kind::NewIndex => heap.tuple(o.args).and_then(|a| a.get(1).copied()),
             _ => None,
         }
         .ok_or_else(|| bad("categories are not an Index"))?;
-        let data = heap.get(d, "data").ok_or_else(|| bad("categories Index without data"))?;
+        let data = heap
+            .get(d, "data")
+            .ok_or_else(|| bad("categories Index without data"))?;
         if super::ndarray::is_ndarray(heap, data) {
             let arr = self.ndarray(data)?;
             if arr.shape.len() != 1 {
@@ -745,15 +850,20 @@ impl<'h> Builder<'h> {
             return self.ndarray_column(name, &arr, 0, None);
         }
         let cols = self.extension_columns(data, 1, &|_| name.to_string())?;
-        cols.into_iter().next().ok_or_else(|| bad("empty categories"))
+        cols.into_iter()
+            .next()
+            .ok_or_else(|| bad("empty categories"))
     }
 
     /// A pyarrow string array (`_restore_array` or `chunked_array`) as Utf8.
     fn pyarrow_strings(&self, name: &str, pa: Value) -> Result<ArrayRef, FrameError> {
         let heap = self.heap;
-        let o = heap
-            .object(pa)
-            .ok_or_else(|| bad(format!("column '{name}': Arrow data is a {}", heap.type_name(pa))))?;
+        let o = heap.object(pa).ok_or_else(|| {
+            bad(format!(
+                "column '{name}': Arrow data is a {}",
+                heap.type_name(pa)
+            ))
+        })?;
         let mut b = StringBuilder::new();
         match o.kind() {
             Kind::PaRestoreArray => self.restore_strings(name, pa, &mut b)?,
@@ -767,17 +877,32 @@ impl<'h> Builder<'h> {
                     self.restore_strings(name, *c, &mut b)?;
                 }
             }
-            _ => return Err(bad(format!("column '{name}': Arrow data is a {}", o.class_name()))),
+            _ => {
+                return Err(bad(format!(
+                    "column '{name}': Arrow data is a {}",
+                    o.class_name()
+                )))
+            }
         }
         Ok(Arc::new(b.finish()))
     }
 
-    fn restore_strings(&self, name: &str, v: Value, b: &mut StringBuilder) -> Result<(), FrameError> {
+    fn restore_strings(
+        &self,
+        name: &str,
+        v: Value,
+        b: &mut StringBuilder,
+    ) -> Result<(), FrameError> {
         let heap = self.heap;
         let o = heap
             .object(v)
             .filter(|o| o.kind() == Kind::PaRestoreArray)
-            .ok_or_else(|| bad(format!("column '{name}': Arrow chunk is a {}", heap.type_name(v))))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "column '{name}': Arrow chunk is a {}",
+                    heap.type_name(v)
+                ))
+            })?;
         let st = heap
             .tuple(o.args)
             .and_then(|a| a.first().copied())
@@ -797,12 +922,23 @@ impl<'h> Builder<'h> {
             "string" | "utf8" | "str" => false,
             "large_string" | "large_utf8" | "large_str" => true,
             other => {
-                return Err(unsupported(name, format!("Arrow columns of type {other} are not supported")))
+                return Err(unsupported(
+                    name,
+                    format!("Arrow columns of type {other} are not supported"),
+                ))
             }
         };
-        let length = heap.int(*length).and_then(|x| usize::try_from(x).ok()).ok_or_else(|| bad("Arrow length"))?;
-        let offset = heap.int(*offset).and_then(|x| usize::try_from(x).ok()).ok_or_else(|| bad("Arrow offset"))?;
-        let bufs = heap.seq(*buffers).ok_or_else(|| bad("Arrow buffers are not a list"))?;
+        let length = heap
+            .int(*length)
+            .and_then(|x| usize::try_from(x).ok())
+            .ok_or_else(|| bad("Arrow length"))?;
+        let offset = heap
+            .int(*offset)
+            .and_then(|x| usize::try_from(x).ok())
+            .ok_or_else(|| bad("Arrow offset"))?;
+        let bufs = heap
+            .seq(*buffers)
+            .ok_or_else(|| bad("Arrow buffers are not a list"))?;
         let buf = |i: usize| -> Result<Option<&[u8]>, FrameError> {
             match bufs.get(i).copied() {
                 None | Some(Value::None) => Ok(None),
@@ -823,14 +959,20 @@ impl<'h> Builder<'h> {
         let validity = buf(0)?;
         let offsets = buf(1)?.unwrap_or(&[]);
         let data = buf(2)?.unwrap_or(&[]);
-        let end = offset.checked_add(length).ok_or_else(|| bad("Arrow length overflows"))?;
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| bad("Arrow length overflows"))?;
         let w = if wide { 8 } else { 4 };
         if length > 0 && offsets.len() < (end + 1) * w {
-            return Err(bad(format!("column '{name}': Arrow offsets buffer is too short")));
+            return Err(bad(format!(
+                "column '{name}': Arrow offsets buffer is too short"
+            )));
         }
         if let Some(vb) = validity {
             if vb.len() * 8 < end {
-                return Err(bad(format!("column '{name}': Arrow validity buffer is too short")));
+                return Err(bad(format!(
+                    "column '{name}': Arrow validity buffer is too short"
+                )));
             }
         }
         let off_at = |i: usize| -> i64 {
@@ -849,7 +991,9 @@ impl<'h> Builder<'h> {
             }
             let (s, e) = (off_at(i), off_at(i + 1));
             if s < 0 || e < s || e as usize > data.len() {
-                return Err(bad(format!("column '{name}': Arrow string offsets out of range")));
+                return Err(bad(format!(
+                    "column '{name}': Arrow string offsets out of range"
+                )));
             }
             let text = std::str::from_utf8(&data[s as usize..e as usize])
                 .map_err(|_| bad(format!("column '{name}': Arrow string is not UTF-8")))?;

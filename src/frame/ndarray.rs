@@ -47,7 +47,11 @@ impl DType {
             b'S' => format!("|S{}", self.size),
             b'V' => format!("|V{}", self.size),
             b'M' | b'm' => {
-                let base = if self.kind == b'M' { "datetime64" } else { "timedelta64" };
+                let base = if self.kind == b'M' {
+                    "datetime64"
+                } else {
+                    "timedelta64"
+                };
                 let unit = match self.unit {
                     Some(Unit::S) => "s",
                     Some(Unit::Ms) => "ms",
@@ -98,7 +102,12 @@ pub fn parse_dtype(heap: &Heap, v: Value) -> Result<DType, FrameError> {
     let o = heap
         .object(v)
         .filter(|o| o.kind() == Kind::NpDtype)
-        .ok_or_else(|| bad(format!("expected a numpy dtype, found a {}", heap.type_name(v))))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "expected a numpy dtype, found a {}",
+                heap.type_name(v)
+            ))
+        })?;
     let args = heap.tuple(o.args).unwrap_or(&[]);
     let code = args
         .first()
@@ -139,12 +148,15 @@ pub fn parse_dtype(heap: &Heap, v: Value) -> Result<DType, FrameError> {
             _ => return Err(bad(format!("numpy dtype {code:?} without an item size"))),
         }
     } else {
-        let n: usize = digits
-            .parse()
-            .map_err(|_| FrameError::Unsupported(format!("numpy dtype {code:?} is not supported")))?;
+        let n: usize = digits.parse().map_err(|_| {
+            FrameError::Unsupported(format!("numpy dtype {code:?} is not supported"))
+        })?;
         match kind {
             // 'U5' counts characters of 4 bytes; the state's elsize has the bytes.
-            b'U' => elsize.filter(|e| *e >= 0).map(|e| e as usize).unwrap_or(n * 4),
+            b'U' => elsize
+                .filter(|e| *e >= 0)
+                .map(|e| e as usize)
+                .unwrap_or(n * 4),
             _ => n,
         }
     };
@@ -170,7 +182,9 @@ pub fn parse_dtype(heap: &Heap, v: Value) -> Result<DType, FrameError> {
         _ => false,
     };
     if !ok {
-        return Err(FrameError::Unsupported(format!("numpy dtype {code:?} is not supported")));
+        return Err(FrameError::Unsupported(format!(
+            "numpy dtype {code:?} is not supported"
+        )));
     }
     Ok(DType {
         kind,
@@ -184,9 +198,10 @@ fn datetime_unit(heap: &Heap, state: &[Value]) -> Result<Unit, FrameError> {
     // version 4 state: (..., flags, (metadata_dict, (unit, num, den, events)))
     let meta = state.get(8).and_then(|m| heap.tuple(*m));
     let info = meta.and_then(|m| {
-        m.iter()
-            .filter_map(|x| heap.tuple(*x))
-            .find(|t| t.first().is_some_and(|u| heap.bytes_of(*u).is_some() || heap.text(*u).is_some()))
+        m.iter().filter_map(|x| heap.tuple(*x)).find(|t| {
+            t.first()
+                .is_some_and(|u| heap.bytes_of(*u).is_some() || heap.text(*u).is_some())
+        })
     });
     let Some(info) = info else {
         return Err(bad("datetime64 dtype without its unit"));
@@ -194,7 +209,8 @@ fn datetime_unit(heap: &Heap, state: &[Value]) -> Result<Unit, FrameError> {
     let unit_v = info[0];
     let unit: String = match heap.text(unit_v) {
         Some(t) => t.to_owned(),
-        None => String::from_utf8_lossy(heap.bytes_of(unit_v).map(|b| &b[..]).unwrap_or(b"")).into_owned(),
+        None => String::from_utf8_lossy(heap.bytes_of(unit_v).map(|b| &b[..]).unwrap_or(b""))
+            .into_owned(),
     };
     let num = info.get(1).and_then(|n| heap.int(*n)).unwrap_or(1);
     if num != 1 {
@@ -246,7 +262,8 @@ pub fn element_count(shape: &[usize]) -> Option<usize> {
 
 /// Whether `v` is a numpy array record.
 pub fn is_ndarray(heap: &Heap, v: Value) -> bool {
-    matches!(heap.kind(v), Some(Kind::NpReconstruct | Kind::NpFromBuffer)) && matches!(v, Value::Object(_))
+    matches!(heap.kind(v), Some(Kind::NpReconstruct | Kind::NpFromBuffer))
+        && matches!(v, Value::Object(_))
 }
 
 /// A small cache of parsed dtypes, keyed by the dtype record's handle (dtype
@@ -271,10 +288,17 @@ impl DTypeCache {
 }
 
 /// Parse a numpy array record (`_reconstruct` + BUILD, or `_frombuffer`).
-pub fn parse_ndarray<'h>(heap: &'h Heap, v: Value, cache: &mut DTypeCache) -> Result<NdArray<'h>, FrameError> {
-    let o = heap
-        .object(v)
-        .ok_or_else(|| bad(format!("expected a numpy array, found a {}", heap.type_name(v))))?;
+pub fn parse_ndarray<'h>(
+    heap: &'h Heap,
+    v: Value,
+    cache: &mut DTypeCache,
+) -> Result<NdArray<'h>, FrameError> {
+    let o = heap.object(v).ok_or_else(|| {
+        bad(format!(
+            "expected a numpy array, found a {}",
+            heap.type_name(v)
+        ))
+    })?;
     let arr = match o.kind() {
         Kind::NpFromBuffer => {
             let args = heap.tuple(o.args).unwrap_or(&[]);
@@ -283,7 +307,12 @@ pub fn parse_ndarray<'h>(heap: &'h Heap, v: Value, cache: &mut DTypeCache) -> Re
             };
             let data = heap
                 .bytes_of(*buf)
-                .ok_or_else(|| bad(format!("numpy _frombuffer buffer is a {}", heap.type_name(*buf))))?
+                .ok_or_else(|| {
+                    bad(format!(
+                        "numpy _frombuffer buffer is a {}",
+                        heap.type_name(*buf)
+                    ))
+                })?
                 .clone();
             let dtype = cache.get(heap, *dtype)?;
             let shape = parse_shape(heap, *shape)?;
@@ -306,7 +335,11 @@ pub fn parse_ndarray<'h>(heap: &'h Heap, v: Value, cache: &mut DTypeCache) -> Re
             let args = heap.tuple(o.args).unwrap_or(&[]);
             match args.first().and_then(|c| heap.kind(*c)) {
                 Some(Kind::NpNdarray) => {}
-                _ => return Err(bad("numpy _reconstruct of something other than numpy.ndarray")),
+                _ => {
+                    return Err(bad(
+                        "numpy _reconstruct of something other than numpy.ndarray",
+                    ))
+                }
             }
             let state = o
                 .state
@@ -329,7 +362,9 @@ pub fn parse_ndarray<'h>(heap: &'h Heap, v: Value, cache: &mut DTypeCache) -> Re
             } else {
                 Data::Raw(
                     heap.bytes_of(*data)
-                        .ok_or_else(|| bad(format!("numpy array data is a {}", heap.type_name(*data))))?
+                        .ok_or_else(|| {
+                            bad(format!("numpy array data is a {}", heap.type_name(*data)))
+                        })?
                         .clone(),
                 )
             };
@@ -340,12 +375,19 @@ pub fn parse_ndarray<'h>(heap: &'h Heap, v: Value, cache: &mut DTypeCache) -> Re
                 data,
             }
         }
-        _ => return Err(bad(format!("expected a numpy array, found a {}", o.class_name()))),
+        _ => {
+            return Err(bad(format!(
+                "expected a numpy array, found a {}",
+                o.class_name()
+            )))
+        }
     };
     let n = element_count(&arr.shape).ok_or_else(|| bad("numpy array shape overflows"))?;
     match &arr.data {
         Data::Raw(b) => {
-            let want = n.checked_mul(arr.dtype.size).ok_or_else(|| bad("numpy array size overflows"))?;
+            let want = n
+                .checked_mul(arr.dtype.size)
+                .ok_or_else(|| bad("numpy array size overflows"))?;
             if b.len() != want {
                 return Err(bad(format!(
                     "numpy array of shape {:?} and dtype {} needs {want} bytes but has {}",
@@ -385,7 +427,9 @@ impl<'h> NdArray<'h> {
         match self.shape.as_slice() {
             [n] => Ok((1, *n)),
             [k, n] => Ok((*k, *n)),
-            s => Err(bad(format!("expected a 1-D or 2-D array, found shape {s:?}"))),
+            s => Err(bad(format!(
+                "expected a 1-D or 2-D array, found shape {s:?}"
+            ))),
         }
     }
 

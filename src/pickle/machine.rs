@@ -480,8 +480,16 @@ impl<'a> Machine<'a> {
         })
     }
 
-    fn new_object(&mut self, class: u16, how: How, args: Value, kwargs: Option<Value>) -> Result<Value> {
-        let inner = self.depth_of(args).max(kwargs.map(|k| self.depth_of(k)).unwrap_or(0));
+    fn new_object(
+        &mut self,
+        class: u16,
+        how: How,
+        args: Value,
+        kwargs: Option<Value>,
+    ) -> Result<Value> {
+        let inner = self
+            .depth_of(args)
+            .max(kwargs.map(|k| self.depth_of(k)).unwrap_or(0));
         let d = self.check_depth(inner + 1)?;
         self.depth.objects.push(d);
         let i = self.idx(self.heap.objects.len())?;
@@ -514,7 +522,10 @@ impl<'a> Machine<'a> {
     #[inline]
     fn push(&mut self, v: Value) -> Result<()> {
         if self.stack.len() >= self.limits.max_stack {
-            return Err(self.limit(format!("more than {} values on the stack", self.limits.max_stack)));
+            return Err(self.limit(format!(
+                "more than {} values on the stack",
+                self.limits.max_stack
+            )));
         }
         self.stack.push(v);
         Ok(())
@@ -700,7 +711,9 @@ impl<'a> Machine<'a> {
                 PROTO => {
                     let [p] = self.fixed::<1>("protocol number")?;
                     if p > 5 {
-                        return Err(self.refused(format!("unsupported pickle protocol {p} (0 to 5 are known)")));
+                        return Err(self.refused(format!(
+                            "unsupported pickle protocol {p} (0 to 5 are known)"
+                        )));
                     }
                     self.protocol = p;
                 }
@@ -731,12 +744,10 @@ impl<'a> Machine<'a> {
                         "extension-registry codes (copyreg.add_extension) are not supported",
                     ))
                 }
-                NEXT_BUFFER | READONLY_BUFFER => {
-                    return Err(self.refused(
-                        "out-of-band buffers (pickle protocol 5 with a buffer_callback) are not in \
+                NEXT_BUFFER | READONLY_BUFFER => return Err(self.refused(
+                    "out-of-band buffers (pickle protocol 5 with a buffer_callback) are not in \
                          the file; re-save the DataFrame without buffer_callback",
-                    ))
-                }
+                )),
 
                 // ---- stack and marks ----
                 MARK => {
@@ -893,7 +904,11 @@ impl<'a> Machine<'a> {
                     self.charge(e - s)?;
                     let raw = &self.data[s..e];
                     let inner = match raw {
-                        [q, inner @ .., q2] if (*q == b'\'' || *q == b'"') && q == q2 && raw.len() >= 2 => inner,
+                        [q, inner @ .., q2]
+                            if (*q == b'\'' || *q == b'"') && q == q2 && raw.len() >= 2 =>
+                        {
+                            inner
+                        }
                         _ => return Err(self.malformed("STRING argument is not a quoted literal")),
                     };
                     let decoded = escape_decode(inner)
@@ -997,7 +1012,11 @@ impl<'a> Machine<'a> {
                     }
                     match self.stack[m - 1] {
                         Value::Set(i) => {
-                            let inner = self.stack[m..].iter().map(|v| self.depth_of(*v)).max().unwrap_or(0);
+                            let inner = self.stack[m..]
+                                .iter()
+                                .map(|v| self.depth_of(*v))
+                                .max()
+                                .unwrap_or(0);
                             self.bump(Value::Set(i), inner)?;
                             let items: Vec<Value> = self.stack.drain(m..).collect();
                             self.heap.sets[i as usize].extend(items);
@@ -1026,7 +1045,8 @@ impl<'a> Machine<'a> {
                 }
                 PUT => {
                     let (s, e) = self.line("PUT index")?;
-                    let i = parse_index(&self.data[s..e]).ok_or_else(|| self.malformed("invalid PUT index"))?;
+                    let i = parse_index(&self.data[s..e])
+                        .ok_or_else(|| self.malformed("invalid PUT index"))?;
                     self.memo_put(i)?;
                 }
                 BINGET => {
@@ -1039,7 +1059,8 @@ impl<'a> Machine<'a> {
                 }
                 GET => {
                     let (s, e) = self.line("GET index")?;
-                    let i = parse_index(&self.data[s..e]).ok_or_else(|| self.malformed("invalid GET index"))?;
+                    let i = parse_index(&self.data[s..e])
+                        .ok_or_else(|| self.malformed("invalid GET index"))?;
                     self.memo_get(i)?;
                 }
 
@@ -1054,7 +1075,9 @@ impl<'a> Machine<'a> {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     let (Some(m), Some(n)) = (self.heap.str(module), self.heap.str(name)) else {
-                        return Err(self.malformed("STACK_GLOBAL needs two str values (module, name)"));
+                        return Err(
+                            self.malformed("STACK_GLOBAL needs two str values (module, name)")
+                        );
                     };
                     let g = self.resolve(m, n)?;
                     self.push(Value::Global(g))?;
@@ -1130,7 +1153,12 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn extend_list(&mut self, target: Value, items: impl IntoIterator<Item = Value>, _n: usize) -> Result<()> {
+    fn extend_list(
+        &mut self,
+        target: Value,
+        items: impl IntoIterator<Item = Value>,
+        _n: usize,
+    ) -> Result<()> {
         let items: Vec<Value> = items.into_iter().collect();
         let inner = items.iter().map(|v| self.depth_of(*v)).max().unwrap_or(0);
         self.bump(target, inner)?;
@@ -1138,10 +1166,9 @@ impl<'a> Machine<'a> {
             Value::List(i) => self.heap.lists[i as usize].extend(items),
             Value::Object(i) => self.heap.objects[i as usize].list_items.extend(items),
             other => {
-                return Err(self.malformed(format!(
-                    "cannot append to a {}",
-                    self.heap.type_name(other)
-                )))
+                return Err(
+                    self.malformed(format!("cannot append to a {}", self.heap.type_name(other)))
+                )
             }
         }
         Ok(())
@@ -1233,7 +1260,9 @@ impl<'a> Machine<'a> {
                     }
                     "utf-8" | "utf8" | "ascii" => self.heap.strs[si as usize].clone(),
                     other => {
-                        return Err(self.refused(format!("_codecs.encode with encoding {other:?} is not supported")))
+                        return Err(self.refused(format!(
+                            "_codecs.encode with encoding {other:?} is not supported"
+                        )))
                     }
                 };
                 let bi = self.new_bytes(out)?;
@@ -1303,19 +1332,25 @@ impl<'a> Machine<'a> {
             }
             (Kind::CopyregNewObj, []) => Err(self.malformed("copyreg.__newobj__ without a class")),
             (Kind::GetAttr, [obj, name]) => {
-                let is_zoneinfo = matches!(obj, Value::Global(o) if allow::entry(*o).kind == Kind::ZoneInfo);
+                let is_zoneinfo =
+                    matches!(obj, Value::Global(o) if allow::entry(*o).kind == Kind::ZoneInfo);
                 if is_zoneinfo && self.heap.str(*name) == Some("_unpickle") {
                     let g = allow::lookup("zoneinfo", "ZoneInfo._unpickle").expect("in the table");
                     return Ok(Value::Global(g));
                 }
                 let what = self.heap.type_name(*obj);
-                let attr = self.heap.py_repr(*name, 0).unwrap_or_else(|| self.heap.type_name(*name));
+                let attr = self
+                    .heap
+                    .py_repr(*name, 0)
+                    .unwrap_or_else(|| self.heap.type_name(*name));
                 Err(self.refused(format!(
                     "getattr({what}, {attr}) is not allowed: the only getattr a DataFrame pickle \
                      may use is getattr(zoneinfo.ZoneInfo, '_unpickle')"
                 )))
             }
-            (Kind::GetAttr, _) => Err(self.refused("getattr with other than two arguments is not allowed")),
+            (Kind::GetAttr, _) => {
+                Err(self.refused("getattr with other than two arguments is not allowed"))
+            }
             _ => self.new_object(g, How::Call, args, None),
         }
     }
@@ -1440,24 +1475,6 @@ fn raw_unicode_escape(s: &[u8]) -> Option<String> {
     Some(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimal_roundtrip() {
-        use crate::pickle::value::bigint_to_decimal;
-        for s in ["0", "1", "123456789012345678901234567890", "18446744073709551616"] {
-            for neg in [false, true] {
-                let le = decimal_to_le(s, neg);
-                let back = bigint_to_decimal(&le).unwrap();
-                let want = if neg && s != "0" { format!("-{s}") } else { s.to_string() };
-                assert_eq!(back, want);
-            }
-        }
-    }
-}
-
 /// `a.b.c` where each part is an ASCII Python identifier.
 fn is_dotted_identifier(s: &str) -> bool {
     !s.is_empty()
@@ -1466,4 +1483,31 @@ fn is_dotted_identifier(s: &str) -> bool {
             matches!(c.next(), Some(ch) if ch == '_' || ch.is_ascii_alphabetic())
                 && c.all(|ch| ch == '_' || ch.is_ascii_alphanumeric())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_roundtrip() {
+        use crate::pickle::value::bigint_to_decimal;
+        for s in [
+            "0",
+            "1",
+            "123456789012345678901234567890",
+            "18446744073709551616",
+        ] {
+            for neg in [false, true] {
+                let le = decimal_to_le(s, neg);
+                let back = bigint_to_decimal(&le).unwrap();
+                let want = if neg && s != "0" {
+                    format!("-{s}")
+                } else {
+                    s.to_string()
+                };
+                assert_eq!(back, want);
+            }
+        }
+    }
 }

@@ -237,7 +237,9 @@ impl Heap {
         match v {
             Value::Int(i) => Some(i),
             Value::Bool(b) => Some(b as i64),
-            Value::BigInt(i) => bigint_to_i128(&self.bigints[i as usize]).and_then(|x| i64::try_from(x).ok()),
+            Value::BigInt(i) => {
+                bigint_to_i128(&self.bigints[i as usize]).and_then(|x| i64::try_from(x).ok())
+            }
             _ => None,
         }
     }
@@ -304,7 +306,11 @@ pub fn py_float_repr(f: f64) -> String {
         return if f > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let a = f.abs();
     if (1e-4..1e16).contains(&a) {
@@ -326,7 +332,11 @@ pub fn py_float_repr(f: f64) -> String {
 
 /// Python's `repr(str)` (quotes chosen like CPython; printable non-ASCII kept).
 pub fn py_str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for c in s.chars() {

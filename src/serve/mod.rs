@@ -1,15 +1,463 @@
-//! `embedstream serve` (stub).
-use std::path::PathBuf;
+//! `embedstream serve`: one process, one port, serving the memory-mapped
+//! file as the Batch Server's `StreamEmbedding` (under both package names),
+//! Arrow Flight, gRPC health and server reflection.
+//!
+//! Start-up maps the file ([`Store::open`]), checks that its columns can feed
+//! `RecruitRow` ([`crate::rows::RowMapping`]) and binds the port, in that
+//! order, so every refusal happens before a client can connect. Tests start
+//! servers in-process with [`Server::spawn`] on port 0.
 
-/// Flags of `embedstream serve`.
-#[derive(Debug, clap::Args)]
+pub mod embedding;
+pub mod encode;
+pub mod flight;
+pub mod package_alias;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{atomic::AtomicBool, atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::{
+    rows::{RowMapping, RowsError},
+    store::{Store, StoreError},
+};
+use embedding::{ChunkLimits, EmbeddingService, StreamStats};
+use encode::RecruitTable;
+use package_alias::{PackageAlias, ALIAS_SERVICE_NAME};
+
+/// Rows per chunk when a request asks for 0 (the Batch Server's own default).
+pub const DEFAULT_CHUNK_SIZE: usize = 300;
+/// The Batch Server's inbound message limit (grpc-java `maxInboundMessageSize`).
+pub const BATCH_SERVER_MESSAGE_LIMIT: usize = 100 * 1024 * 1024;
+/// Longest string assumed per text field when bounding `chunk_size`; a chunk
+/// that still exceeds the limit is refused at run time with RESOURCE_EXHAUSTED.
+const STRING_ALLOWANCE: usize = 1024;
+
+/// Flags of `embedstream serve` (each also read from the environment or `.env`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// The converted Arrow file to serve.
-    #[arg(long, env = "EMBEDSTREAM_DATA", default_value = "data/sample.arrow")]
+    /// The file to serve: a converted Arrow IPC file, or a pandas pickle
+    /// (converted once to a sibling `.arrow`, which is then served).
+    #[arg(long, env = "PKL_PATH", default_value = "data/sample.pkl")]
     pub data: PathBuf,
+    /// TCP port (0 = any free port).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "GRPC_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub host: IpAddr,
+    /// Rows per chunk when a request asks for chunk_size 0.
+    #[arg(long, env = "CHUNK_SIZE", default_value_t = DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: usize,
+    /// Largest chunk_size accepted; default: the most rows that fit the message limit.
+    #[arg(long, env = "MAX_CHUNK_SIZE")]
+    pub max_chunk_size: Option<usize>,
+    /// Largest RowChunk message in bytes (the Batch Server accepts 100 MiB).
+    #[arg(long, default_value_t = BATCH_SERVER_MESSAGE_LIMIT)]
+    pub max_message_bytes: usize,
+    /// Worker threads of the async runtime (the Python server's thread pool
+    /// size); capped at the number of CPUs. Streams are not limited by it.
+    #[arg(long, env = "MAX_WORKERS", default_value_t = 10)]
+    pub max_workers: usize,
+    /// How long open streams may run after SIGINT/SIGTERM before they are cut.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub grace_period: Duration,
+    /// Key column (default: from the file's metadata, else `uuid`).
+    #[arg(long)]
+    pub key_column: Option<String>,
+    /// Which columns feed RecruitRow.
+    #[command(flatten)]
+    pub mapping: RowMapping,
 }
 
-/// Run `embedstream serve`.
+/// Why the server cannot start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The file cannot be served.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The file's columns cannot feed RecruitRow.
+    #[error("{path}: {source}")]
+    Mapping {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: RowsError,
+    },
+    /// The pickle could not be converted.
+    #[error("{path}: converting the pickle failed: {message}")]
+    Convert {
+        /// The pickle.
+        path: String,
+        /// The converter's error chain.
+        message: String,
+    },
+    /// Chunk settings that contradict each other or the message limit.
+    #[error("{0}")]
+    Settings(String),
+    /// The port is taken.
+    #[error("cannot listen on {addr}: the port is in use; stop the other server or choose another port with --port (or GRPC_PORT)")]
+    PortInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// Any other failure to listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed while running.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Everything [`Server::spawn`] needs; [`ServerConfig::from_args`] builds it from flags.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The Arrow file (already converted).
+    pub data: PathBuf,
+    /// Where to listen (port 0: any free port).
+    pub addr: SocketAddr,
+    /// Rows per chunk for chunk_size 0.
+    pub default_chunk: usize,
+    /// Largest chunk_size accepted (None: computed from the message limit).
+    pub max_chunk: Option<usize>,
+    /// Largest RowChunk message in bytes.
+    pub max_message_bytes: usize,
+    /// Time open streams get after shutdown is asked.
+    pub grace_period: Duration,
+    /// Key column override.
+    pub key_column: Option<String>,
+    /// Column mapping.
+    pub mapping: RowMapping,
+}
+
+impl ServerConfig {
+    /// Defaults for serving `data` on `addr`.
+    pub fn new(data: impl Into<PathBuf>, addr: SocketAddr) -> Self {
+        ServerConfig {
+            data: data.into(),
+            addr,
+            default_chunk: DEFAULT_CHUNK_SIZE,
+            max_chunk: None,
+            max_message_bytes: BATCH_SERVER_MESSAGE_LIMIT,
+            grace_period: Duration::from_secs(5),
+            key_column: None,
+            mapping: RowMapping::default(),
+        }
+    }
+
+    /// From the command line (the data path must already be an Arrow file).
+    pub fn from_args(args: &ServeArgs, data: PathBuf) -> Self {
+        ServerConfig {
+            data,
+            addr: SocketAddr::new(args.host, args.port),
+            default_chunk: args.chunk_size,
+            max_chunk: args.max_chunk_size,
+            max_message_bytes: args.max_message_bytes,
+            grace_period: args.grace_period,
+            key_column: args.key_column.clone(),
+            mapping: args.mapping.clone(),
+        }
+    }
+}
+
+/// A running server. Drop it or call [`Server::shutdown`] to stop.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    stats: Arc<StreamStats>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+    stop: Arc<AtomicBool>,
+    grace: Duration,
+    health: tonic_health::server::HealthReporter,
+    rows: usize,
+}
+
+/// Open the store and check the mapping: everything that can refuse a file.
+fn open(config: &ServerConfig) -> Result<(Arc<RecruitTable>, ChunkLimits), ServeError> {
+    let shown = config.data.display().to_string();
+    let store = Arc::new(Store::open(&config.data, config.key_column.as_deref())?);
+    let mapping_err = |source| ServeError::Mapping {
+        path: shown.clone(),
+        source,
+    };
+    let layout = config
+        .mapping
+        .resolve(store.schema(), store.layout())
+        .map_err(mapping_err)?;
+    let table = Arc::new(RecruitTable::new(store, layout).map_err(mapping_err)?);
+    // The chunk size bound: the whole chunk (plus gRPC's 5-byte frame
+    // header) must fit the Batch Server's inbound limit.
+    let row_bound = table.row_size_bound(STRING_ALLOWANCE);
+    let fits = config.max_message_bytes.saturating_sub(5) / row_bound.max(1);
+    if fits == 0 {
+        return Err(ServeError::Settings(format!(
+            "--max-message-bytes {} cannot hold one row of up to {row_bound} bytes; raise it",
+            config.max_message_bytes
+        )));
+    }
+    let max = match config.max_chunk {
+        Some(0) => {
+            return Err(ServeError::Settings(
+                "--max-chunk-size must be at least 1".into(),
+            ))
+        }
+        Some(m) if m > fits => {
+            return Err(ServeError::Settings(format!(
+                "--max-chunk-size {m} is too large: a chunk of {m} rows of up to {row_bound} bytes would not fit the {}-byte message limit; use at most {fits}",
+                config.max_message_bytes
+            )))
+        }
+        Some(m) => m,
+        None => fits,
+    };
+    if config.default_chunk == 0 || config.default_chunk > max {
+        return Err(ServeError::Settings(format!(
+            "the default chunk size (CHUNK_SIZE / --chunk-size) {} must be within 1..={max}",
+            config.default_chunk
+        )));
+    }
+    Ok((
+        table,
+        ChunkLimits {
+            default: config.default_chunk,
+            max,
+            max_message_bytes: config.max_message_bytes,
+        },
+    ))
+}
+
+impl Server {
+    /// Open the file, bind the port and start serving in the current tokio
+    /// runtime. Every refusal (file, mapping, settings, port) is returned
+    /// here, before any client can connect.
+    pub async fn spawn(config: ServerConfig) -> Result<Server, ServeError> {
+        let began = Instant::now();
+        let (table, limits) = open(&config)?;
+        let store = table.store().clone();
+        let listener = TcpListener::bind(config.addr).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                ServeError::PortInUse { addr: config.addr }
+            } else {
+                ServeError::Bind {
+                    addr: config.addr,
+                    source,
+                }
+            }
+        })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+
+        let stats = Arc::new(StreamStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let embedding = EmbeddingService::new(table.clone(), limits, stats.clone(), stop.clone());
+        let name = config.data.file_stem().map_or_else(
+            || "embeddings".to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        let flight = flight::FlightEndpointService::new(store.clone(), name);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for service in [
+            "",
+            embedding::SERVICE_NAME,
+            ALIAS_SERVICE_NAME,
+            "arrow.flight.protocol.FlightService",
+        ] {
+            health
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(crate::proto::ALIAS_FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| ServeError::Settings(format!("reflection descriptors: {e}")))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| ServeError::Settings(format!("reflection descriptors: {e}")))?;
+
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            // Inbound windows only matter for requests (tiny); what we send is
+            // paced by the client's windows, and our streams produce a chunk
+            // only when hyper has room for it.
+            .initial_stream_window_size(Some(1 << 20))
+            .initial_connection_window_size(Some(2 << 20))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(embedding.clone())
+            .add_service(PackageAlias::new(embedding))
+            .add_service(FlightServiceServer::new(flight))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let incoming = TcpListenerStream::new(listener);
+        let task = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+                .map_err(ServeError::from)
+        });
+        let rows = store.num_rows();
+        tracing::info!(
+            %addr,
+            file = %config.data.display(),
+            rows,
+            batches = store.batches().len(),
+            vector_dim = table.layout().vector_dim(),
+            default_chunk = limits.default,
+            max_chunk = limits.max,
+            startup_ms = began.elapsed().as_secs_f64() * 1e3,
+            "serving StreamEmbedding ({} and {ALIAS_SERVICE_NAME}), Arrow Flight, health and reflection",
+            embedding::SERVICE_NAME
+        );
+        Ok(Server {
+            addr,
+            stats,
+            shutdown: Some(shutdown_tx),
+            task,
+            stop,
+            grace: config.grace_period,
+            health,
+            rows,
+        })
+    }
+
+    /// The bound address (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stream counters.
+    pub fn stats(&self) -> &Arc<StreamStats> {
+        &self.stats
+    }
+
+    /// Rows in the served file.
+    pub fn num_rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Stop accepting, let open streams finish within the grace period, then
+    /// end the ones still open (they get UNAVAILABLE) and return.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        for service in ["", embedding::SERVICE_NAME, ALIAS_SERVICE_NAME] {
+            self.health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        tracing::info!(
+            open_streams = self.stats.active(),
+            grace_ms = self.grace.as_millis() as u64,
+            "shutting down: no new connections, open streams may finish"
+        );
+        let result = match tokio::time::timeout(self.grace, &mut self.task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                tracing::warn!(
+                    open_streams = self.stats.active(),
+                    "grace period over: ending open streams"
+                );
+                self.stop.store(true, Ordering::SeqCst);
+                match tokio::time::timeout(Duration::from_secs(1), &mut self.task).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        // Clients that stopped reading never poll their
+                        // stream again; drop their connections.
+                        self.task.abort();
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(r) => r,
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(ServeError::Settings(format!("server task failed: {e}"))),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.task.is_finished() {
+            self.task.abort();
+        }
+    }
+}
+
+/// The file to serve for `data`: pickles are converted once to a sibling `.arrow`.
+fn arrow_path(data: &Path) -> Result<PathBuf, ServeError> {
+    crate::convert::ensure_arrow(data).map_err(|e| ServeError::Convert {
+        path: data.display().to_string(),
+        message: format!("{e:#}"),
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn termination() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Run `embedstream serve` until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("serve is not built yet: {}", args.data.display())
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.max_workers.clamp(1, cpus))
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(async {
+        let data = arrow_path(&args.data)?;
+        let server = Server::spawn(ServerConfig::from_args(&args, data)).await?;
+        termination().await;
+        server.shutdown().await?;
+        tracing::info!("stopped");
+        Ok::<(), ServeError>(())
+    })?;
+    Ok(())
 }

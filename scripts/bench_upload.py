@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Benchmark 3: `embedstream upload` of the realistic file to a Python IngestDataStream receiver.
+
+    .venv-bench/bin/python scripts/bench_upload.py [--runs 3] [--modes count,parse]
+
+The file is the realistic 141,897 x 384 conversion (bench-data/serve-141897.arrow,
+made as in bench_serve.py). The receiver is scripts/bench/ingest_receiver.py
+(grpcio): mode `count` counts bytes and rows without parsing the JSON
+(occurrences of `"id":`), mode `parse` json.loads every chunk. For each mode:
+one warm-up upload, then --runs uploads, each `embedstream upload FILE --to
+127.0.0.1:PORT` under /usr/bin/time -v; median wall time -> rows/s and MB/s of
+JSON, the upload's peak RSS, and the receiver's own view (rows, bytes, seconds
+from first to last message). The Python receiver is likely the bottleneck in
+`parse` mode: the `count` mode shows what upload itself can do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+import common as C  # noqa: E402
+import bench_serve  # noqa: E402
+
+PY = sys.executable
+
+
+def read_reports(server: C.Server, n_before: int) -> list[dict]:
+    lines = [l for l in server.log_tail(10**7).splitlines() if l.startswith("{")]
+    return [json.loads(l) for l in lines[n_before:]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--modes", default="count,parse")
+    ap.add_argument("--upload-arg", action="append", default=[],
+                    help="extra argument for `embedstream upload` (repeatable)")
+    a = ap.parse_args()
+    C.require_venv()
+    info = C.machine_report()
+    exe = C.embedstream_bin()
+    pkl = bench_serve.ensure_pickle()
+    arrow, how = bench_serve.ensure_converted(pkl, exe)
+    print(f"uploaded file: {arrow} ({arrow.stat().st_size / 2**20:.0f} MiB, made by {how})")
+    out = {"machine": info, "file_made_by": how}
+    rows_t = []
+    for mode in a.modes.split(","):
+        port = C.free_port()
+        cmd = [PY, str(C.BENCH_DIR / "ingest_receiver.py"), "--port", str(port)]
+        if mode == "parse":
+            cmd.append("--parse-json")
+        up = [str(exe), "upload", str(arrow), "--to", f"127.0.0.1:{port}"] + a.upload_arg
+        with C.Server(f"ingest-{mode}", cmd, port) as s:
+            C.time_v(up)  # warm-up
+            time.sleep(0.2)
+            n0 = len(read_reports(s, 0))
+            runs = []
+            for _ in range(a.runs):
+                r = C.time_v(up)
+                time.sleep(0.2)
+                rep = read_reports(s, n0 + len(runs))
+                runs.append({"wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"],
+                             "user_s": r["user_s"], "receiver": rep[0] if rep else None})
+        wall = C.median([x["wall_s"] for x in runs])
+        rec = runs[-1]["receiver"] or {}
+        rows, nbytes = rec.get("rows", 0), rec.get("bytes", 0)
+        res = {"runs": runs, "wall_s": wall, "rows": rows, "bytes": nbytes,
+               "rows_per_s": rows / wall, "mb_per_s": nbytes / wall / 1e6,
+               "peak_rss_mib": C.median([x["peak_rss_mib"] for x in runs]),
+               "receiver_s": C.median([x["receiver"]["seconds"] for x in runs if x["receiver"]])}
+        out[mode] = res
+        print(f"  {mode}: " + ", ".join(f"{x['wall_s']:.2f}s" for x in runs)
+              + f"; receiver saw {rows:,} rows, {nbytes / 1e6:.0f} MB, metadata {rec.get('metadata')}",
+              flush=True)
+        if rows != C.REF_ROWS:
+            print(f"  WARNING: receiver counted {rows} rows, expected {C.REF_ROWS}")
+        rows_t.append([mode, f"{wall:.2f}", f"{res['rows_per_s']:,.0f}", f"{res['mb_per_s']:.0f}",
+                       f"{res['receiver_s']:.2f}", f"{res['peak_rss_mib']:.0f}"])
+    print(C.table(rows_t, ["receiver mode", "upload wall s", "rows/s", "JSON MB/s",
+                           "receiver s", "upload peak RSS MiB"]))
+    C.save_results("upload", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+//! Columns → one schema with the key and metadata → record batches → file.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use anyhow::{bail, Context};
+use arrow_array::{Array, ArrayRef, FixedSizeBinaryArray, RecordBatch};
+use arrow_ipc::writer::{FileWriter, IpcWriteOptions};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterProperties};
+
+use super::{
+    atomic::AtomicFile,
+    key::{self, KeyGenerator},
+    ConvertArgs, OutputFormat,
+};
+use crate::{format, frame::Frame, progress::Progress};
+
+/// Data per record batch when `--batch-rows` is not given.
+const TARGET_BATCH_BYTES: usize = 3 << 20;
+const MIN_AUTO_BATCH_ROWS: usize = 256;
+const MAX_AUTO_BATCH_ROWS: usize = 65_536;
+
+/// The table to write: every column (key included) as one record batch over
+/// the frame's arrays — no copy — plus what the summary needs.
+#[derive(Debug)]
+pub struct Table {
+    batch: RecordBatch,
+    key_index: usize,
+    key_adopted: bool,
+    vector: Option<(usize, usize, DataType)>,
+}
+
+impl Table {
+    /// Add (or adopt) the key column and describe the file in schema metadata.
+    pub fn from_frame(
+        frame: Frame,
+        key_column: &str,
+        vector_column: Option<&str>,
+        source: &Path,
+    ) -> anyhow::Result<Self> {
+        let rows = frame.rows;
+        let mut fields = Vec::with_capacity(frame.columns.len() + 1);
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(frame.columns.len() + 1);
+        let mut key_index = None;
+        for column in frame.columns {
+            if column.array.len() != rows {
+                bail!(
+                    "column `{}` has {} values but the table has {rows} rows",
+                    column.name,
+                    column.array.len()
+                );
+            }
+            if fields.iter().any(|f: &Field| f.name() == &column.name) {
+                bail!(
+                    "the input has two columns named `{}`; rename one before converting",
+                    column.name
+                );
+            }
+            if column.name == key_column {
+                let keys = key::adopt_existing(key_column, &column.array)?;
+                key_index = Some(fields.len());
+                fields.push(format::key_field(key_column));
+                arrays.push(key::as_array(keys));
+            } else {
+                let nullable =
+                    column.array.null_count() > 0 || column.array.data_type() != &DataType::Null;
+                fields.push(Field::new(
+                    &column.name,
+                    column.array.data_type().clone(),
+                    nullable,
+                ));
+                arrays.push(column.array);
+            }
+        }
+        let key_adopted = key_index.is_some();
+        let key_index = match key_index {
+            Some(i) => i,
+            None => {
+                fields.push(format::key_field(key_column));
+                arrays.push(key::as_array(KeyGenerator::new().column(rows)));
+                fields.len() - 1
+            }
+        };
+
+        let vector_index = match vector_column {
+            Some(name) => {
+                let i = fields
+                    .iter()
+                    .position(|f| f.name() == name)
+                    .with_context(|| format!("--vector-column `{name}`: no such column"))?;
+                if format::vector_shape(fields[i].data_type()).is_none() {
+                    bail!(
+                        "--vector-column `{name}` is {}, not a column of equal-length numeric arrays",
+                        fields[i].data_type()
+                    );
+                }
+                Some(i)
+            }
+            None => fields
+                .iter()
+                .position(|f| format::vector_shape(f.data_type()).is_some()),
+        };
+        let vector = vector_index.and_then(|i| {
+            format::vector_shape(fields[i].data_type()).map(|(dim, ty)| (i, dim, ty))
+        });
+
+        let mut metadata = HashMap::from([
+            (format::META_KEY_COLUMN.to_string(), key_column.to_string()),
+            (format::META_ROWS.to_string(), rows.to_string()),
+            (
+                format::META_VERSION.to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+            // Generated keys are increasing by construction; adopted ones were checked.
+            (format::META_KEYS_SORTED.to_string(), "true".to_string()),
+        ]);
+        if let Some(name) = source.file_name() {
+            metadata.insert(
+                format::META_SOURCE.to_string(),
+                name.to_string_lossy().into_owned(),
+            );
+        }
+        if let Some((i, dim, _)) = &vector {
+            metadata.insert(
+                format::META_VECTOR_COLUMN.to_string(),
+                fields[*i].name().clone(),
+            );
+            metadata.insert(format::META_VECTOR_DIM.to_string(), dim.to_string());
+        }
+        let schema = Arc::new(Schema::new(fields).with_metadata(metadata));
+        let batch = RecordBatch::try_new_with_options(
+            schema,
+            arrays,
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .context("internal error: the columns do not form a table")?;
+        Ok(Table {
+            batch,
+            key_index,
+            key_adopted,
+            vector,
+        })
+    }
+
+    /// All rows as one batch.
+    pub fn batch(&self) -> &RecordBatch {
+        &self.batch
+    }
+
+    /// Row count.
+    pub fn rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// Whether the key came from the input.
+    pub fn key_adopted(&self) -> bool {
+        self.key_adopted
+    }
+
+    /// (column index, dimension, element type) of the vector column.
+    pub fn vector(&self) -> Option<(usize, usize, DataType)> {
+        self.vector.clone()
+    }
+
+    /// First and last key.
+    pub fn key_range(&self) -> Option<(&[u8], &[u8])> {
+        let keys = self
+            .batch
+            .column(self.key_index)
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()?;
+        (!keys.is_empty()).then(|| (keys.value(0), keys.value(keys.len() - 1)))
+    }
+
+    /// Rows per batch: the flag, or about [`TARGET_BATCH_BYTES`] of data.
+    pub fn batch_rows(&self, requested: Option<u32>) -> usize {
+        if let Some(rows) = requested {
+            return rows as usize;
+        }
+        let bytes: usize = self
+            .batch
+            .columns()
+            .iter()
+            .map(|c| c.get_array_memory_size())
+            .sum();
+        let per_row = (bytes / self.rows().max(1)).max(1);
+        (TARGET_BATCH_BYTES / per_row).clamp(MIN_AUTO_BATCH_ROWS, MAX_AUTO_BATCH_ROWS)
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    /// Record batches (IPC) or row groups (Parquet).
+    pub batches: usize,
+    /// File size.
+    pub bytes: u64,
+}
+
+/// Write `table` to `output` atomically in the format the flags ask for.
+pub fn write(
+    table: &Table,
+    output: &Path,
+    args: &ConvertArgs,
+    progress: &Progress,
+) -> anyhow::Result<Written> {
+    let batch_rows = table.batch_rows(args.batch_rows);
+    let mut file = AtomicFile::create(output, args.force)?;
+    let schema = table.batch.schema();
+    let rows = table.rows();
+    let slices = (0..rows)
+        .step_by(batch_rows.max(1))
+        .map(|start| table.batch.slice(start, batch_rows.min(rows - start)));
+    let write_err = || format!("{}: writing failed", output.display());
+    let mut batches = 0;
+    match args.format {
+        OutputFormat::Ipc => {
+            let options = IpcWriteOptions::default();
+            let mut writer = FileWriter::try_new_with_options(&mut file, &schema, options)
+                .with_context(write_err)?;
+            for slice in slices {
+                writer.write(&slice).with_context(write_err)?;
+                batches += 1;
+                progress.inc(slice.num_rows() as u64);
+            }
+            writer.finish().with_context(write_err)?;
+        }
+        OutputFormat::Parquet => {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_max_row_group_row_count(Some(batch_rows.max(1) * 16))
+                .build();
+            let mut writer =
+                ArrowWriter::try_new(&mut file, schema, Some(props)).with_context(write_err)?;
+            for slice in slices {
+                writer.write(&slice).with_context(write_err)?;
+                progress.inc(slice.num_rows() as u64);
+            }
+            batches = writer.close().with_context(write_err)?.num_row_groups();
+        }
+    }
+    file.commit()?;
+    let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+    Ok(Written { batches, bytes })
+}

@@ -1,0 +1,331 @@
+//! `embedding.EmbeddingStreamService/StreamEmbedding`, hand-written over
+//! `tonic::server::Grpc` with [`ChunkCodec`]: the response is a lazy
+//! [`RowStream`] of [`ChunkPlan`]s, encoded only when hyper asks for more
+//! body (so HTTP/2 flow control bounds what is buffered), and dropped — which
+//! stops all work — as soon as the client cancels.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use futures::Stream;
+use tonic::{
+    codegen::{http, Body, BoxFuture, Service, StdError},
+    server::{Grpc, NamedService, ServerStreamingService},
+    Request, Response, Status,
+};
+
+use super::encode::{ChunkCodec, ChunkPlan, RecruitTable};
+use crate::proto::StreamEmbeddingRequest;
+
+/// Full name of the canonical service.
+pub const SERVICE_NAME: &str = "embedding.EmbeddingStreamService";
+const STREAM_PATH: &str = "/embedding.EmbeddingStreamService/StreamEmbedding";
+const INGEST_PATH: &str = "/embedding.EmbeddingStreamService/IngestDataStream";
+
+/// Longest `last_processed_uuid` echoed back in an error message.
+const ECHO_LIMIT: usize = 64;
+
+/// Chunk sizes accepted by the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLimits {
+    /// Rows per chunk when the request says 0.
+    pub default: usize,
+    /// Largest `chunk_size` accepted (a chunk of that many rows fits the
+    /// Batch Server's inbound message limit).
+    pub max: usize,
+    /// The message size limit the chunks must fit, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Counters shared by all streams, readable by tests and the shutdown path.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    active: AtomicUsize,
+    started: AtomicU64,
+    completed: AtomicU64,
+    cancelled: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl StreamStats {
+    /// Streams currently open.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+    /// Streams accepted since start.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::SeqCst)
+    }
+    /// Streams that sent their last row.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::SeqCst)
+    }
+    /// Streams dropped before their last row (client cancel, shutdown).
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+    /// Rows handed to the encoder since start.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::SeqCst)
+    }
+}
+
+/// State shared by every request.
+#[derive(Debug)]
+struct Shared {
+    table: Arc<RecruitTable>,
+    limits: ChunkLimits,
+    stats: Arc<StreamStats>,
+    /// Set when the grace period is over: open streams end at their next chunk.
+    stop: Arc<AtomicBool>,
+}
+
+/// The StreamEmbedding service: a small struct over the shared table.
+#[derive(Debug, Clone)]
+pub struct EmbeddingService {
+    shared: Arc<Shared>,
+}
+
+impl EmbeddingService {
+    /// A service over `table`; `stop` ends open streams when set.
+    pub fn new(
+        table: Arc<RecruitTable>,
+        limits: ChunkLimits,
+        stats: Arc<StreamStats>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        EmbeddingService {
+            shared: Arc::new(Shared {
+                table,
+                limits,
+                stats,
+                stop,
+            }),
+        }
+    }
+
+    /// Resolve a request into (first row, rows per chunk), or the status to refuse it with.
+    pub fn plan(&self, req: &StreamEmbeddingRequest) -> Result<(usize, usize), Status> {
+        plan(&self.shared.table, self.shared.limits, req)
+    }
+}
+
+/// Validate a request: resume row and chunk size.
+fn plan(
+    table: &RecruitTable,
+    limits: ChunkLimits,
+    req: &StreamEmbeddingRequest,
+) -> Result<(usize, usize), Status> {
+    let chunk = match req.chunk_size {
+        0 => limits.default,
+        n => match usize::try_from(n) {
+            Ok(n) if n <= limits.max => n,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "chunk_size {n} is out of range: use 1..={} (a larger chunk would not fit the {} MiB message limit), or 0 for the default ({})",
+                    limits.max,
+                    limits.max_message_bytes / (1024 * 1024),
+                    limits.default
+                )))
+            }
+        },
+    };
+    let start = if req.last_processed_uuid.is_empty() {
+        0
+    } else {
+        let text = &req.last_processed_uuid;
+        match uuid::Uuid::try_parse(text) {
+            Ok(id) => table.store().position_after(id.as_bytes()),
+            Err(e) => {
+                let shown: String = text.chars().take(ECHO_LIMIT).collect();
+                let more = if shown.len() < text.len() { "…" } else { "" };
+                return Err(Status::invalid_argument(format!(
+                    "last_processed_uuid `{shown}{more}` is not a UUID ({e}); send the id of the last row you stored, or an empty string to start from the first row"
+                )));
+            }
+        }
+    };
+    Ok((start, chunk))
+}
+
+/// The lazy response: yields one [`ChunkPlan`] per poll until the end of the
+/// file; logs a summary when dropped (completed, cancelled or stopped).
+#[derive(Debug)]
+pub struct RowStream {
+    shared: Arc<Shared>,
+    peer: String,
+    first: usize,
+    next: usize,
+    chunk: usize,
+    chunks: u64,
+    began: Instant,
+    finished: bool,
+    stopped: bool,
+}
+
+impl RowStream {
+    fn new(shared: Arc<Shared>, peer: String, first: usize, chunk: usize) -> Self {
+        shared.stats.active.fetch_add(1, Ordering::SeqCst);
+        shared.stats.started.fetch_add(1, Ordering::SeqCst);
+        RowStream {
+            shared,
+            peer,
+            first,
+            next: first,
+            chunk,
+            chunks: 0,
+            began: Instant::now(),
+            finished: false,
+            stopped: false,
+        }
+    }
+}
+
+impl Stream for RowStream {
+    type Item = Result<ChunkPlan, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished || this.stopped {
+            return Poll::Ready(None);
+        }
+        if this.shared.stop.load(Ordering::SeqCst) {
+            this.stopped = true;
+            return Poll::Ready(Some(Err(Status::unavailable(format!(
+                "the server is shutting down; resume after the last id you stored (next row: {})",
+                this.next
+            )))));
+        }
+        let total = this.shared.table.num_rows();
+        if this.next >= total {
+            this.finished = true;
+            return Poll::Ready(None);
+        }
+        let end = this.next.saturating_add(this.chunk).min(total);
+        let plan = ChunkPlan {
+            table: this.shared.table.clone(),
+            start: this.next,
+            end,
+        };
+        this.shared
+            .stats
+            .rows
+            .fetch_add((end - this.next) as u64, Ordering::Relaxed);
+        this.next = end;
+        this.chunks += 1;
+        Poll::Ready(Some(Ok(plan)))
+    }
+}
+
+impl Drop for RowStream {
+    fn drop(&mut self) {
+        let stats = &self.shared.stats;
+        stats.active.fetch_sub(1, Ordering::SeqCst);
+        let outcome = if self.finished {
+            stats.completed.fetch_add(1, Ordering::SeqCst);
+            "completed"
+        } else {
+            stats.cancelled.fetch_add(1, Ordering::SeqCst);
+            if self.stopped {
+                "stopped by shutdown"
+            } else {
+                "cancelled by client"
+            }
+        };
+        tracing::info!(
+            peer = %self.peer,
+            start_row = self.first,
+            rows = self.next - self.first,
+            chunks = self.chunks,
+            chunk_size = self.chunk,
+            elapsed_ms = self.began.elapsed().as_secs_f64() * 1e3,
+            outcome,
+            "StreamEmbedding finished"
+        );
+    }
+}
+
+/// The `ServerStreamingService` tonic's `Grpc` drives.
+struct StreamEmbeddingMethod(Arc<Shared>);
+
+impl ServerStreamingService<StreamEmbeddingRequest> for StreamEmbeddingMethod {
+    type Response = ChunkPlan;
+    type ResponseStream = RowStream;
+    type Future = BoxFuture<Response<RowStream>, Status>;
+
+    fn call(&mut self, request: Request<StreamEmbeddingRequest>) -> Self::Future {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let peer = request
+                .remote_addr()
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            let req = request.into_inner();
+            let (first, chunk) =
+                plan(&shared.table, shared.limits, &req).inspect_err(|status| {
+                    tracing::info!(%peer, message = status.message(), "StreamEmbedding refused");
+                })?;
+            tracing::debug!(%peer, first, chunk, "StreamEmbedding started");
+            Ok(Response::new(RowStream::new(shared, peer, first, chunk)))
+        })
+    }
+}
+
+impl<B> Service<http::Request<B>> for EmbeddingService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match req.uri().path() {
+            STREAM_PATH => {
+                let shared = self.shared.clone();
+                Box::pin(async move {
+                    let limits = shared.limits;
+                    // Room for one chunk of the default size: tonic reuses the buffer.
+                    let buffer_size = limits
+                        .default
+                        .saturating_mul(shared.table.row_size_bound(64))
+                        .min(limits.max_message_bytes);
+                    let mut grpc = Grpc::new(ChunkCodec { buffer_size })
+                        .apply_max_message_size_config(
+                            // The request is two small fields.
+                            Some(64 * 1024),
+                            Some(limits.max_message_bytes),
+                        );
+                    Ok(grpc
+                        .server_streaming(StreamEmbeddingMethod(shared), req)
+                        .await)
+                })
+            }
+            INGEST_PATH => Box::pin(async {
+                Ok(Status::unimplemented(
+                    "IngestDataStream is the Batch Server's RPC: embedstream does not accept uploads (use `embedstream upload` to send rows to a Batch Server)",
+                )
+                .into_http())
+            }),
+            path => {
+                let message = format!("no method {path} on {SERVICE_NAME}");
+                Box::pin(async move { Ok(Status::unimplemented(message).into_http()) })
+            }
+        }
+    }
+}
+
+impl NamedService for EmbeddingService {
+    const NAME: &'static str = SERVICE_NAME;
+}

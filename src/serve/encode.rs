@@ -1,0 +1,447 @@
+//! Hand-written protobuf encoding of `RowChunk` straight from the mapped file.
+//!
+//! A chunk is described by a [`ChunkPlan`] (a row range over the shared
+//! [`RecruitTable`]); [`ChunkCodec`]'s encoder writes it directly into
+//! tonic's reused output buffer: field tags, varint lengths, the 36 id
+//! characters, the strings, and the vector bytes of each row copied once from
+//! the map into the packed `repeated float` field. No prost structs, no
+//! per-row `Vec<f32>`. Values equal to the proto3 default (empty string, 0,
+//! empty vector) are omitted, exactly as prost does, so the bytes are the
+//! same as `prost::Message::encode` of the equivalent `RowChunk`.
+
+use std::sync::Arc;
+
+use bytes::BufMut;
+use prost::encoding::{encode_varint, encoded_len_varint};
+use tonic::{
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    Status,
+};
+
+use crate::{
+    proto::StreamEmbeddingRequest,
+    rows::{RecruitColumns, RecruitLayout, RowsError, VectorRef},
+    store::Store,
+};
+
+/// Wire type 2 (length-delimited) tags of the fields we write.
+const TAG_CHUNK_ROWS: u8 = (1 << 3) | 2;
+const TAG_ID: u8 = (1 << 3) | 2;
+const TAG_COMPANY: u8 = (2 << 3) | 2;
+const TAG_EXP: u8 = 3 << 3; // varint
+const TAG_ENGLISH: u8 = (4 << 3) | 2;
+const TAG_KEYWORD: u8 = (5 << 3) | 2;
+const TAG_VECTOR: u8 = (6 << 3) | 2;
+/// Length of a hyphenated UUID.
+const ID_LEN: usize = 36;
+
+/// The mapped store with a [`RecruitColumns`] view of every batch, built
+/// once at start-up (a few `Arc` clones per batch) and shared by all streams.
+#[derive(Debug)]
+pub struct RecruitTable {
+    store: Arc<Store>,
+    layout: RecruitLayout,
+    columns: Vec<RecruitColumns>,
+}
+
+impl RecruitTable {
+    /// Views of every batch of `store` under `layout`.
+    pub fn new(store: Arc<Store>, layout: RecruitLayout) -> Result<Self, RowsError> {
+        let columns = store
+            .batches()
+            .iter()
+            .map(|b| layout.columns(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecruitTable {
+            store,
+            layout,
+            columns,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The resolved mapping.
+    pub fn layout(&self) -> &RecruitLayout {
+        &self.layout
+    }
+
+    /// Total rows.
+    pub fn num_rows(&self) -> usize {
+        self.store.num_rows()
+    }
+
+    /// Call `f(columns, first, end)` for each batch segment of global rows
+    /// `start..end` (clamped to the file).
+    fn for_segments(
+        &self,
+        start: usize,
+        end: usize,
+        mut f: impl FnMut(&RecruitColumns, usize, usize),
+    ) {
+        let end = end.min(self.num_rows());
+        let mut row = start;
+        while row < end {
+            let (b, i) = self.store.locate(row);
+            let Some(cols) = self.columns.get(b) else {
+                return;
+            };
+            let take = (cols.len().saturating_sub(i)).min(end - row);
+            if take == 0 {
+                // An empty batch cannot be returned by `locate` for a row
+                // inside the file; stop rather than loop.
+                return;
+            }
+            f(cols, i, i + take);
+            row += take;
+        }
+    }
+
+    /// Upper bound of one encoded row's size when every string is at most
+    /// `max_string` bytes: used to bound `chunk_size` below a message limit.
+    pub fn row_size_bound(&self, max_string: usize) -> usize {
+        let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+        let body = field(ID_LEN) + 3 * field(max_string) + 11 + field(self.layout.vector_dim() * 4);
+        1 + encoded_len_varint(body as u64) + body
+    }
+}
+
+/// Length of the `RecruitRow` message of row `i` (without its own tag/length).
+fn row_body_len(c: &RecruitColumns, i: usize) -> usize {
+    let string = |s: &str| {
+        if s.is_empty() {
+            0
+        } else {
+            1 + encoded_len_varint(s.len() as u64) + s.len()
+        }
+    };
+    let exp = c.exp_years(i);
+    let exp_len = if exp == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(exp as i64 as u64)
+    };
+    let vector_bytes = c.vector(i).len() * 4;
+    let vector_len = if vector_bytes == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(vector_bytes as u64) + vector_bytes
+    };
+    let id_len = if c.key(i).len() == 16 {
+        1 + 1 + ID_LEN
+    } else {
+        0
+    };
+    id_len
+        + string(c.company_name(i))
+        + exp_len
+        + string(c.english_level(i))
+        + string(c.primary_keyword(i))
+        + vector_len
+}
+
+/// Encoded size of the `RowChunk` holding global rows `start..end`.
+pub fn chunk_len(table: &RecruitTable, start: usize, end: usize) -> usize {
+    let mut total = 0;
+    table.for_segments(start, end, |c, a, b| {
+        for i in a..b {
+            let body = row_body_len(c, i);
+            total += 1 + encoded_len_varint(body as u64) + body;
+        }
+    });
+    total
+}
+
+/// Write the `RowChunk` holding global rows `start..end` into `dst`.
+pub fn encode_chunk(table: &RecruitTable, start: usize, end: usize, dst: &mut impl BufMut) {
+    table.for_segments(start, end, |c, a, b| {
+        for i in a..b {
+            encode_row(c, i, dst);
+        }
+    });
+}
+
+/// Write row `i` as one `RowChunk.rows` entry (tag, length, `RecruitRow`).
+fn encode_row(c: &RecruitColumns, i: usize, dst: &mut impl BufMut) {
+    dst.put_u8(TAG_CHUNK_ROWS);
+    encode_varint(row_body_len(c, i) as u64, dst);
+    if c.key(i).len() == 16 {
+        let mut id = [0u8; ID_LEN];
+        c.id_str(i, &mut id);
+        dst.put_u8(TAG_ID);
+        dst.put_u8(ID_LEN as u8);
+        dst.put_slice(&id);
+    }
+    put_string(dst, TAG_COMPANY, c.company_name(i));
+    let exp = c.exp_years(i);
+    if exp != 0 {
+        dst.put_u8(TAG_EXP);
+        // proto3 int32: negative values are sign-extended to 64 bits.
+        encode_varint(exp as i64 as u64, dst);
+    }
+    put_string(dst, TAG_ENGLISH, c.english_level(i));
+    put_string(dst, TAG_KEYWORD, c.primary_keyword(i));
+    let vector = c.vector(i);
+    if !vector.is_empty() {
+        dst.put_u8(TAG_VECTOR);
+        encode_varint((vector.len() * 4) as u64, dst);
+        match vector.as_le_bytes() {
+            // The one copy: map → output buffer.
+            Some(bytes) => dst.put_slice(bytes),
+            None => match vector {
+                VectorRef::F32(v) => v.iter().for_each(|&x| dst.put_f32_le(x)),
+                VectorRef::F64(v) => v.iter().for_each(|&x| dst.put_f32_le(x as f32)),
+            },
+        }
+    }
+}
+
+fn put_string(dst: &mut impl BufMut, tag: u8, s: &str) {
+    if !s.is_empty() {
+        dst.put_u8(tag);
+        encode_varint(s.len() as u64, dst);
+        dst.put_slice(s.as_bytes());
+    }
+}
+
+/// One `RowChunk` to send: global rows `start..end` of the table. Cheap to
+/// create; encoded only when tonic polls the response body.
+#[derive(Debug, Clone)]
+pub struct ChunkPlan {
+    /// The shared table.
+    pub table: Arc<RecruitTable>,
+    /// First global row.
+    pub start: usize,
+    /// One past the last global row.
+    pub end: usize,
+}
+
+/// tonic codec of `StreamEmbedding`: encodes [`ChunkPlan`]s by hand, decodes
+/// the request with prost.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkCodec {
+    /// Expected size of a chunk, to size tonic's reused buffer once.
+    pub buffer_size: usize,
+}
+
+impl Codec for ChunkCodec {
+    type Encode = ChunkPlan;
+    type Decode = StreamEmbeddingRequest;
+    type Encoder = ChunkEncoder;
+    type Decoder = RequestDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ChunkEncoder {
+            buffer_size: self.buffer_size,
+        }
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder
+    }
+}
+
+/// Writes a [`ChunkPlan`] into tonic's output buffer.
+#[derive(Debug, Clone)]
+pub struct ChunkEncoder {
+    buffer_size: usize,
+}
+
+impl Encoder for ChunkEncoder {
+    type Item = ChunkPlan;
+    type Error = Status;
+
+    fn encode(&mut self, item: ChunkPlan, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        let len = chunk_len(&item.table, item.start, item.end);
+        dst.reserve(len);
+        encode_chunk(&item.table, item.start, item.end, dst);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        // Start with room for one chunk; yield each chunk to hyper as soon as
+        // it is encoded once it passes 32 KiB (tonic's default threshold), so
+        // at most about one chunk is buffered above HTTP/2 flow control.
+        BufferSettings::new(self.buffer_size.max(8 * 1024), 32 * 1024)
+    }
+}
+
+/// Decodes `StreamEmbeddingRequest` with prost.
+#[derive(Debug, Clone, Default)]
+pub struct RequestDecoder;
+
+impl Decoder for RequestDecoder {
+    type Item = StreamEmbeddingRequest;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        <StreamEmbeddingRequest as prost::Message>::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("malformed StreamEmbeddingRequest: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{format, proto::RowChunk, rows::RowMapping};
+    use arrow_array::{
+        builder::{FixedSizeBinaryBuilder, FixedSizeListBuilder, Float32Builder, Float64Builder},
+        ArrayRef, Int32Array, RecordBatch, StringArray,
+    };
+    use arrow_ipc::writer::FileWriter;
+    use arrow_schema::{DataType, Field, Schema};
+    use prost::Message;
+
+    /// Write a two-batch file; vectors in f64 when `wide`, exp as ints when `ints`.
+    fn table(wide: bool, ints: bool) -> (tempfile::TempDir, Arc<RecruitTable>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.arrow");
+        let item = if wide {
+            DataType::Float64
+        } else {
+            DataType::Float32
+        };
+        let vtype = DataType::FixedSizeList(Arc::new(Field::new_list_field(item, false)), 3);
+        let exp_type = if ints {
+            DataType::Int32
+        } else {
+            DataType::Utf8
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("Company Name", DataType::Utf8, true),
+            Field::new("Exp Years", exp_type, true),
+            Field::new("English Level", DataType::Utf8, true),
+            Field::new("Primary Keyword", DataType::Utf8, true),
+            Field::new("vec", vtype, true),
+            format::key_field("uuid"),
+        ]));
+        let mut w = FileWriter::try_new(std::fs::File::create(&path).unwrap(), &schema).unwrap();
+        for (b, rows) in [(0usize, 3usize), (3, 2)] {
+            let range = b..b + rows;
+            let mut keys = FixedSizeBinaryBuilder::new(16);
+            let vectors: ArrayRef = if wide {
+                let mut v = FixedSizeListBuilder::new(Float64Builder::new(), 3)
+                    .with_field(Arc::new(Field::new_list_field(DataType::Float64, false)));
+                for i in range.clone() {
+                    v.values().append_slice(&[i as f64 + 0.1, -1.0, 1e300]);
+                    v.append(i != 1);
+                }
+                Arc::new(v.finish())
+            } else {
+                let mut v = FixedSizeListBuilder::new(Float32Builder::new(), 3)
+                    .with_field(Arc::new(Field::new_list_field(DataType::Float32, false)));
+                for i in range.clone() {
+                    v.values()
+                        .append_slice(&[i as f32 + 0.5, -0.0, f32::MIN_POSITIVE]);
+                    v.append(i != 1);
+                }
+                Arc::new(v.finish())
+            };
+            for i in range.clone() {
+                let mut k = [0u8; 16];
+                k[15] = i as u8 + 1;
+                keys.append_value(k).unwrap();
+            }
+            let exp: ArrayRef = if ints {
+                Arc::new(Int32Array::from_iter(
+                    range.clone().map(|i| Some(i as i32 - 2)),
+                ))
+            } else {
+                Arc::new(StringArray::from_iter(
+                    range.clone().map(|i| (i != 2).then(|| format!("{i}y"))),
+                ))
+            };
+            let text = |p: &str| -> ArrayRef {
+                Arc::new(StringArray::from_iter(
+                    range
+                        .clone()
+                        .map(|i| (i != 3).then(|| format!("{p} ✓ {i}"))),
+                ))
+            };
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    text("Co"),
+                    exp,
+                    text("lvl"),
+                    text("kw"),
+                    vectors,
+                    Arc::new(keys.finish()),
+                ],
+            )
+            .unwrap();
+            w.write(&batch).unwrap();
+        }
+        w.finish().unwrap();
+        let store = Arc::new(Store::open(&path, None).unwrap());
+        let layout = RowMapping::default()
+            .resolve(store.schema(), store.layout())
+            .unwrap();
+        (dir, Arc::new(RecruitTable::new(store, layout).unwrap()))
+    }
+
+    /// The chunk prost would produce, built field by field from the views.
+    fn expected(t: &RecruitTable, start: usize, end: usize) -> RowChunk {
+        let mut rows = Vec::new();
+        t.for_segments(start, end, |c, a, b| {
+            for i in a..b {
+                rows.push(crate::proto::RecruitRow {
+                    id: c.id(i).to_string(),
+                    company_name: c.company_name(i).to_string(),
+                    exp_years: c.exp_years(i),
+                    english_level: c.english_level(i).to_string(),
+                    primary_keyword: c.primary_keyword(i).to_string(),
+                    vector: c.vector(i).iter().collect(),
+                });
+            }
+        });
+        RowChunk { rows }
+    }
+
+    #[test]
+    fn bytes_equal_prost_for_every_range() {
+        for (wide, ints) in [(false, false), (true, true), (false, true)] {
+            let (_dir, t) = table(wide, ints);
+            for start in 0..=5 {
+                for end in start..=6 {
+                    let mut buf = bytes::BytesMut::new();
+                    encode_chunk(&t, start, end, &mut buf);
+                    assert_eq!(buf.len(), chunk_len(&t, start, end));
+                    let want = expected(&t, start, end);
+                    assert_eq!(want.rows.len(), end.min(5) - start);
+                    // Same bytes as prost, and prost decodes ours to the same message.
+                    assert_eq!(&buf[..], &want.encode_to_vec()[..], "{start}..{end}");
+                    assert_eq!(RowChunk::decode(&buf[..]).unwrap(), want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decoded_values_are_the_files() {
+        let (_dir, t) = table(true, true);
+        let mut buf = bytes::BytesMut::new();
+        encode_chunk(&t, 0, 5, &mut buf);
+        let chunk = RowChunk::decode(&buf[..]).unwrap();
+        let r0 = &chunk.rows[0];
+        assert_eq!(r0.id, "00000000-0000-0000-0000-000000000001");
+        assert_eq!(r0.exp_years, -2);
+        assert_eq!(r0.company_name, "Co ✓ 0");
+        assert_eq!(r0.vector, vec![0.1f32, -1.0, f32::INFINITY]);
+        assert!(chunk.rows[1].vector.is_empty());
+        assert_eq!(chunk.rows[3].company_name, "");
+        assert_eq!(chunk.rows[4].id, "00000000-0000-0000-0000-000000000005");
+    }
+
+    #[test]
+    fn row_bound_covers_rows() {
+        let (_dir, t) = table(false, false);
+        for i in 0..5 {
+            assert!(chunk_len(&t, i, i + 1) <= t.row_size_bound(16));
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Arrow Flight over the mapped file, on the same port as StreamEmbedding.
+//!
+//! The server holds one dataset: the served file. Any `FlightDescriptor`
+//! (path or command) names it. Supported: `ListFlights`, `GetFlightInfo`,
+//! `GetSchema`, `DoGet`; every other call answers `UNIMPLEMENTED`.
+//!
+//! # Tickets
+//! A `DoGet` ticket is UTF-8 text:
+//! - empty or `all`: the whole file;
+//! - `after:<uuid>`: every row whose key is greater than `<uuid>` (a
+//!   checkpoint: the `uuid` column value of the last row you stored, in any
+//!   standard text form, e.g. `after:01890a5d-ac96-774b-bcce-b302099a8057`);
+//!   the UUID does not have to be in the file;
+//! - anything else: `INVALID_ARGUMENT` with a message.
+//!
+//! The ticket in `GetFlightInfo`'s endpoint is `all`.
+//!
+//! # What is sent
+//! The schema message first, then the file's dictionary messages, then its
+//! record batches, exactly as stored in the file (no re-encoding: the bytes
+//! go from the memory map to the socket). On a resume, only the batch holding
+//! the resume point is sliced and re-encoded, starting at the first row
+//! after the checkpoint; the following batches are sent as stored. Rows come
+//! in key order. Each row's key is the `uuid` column (`FixedSizeBinary(16)`,
+//! extension `arrow.uuid`): resume with the last row's key.
+//!
+//! # pyarrow client
+//! ```python
+//! import uuid
+//! import pyarrow.flight as flight
+//!
+//! client = flight.connect("grpc://localhost:50051")
+//! info = client.get_flight_info(flight.FlightDescriptor.for_path("embeddings"))
+//! print(info.schema, info.total_records)
+//!
+//! # Whole file
+//! table = client.do_get(flight.Ticket(b"all")).read_all()
+//!
+//! # Resume after the last row stored (a checkpoint)
+//! last = uuid.UUID(bytes=table.column("uuid")[-1].as_py())  # or your stored id
+//! reader = client.do_get(flight.Ticket(f"after:{last}".encode()))
+//! for chunk in reader:                # chunk.data is a RecordBatch
+//!     ...
+//! ```
+
+use std::{pin::Pin, sync::Arc};
+
+use arrow_flight::{
+    flight_service_server::FlightService, Action, ActionType, Criteria, Empty, FlightData,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, PollInfo,
+    PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+use futures::{stream, Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::store::Store;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The ticket of the whole file.
+pub const TICKET_ALL: &str = "all";
+/// Prefix of a resume ticket.
+pub const TICKET_AFTER: &str = "after:";
+
+/// What a `DoGet` ticket asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketRequest {
+    /// Every row.
+    All,
+    /// The rows whose key is greater than this UUID.
+    After(uuid::Uuid),
+}
+
+/// Parse a ticket (see the module documentation).
+pub fn parse_ticket(ticket: &[u8]) -> Result<TicketRequest, Status> {
+    let text = std::str::from_utf8(ticket).map_err(|_| {
+        Status::invalid_argument("the ticket is not UTF-8; use `all` or `after:<uuid>`")
+    })?;
+    if text.is_empty() || text == TICKET_ALL {
+        return Ok(TicketRequest::All);
+    }
+    match text.strip_prefix(TICKET_AFTER) {
+        Some(id) => uuid::Uuid::try_parse(id)
+            .map(TicketRequest::After)
+            .map_err(|e| {
+                let shown: String = id.chars().take(64).collect();
+                Status::invalid_argument(format!(
+                    "ticket `after:{shown}`: not a UUID ({e}); use `after:<uuid of the last row stored>`"
+                ))
+            }),
+        None => {
+            let shown: String = text.chars().take(64).collect();
+            Err(Status::invalid_argument(format!(
+                "unknown ticket `{shown}`; use `all` (whole file) or `after:<uuid>` (resume)"
+            )))
+        }
+    }
+}
+
+/// The Flight service: a small struct over the shared store.
+#[derive(Debug, Clone)]
+pub struct FlightEndpointService {
+    store: Arc<Store>,
+    /// Name of the dataset in `ListFlights` (the file's stem).
+    name: String,
+}
+
+impl FlightEndpointService {
+    /// A Flight service over `store`, listed as `name`.
+    pub fn new(store: Arc<Store>, name: String) -> Self {
+        FlightEndpointService { store, name }
+    }
+
+    fn info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+        let info = FlightInfo::new()
+            .try_with_schema(self.store.schema())
+            .map_err(|e| Status::internal(format!("encoding the schema: {e}")))?
+            .with_descriptor(descriptor)
+            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(TICKET_ALL)))
+            .with_total_records(i64::try_from(self.store.num_rows()).unwrap_or(-1))
+            .with_total_bytes(i64::try_from(self.store.file().len()).unwrap_or(-1))
+            .with_ordered(true);
+        Ok(info)
+    }
+
+    /// The FlightData messages answering `request`, produced lazily.
+    fn do_get_stream(&self, request: TicketRequest) -> Result<BoxStream<FlightData>, Status> {
+        let store = self.store.clone();
+        let options = IpcWriteOptions::default();
+        let schema = FlightData::from(SchemaAsIpc::new(store.schema(), &options));
+        let dictionaries: Vec<Result<FlightData, Status>> = store
+            .file()
+            .dictionary_blocks()
+            .map(|b| b.map(raw_flight_data).map_err(damaged))
+            .collect();
+        let start_row = match request {
+            TicketRequest::All => 0,
+            TicketRequest::After(id) => store.position_after(id.as_bytes()),
+        };
+        let batches = store.batches().len();
+        // The first batch to send as stored, and the sliced head if the
+        // resume point falls inside a batch.
+        let (first_raw, head) = if start_row >= store.num_rows() {
+            (batches, Vec::new())
+        } else {
+            let (b, i) = store.locate(start_row);
+            if i == 0 {
+                (b, Vec::new())
+            } else {
+                (b + 1, encode_slice(&store, b, i)?)
+            }
+        };
+        let raw = stream::iter(first_raw..batches).map(move |i| {
+            match store.file().record_batch_block(i) {
+                Some(Ok(block)) => Ok(raw_flight_data(block)),
+                Some(Err(e)) => Err(damaged(e)),
+                None => Err(Status::internal(format!(
+                    "record batch {i} vanished from the file footer"
+                ))),
+            }
+        });
+        let head = stream::iter(
+            std::iter::once(Ok(schema))
+                .chain(dictionaries)
+                .chain(head.into_iter().map(Ok)),
+        );
+        Ok(Box::pin(head.chain(raw)))
+    }
+}
+
+fn raw_flight_data(block: crate::store::IpcBlock) -> FlightData {
+    FlightData {
+        data_header: block.header,
+        data_body: block.body,
+        ..FlightData::default()
+    }
+}
+
+fn damaged(e: String) -> Status {
+    Status::data_loss(format!("the served file is damaged: {e}"))
+}
+
+/// Re-encode rows `from..` of batch `b` (with any dictionaries they need).
+fn encode_slice(store: &Store, b: usize, from: usize) -> Result<Vec<FlightData>, Status> {
+    let batch = store
+        .batches()
+        .get(b)
+        .ok_or_else(|| Status::internal(format!("no batch {b}")))?;
+    let len = batch.num_rows().saturating_sub(from);
+    let slice = batch.slice(from.min(batch.num_rows()), len);
+    let generator = IpcDataGenerator::default();
+    let mut tracker = DictionaryTracker::new(false);
+    let (dicts, data) = generator
+        .encode(
+            &slice,
+            &mut tracker,
+            &IpcWriteOptions::default(),
+            &mut Default::default(),
+        )
+        .map_err(|e| Status::internal(format!("encoding the resumed batch: {e}")))?;
+    Ok(dicts
+        .into_iter()
+        .chain(std::iter::once(data))
+        .map(FlightData::from)
+        .collect())
+}
+
+#[tonic::async_trait]
+impl FlightService for FlightEndpointService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "no authentication: call the other methods directly",
+        ))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let info = self.info(FlightDescriptor::new_path(vec![self.name.clone()]));
+        Ok(Response::new(Box::pin(stream::iter([info]))))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.info(request.into_inner()).map(Response::new)
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "PollFlightInfo: use GetFlightInfo, the answer is immediate",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let options = IpcWriteOptions::default();
+        SchemaResult::try_from(SchemaAsIpc::new(self.store.schema(), &options))
+            .map(Response::new)
+            .map_err(|e| Status::internal(format!("encoding the schema: {e}")))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let parsed = parse_ticket(&request.get_ref().ticket)?;
+        tracing::info!(%peer, ticket = ?parsed, "Flight DoGet");
+        self.do_get_stream(parsed).map(Response::new)
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("DoPut: the served file is read-only"))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented(
+            "DoExchange is not supported; use DoGet",
+        ))
+    }
+
+    async fn do_action(
+        &self,
+        _request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        Err(Status::unimplemented("no actions are supported"))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        Err(Status::unimplemented("no actions are supported"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets() {
+        assert_eq!(parse_ticket(b"").unwrap(), TicketRequest::All);
+        assert_eq!(parse_ticket(b"all").unwrap(), TicketRequest::All);
+        let id = "01890a5d-ac96-774b-bcce-b302099a8057";
+        assert_eq!(
+            parse_ticket(format!("after:{id}").as_bytes()).unwrap(),
+            TicketRequest::After(uuid::Uuid::parse_str(id).unwrap())
+        );
+        let err = parse_ticket(b"after:nope").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("ticket `after:nope`: not a UUID"));
+        let err = parse_ticket(b"everything").unwrap_err();
+        assert_eq!(
+            err.message(),
+            "unknown ticket `everything`; use `all` (whole file) or `after:<uuid>` (resume)"
+        );
+        assert_eq!(
+            parse_ticket(&[0xff]).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}

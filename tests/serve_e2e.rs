@@ -1,0 +1,738 @@
+//! End-to-end tests of `embedstream serve`, in-process on port 0 with real
+//! tonic and Arrow Flight clients: StreamEmbedding (both package names),
+//! resume and chunk-size edges, cancellation, concurrency, health,
+//! reflection, Flight, and every start-up refusal.
+
+mod common;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use arrow_array::RecordBatch;
+use arrow_flight::{FlightClient, FlightDescriptor, Ticket};
+use embedstream::{
+    proto::{
+        embedding_stream_service_client::EmbeddingStreamServiceClient, IngestDataRequest,
+        RecruitRow, RowChunk, StreamEmbeddingRequest,
+    },
+    serve::{ServeError, Server, ServerConfig},
+};
+use futures::TryStreamExt;
+use tonic::{transport::Channel, Code, Status};
+
+const ROWS: usize = 1000;
+const DIM: usize = 8;
+
+fn local() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A sample file of `rows` rows in batches of `batch_rows`, and a server on it.
+async fn start_with(
+    rows: usize,
+    dim: usize,
+    batch_rows: usize,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sample.arrow");
+    common::write_sample_file(&path, rows, dim, batch_rows);
+    let mut config = ServerConfig::new(&path, local());
+    tweak(&mut config);
+    let server = Server::spawn(config).await.unwrap();
+    (dir, server)
+}
+
+async fn start() -> (tempfile::TempDir, Server) {
+    start_with(ROWS, DIM, 64, |_| {}).await
+}
+
+async fn channel(server: &Server) -> Channel {
+    Channel::from_shared(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn client(server: &Server) -> EmbeddingStreamServiceClient<Channel> {
+    EmbeddingStreamServiceClient::new(channel(server).await).max_decoding_message_size(usize::MAX)
+}
+
+fn uuid_text(key: [u8; 16]) -> String {
+    uuid::Uuid::from_bytes(key).hyphenated().to_string()
+}
+
+/// All chunks of one call, or the status it failed with.
+async fn pull(
+    client: &mut EmbeddingStreamServiceClient<Channel>,
+    after: &str,
+    chunk: i32,
+) -> Result<Vec<RowChunk>, Status> {
+    let mut stream = client
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: after.to_string(),
+            chunk_size: chunk,
+        })
+        .await?
+        .into_inner();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        chunks.push(chunk);
+    }
+    Ok(chunks)
+}
+
+/// Row `i` as the server must send it.
+fn expected_row(i: usize, dim: usize) -> RecruitRow {
+    RecruitRow {
+        id: uuid_text(common::key_for_row(i)),
+        company_name: common::company(i),
+        exp_years: (i % 11) as i32,
+        english_level: common::english_level(i).to_string(),
+        primary_keyword: common::primary_keyword(i).to_string(),
+        vector: (0..dim).map(|j| common::vector_value(i, j)).collect(),
+    }
+}
+
+/// The chunks carry exactly rows `from..to`, in order, `chunk` rows each but the last.
+fn check(chunks: &[RowChunk], from: usize, to: usize, chunk: usize, dim: usize) {
+    let sizes: Vec<usize> = chunks.iter().map(|c| c.rows.len()).collect();
+    let n = to - from;
+    let want: Vec<usize> = (0..n.div_ceil(chunk))
+        .map(|c| chunk.min(n - c * chunk))
+        .collect();
+    assert_eq!(sizes, want, "chunk sizes");
+    for (k, row) in chunks.iter().flat_map(|c| &c.rows).enumerate() {
+        assert_eq!(row, &expected_row(from + k, dim), "row {}", from + k);
+    }
+}
+
+#[tokio::test]
+async fn full_stream_equals_the_file() {
+    let (_dir, server) = start().await;
+    let mut c = client(&server).await;
+    let chunks = pull(&mut c, "", 0).await.unwrap();
+    check(&chunks, 0, ROWS, 300, DIM);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn resume_points() {
+    let (_dir, server) = start().await;
+    let mut c = client(&server).await;
+    // Before the first key: everything.
+    let chunks = pull(&mut c, &uuid_text([0; 16]), 100).await.unwrap();
+    check(&chunks, 0, ROWS, 100, DIM);
+    // After the first row.
+    let chunks = pull(&mut c, &uuid_text(common::key_for_row(0)), 100)
+        .await
+        .unwrap();
+    check(&chunks, 1, ROWS, 100, DIM);
+    // Middle, across a batch boundary (batches of 64).
+    let chunks = pull(&mut c, &uuid_text(common::key_for_row(499)), 300)
+        .await
+        .unwrap();
+    check(&chunks, 500, ROWS, 300, DIM);
+    // A UUID absent from the file, between rows 499 and 500.
+    let mut absent = common::key_for_row(499);
+    absent[9..].copy_from_slice(&[0xff; 7]);
+    assert!(absent > common::key_for_row(499) && absent < common::key_for_row(500));
+    let chunks = pull(&mut c, &uuid_text(absent), 300).await.unwrap();
+    check(&chunks, 500, ROWS, 300, DIM);
+    // Upper case and simple forms name the same key.
+    let upper = uuid_text(common::key_for_row(899)).to_uppercase();
+    check(&pull(&mut c, &upper, 0).await.unwrap(), 900, ROWS, 300, DIM);
+    // The last row, and past the end: an empty, successful stream.
+    let chunks = pull(&mut c, &uuid_text(common::key_for_row(ROWS - 1)), 0)
+        .await
+        .unwrap();
+    assert!(chunks.is_empty());
+    let chunks = pull(&mut c, &uuid_text([0xff; 16]), 0).await.unwrap();
+    assert!(chunks.is_empty());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn chunk_size_edges() {
+    let (_dir, server) = start_with(ROWS, DIM, 64, |c| {
+        c.default_chunk = 9;
+        c.max_chunk = Some(70);
+    })
+    .await;
+    let mut c = client(&server).await;
+    check(&pull(&mut c, "", 0).await.unwrap(), 0, ROWS, 9, DIM);
+    check(&pull(&mut c, "", 1).await.unwrap(), 0, ROWS, 1, DIM);
+    check(&pull(&mut c, "", 70).await.unwrap(), 0, ROWS, 70, DIM);
+    for bad in [71, -1, i32::MIN, i32::MAX] {
+        let err = pull(&mut c, "", bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert_eq!(
+            err.message(),
+            format!("chunk_size {bad} is out of range: use 1..=70 (a larger chunk would not fit the 100 MiB message limit), or 0 for the default (9)")
+        );
+    }
+    server.shutdown().await.unwrap();
+
+    // Default bound (computed from the row size): larger than the file is fine.
+    let (_dir, server) = start().await;
+    let mut c = client(&server).await;
+    check(&pull(&mut c, "", 5000).await.unwrap(), 0, ROWS, 5000, DIM);
+    let err = pull(&mut c, "", i32::MAX).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with(&format!(
+        "chunk_size {} is out of range: use 1..=",
+        i32::MAX
+    )));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_uuids_are_invalid_argument() {
+    let (_dir, server) = start().await;
+    let mut c = client(&server).await;
+    for bad in [
+        "nope",
+        "01890a5d-ac96-774b-bcce-b302099a805",
+        "01890a5d-ac96-774b-bcce-b302099a805g",
+        " 01890a5d-ac96-774b-bcce-b302099a8057",
+    ] {
+        let err = pull(&mut c, bad, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert!(
+            err.message()
+                .starts_with(&format!("last_processed_uuid `{bad}` is not a UUID (")),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().ends_with(
+            "send the id of the last row you stored, or an empty string to start from the first row"
+        ));
+    }
+    let long = "x".repeat(500);
+    let err = pull(&mut c, &long, 0).await.unwrap_err();
+    assert!(err
+        .message()
+        .starts_with(&format!("last_processed_uuid `{}…`", "x".repeat(64))));
+    server.shutdown().await.unwrap();
+}
+
+/// Wait (bounded, only as a hang guard) until `f` holds.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn cancel_stops_the_stream_and_others_go_on() {
+    let rows = 20_000;
+    let (_dir, server) = start_with(rows, 128, 1000, |_| {}).await;
+    let mut c = client(&server).await;
+    let mut stream = c
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: String::new(),
+            chunk_size: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.rows[0], expected_row(0, 128));
+    assert_eq!(server.stats().active(), 1);
+    drop(stream);
+    let stats = server.stats().clone();
+    eventually("the cancelled stream is dropped", || stats.active() == 0).await;
+    assert_eq!(
+        (stats.started(), stats.cancelled(), stats.completed()),
+        (1, 1, 0)
+    );
+    // Flow control kept the server from producing the whole file.
+    let produced = stats.rows();
+    assert!(produced < rows as u64, "produced {produced} of {rows} rows");
+    // The server goes on serving, on the same connection.
+    let chunks = pull(&mut c, &uuid_text(common::key_for_row(rows - 11)), 0)
+        .await
+        .unwrap();
+    check(&chunks, rows - 10, rows, 300, 128);
+    assert_eq!(stats.completed(), 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_streams_get_every_row_once() {
+    let (_dir, server) = start().await;
+    let addr = server.local_addr();
+    let mut tasks = Vec::new();
+    for k in 0..32usize {
+        tasks.push(tokio::spawn(async move {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut c = EmbeddingStreamServiceClient::new(channel);
+            let chunk = 1 + (k * 37) % 400;
+            let chunks = pull(&mut c, "", chunk as i32).await.unwrap();
+            check(&chunks, 0, ROWS, chunk, DIM);
+            chunks.iter().map(|c| c.rows.len()).sum::<usize>()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), ROWS);
+    }
+    assert_eq!(server.stats().completed(), 32);
+    server.shutdown().await.unwrap();
+}
+
+/// Call a server-streaming method by raw path.
+async fn raw_stream(
+    channel: Channel,
+    path: &'static str,
+    req: StreamEmbeddingRequest,
+) -> Result<Vec<RowChunk>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<StreamEmbeddingRequest, RowChunk>::default();
+    let mut stream = grpc
+        .server_streaming(
+            tonic::Request::new(req),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            codec,
+        )
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = stream.message().await? {
+        out.push(c);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn alias_package_and_ingest_unimplemented() {
+    let (_dir, server) = start().await;
+    let ch = channel(&server).await;
+    let req = StreamEmbeddingRequest {
+        last_processed_uuid: uuid_text(common::key_for_row(10)),
+        chunk_size: 50,
+    };
+    let alias = raw_stream(
+        ch.clone(),
+        "/com.alpha.backend.grpc.EmbeddingStreamService/StreamEmbedding",
+        req.clone(),
+    )
+    .await
+    .unwrap();
+    check(&alias, 11, ROWS, 50, DIM);
+    let canonical = raw_stream(
+        ch.clone(),
+        "/embedding.EmbeddingStreamService/StreamEmbedding",
+        req,
+    )
+    .await
+    .unwrap();
+    assert_eq!(alias, canonical);
+    // A malformed request through the alias gets the same status.
+    let err = raw_stream(
+        ch.clone(),
+        "/com.alpha.backend.grpc.EmbeddingStreamService/StreamEmbedding",
+        StreamEmbeddingRequest {
+            last_processed_uuid: "bad".into(),
+            chunk_size: 0,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // IngestDataStream belongs to the Batch Server.
+    let mut c = EmbeddingStreamServiceClient::new(ch.clone());
+    let err = c
+        .ingest_data_stream(futures::stream::iter(Vec::<IngestDataRequest>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err
+        .message()
+        .starts_with("IngestDataStream is the Batch Server's RPC"));
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .client_streaming(
+            tonic::Request::new(futures::stream::iter(Vec::<IngestDataRequest>::new())),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/com.alpha.backend.grpc.EmbeddingStreamService/IngestDataStream",
+            ),
+            tonic_prost::ProstCodec::<IngestDataRequest, embedstream::proto::IngestDataResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer() {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let (_dir, server) = start().await;
+    let ch = channel(&server).await;
+    let mut health = HealthClient::new(ch.clone());
+    for service in [
+        "",
+        "embedding.EmbeddingStreamService",
+        "com.alpha.backend.grpc.EmbeddingStreamService",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let err = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(ch);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "com.alpha.backend.grpc.EmbeddingStreamService".into(),
+        )),
+        ask(MessageRequest::FileContainingSymbol(
+            "embedding.RowChunk".into(),
+        )),
+    ];
+    let responses: Vec<_> = reflection
+        .server_reflection_info(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(responses.len(), 3);
+    match &responses[0].message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+            for want in [
+                "embedding.EmbeddingStreamService",
+                "com.alpha.backend.grpc.EmbeddingStreamService",
+                "grpc.health.v1.Health",
+            ] {
+                assert!(names.contains(&want), "{want} missing from {names:?}");
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for r in &responses[1..] {
+        match &r.message_response {
+            Some(MessageResponse::FileDescriptorResponse(f)) => {
+                assert!(!f.file_descriptor_proto.is_empty())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    server.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------- start-up
+
+async fn refusal(path: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> String {
+    let mut config = ServerConfig::new(path, local());
+    tweak(&mut config);
+    match Server::spawn(config).await {
+        Ok(_) => panic!("{} was served", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn startup_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = dir.path().join("missing.arrow");
+    let msg = refusal(&missing, |_| {}).await;
+    assert_eq!(
+        msg,
+        format!(
+            "{0}: no such file; convert a pickle first: `embedstream convert INPUT.pkl -o {0}`",
+            missing.display()
+        )
+    );
+
+    let garbage = dir.path().join("garbage.arrow");
+    std::fs::write(&garbage, b"this is not arrow at all, just some text").unwrap();
+    let msg = refusal(&garbage, |_| {}).await;
+    assert!(msg.contains("not an Arrow IPC file"), "{msg}");
+    assert!(msg.ends_with("`embedstream convert` writes one"), "{msg}");
+
+    let unsorted = dir.path().join("unsorted.arrow");
+    write_unsorted(&unsorted);
+    let msg = refusal(&unsorted, |_| {}).await;
+    assert!(
+        msg.contains("key column `uuid` is not strictly increasing at row 1"),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("re-run `embedstream convert` to rebuild the key"),
+        "{msg}"
+    );
+
+    let good = dir.path().join("good.arrow");
+    common::write_sample_file(&good, 10, 4, 4);
+    let msg = refusal(&good, |c| c.mapping.company_name = "Company".into()).await;
+    assert!(
+        msg.contains(
+            "RecruitRow.company_name reads column `Company`, which the file does not have"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("name another with --company-name-column"),
+        "{msg}"
+    );
+    let msg = refusal(&good, |c| c.mapping.exp_years = "job_post_vectors".into()).await;
+    assert!(
+        msg.contains("RecruitRow.exp_years reads column `job_post_vectors` of type FixedSizeList"),
+        "{msg}"
+    );
+
+    let msg = refusal(&good, |c| c.max_chunk = Some(1_000_000_000)).await;
+    assert!(
+        msg.starts_with("--max-chunk-size 1000000000 is too large"),
+        "{msg}"
+    );
+    let msg = refusal(&good, |c| c.default_chunk = 0).await;
+    assert!(
+        msg.starts_with("the default chunk size (CHUNK_SIZE / --chunk-size) 0 must be within 1..="),
+        "{msg}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut config = ServerConfig::new(&good, addr);
+    config.addr = addr;
+    let err = Server::spawn(config).await.unwrap_err();
+    assert!(matches!(err, ServeError::PortInUse { .. }));
+    assert_eq!(
+        err.to_string(),
+        format!("cannot listen on {addr}: the port is in use; stop the other server or choose another port with --port (or GRPC_PORT)")
+    );
+}
+
+/// A file whose keys go down (no `keys_sorted` metadata: checked row by row).
+fn write_unsorted(path: &Path) {
+    use arrow_array::builder::FixedSizeBinaryBuilder;
+    let schema = Arc::new(arrow_schema::Schema::new(vec![
+        embedstream::format::key_field("uuid"),
+    ]));
+    let mut keys = FixedSizeBinaryBuilder::new(16);
+    keys.append_value(common::key_for_row(5)).unwrap();
+    keys.append_value(common::key_for_row(3)).unwrap();
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(keys.finish())]).unwrap();
+    let mut w =
+        arrow_ipc::writer::FileWriter::try_new(std::fs::File::create(path).unwrap(), &schema)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+}
+
+// ---------------------------------------------------------------- Flight
+
+/// The file's rows `from..` as one batch, read with arrow's own reader.
+fn file_tail(path: &Path, from: usize) -> RecordBatch {
+    let reader =
+        arrow_ipc::reader::FileReader::try_new(std::fs::File::open(path).unwrap(), None).unwrap();
+    let schema = reader.schema();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
+    all.slice(from, all.num_rows() - from)
+}
+
+fn same_rows(got: &[RecordBatch], want: &RecordBatch) {
+    let schema = want.schema();
+    let got = arrow::compute::concat_batches(&schema, got).unwrap();
+    assert_eq!(got.num_rows(), want.num_rows());
+    for i in 0..want.num_columns() {
+        assert_eq!(
+            got.column(i).to_data(),
+            want.column(i).to_data(),
+            "column {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn flight_do_get_info_schema_and_resume() {
+    let (dir, server) = start().await;
+    let path = dir.path().join("sample.arrow");
+    let mut flight = FlightClient::new(channel(&server).await);
+    let store = embedstream::store::Store::open(&path, None).unwrap();
+
+    let info = flight
+        .get_flight_info(FlightDescriptor::new_path(vec!["sample".into()]))
+        .await
+        .unwrap();
+    assert_eq!(info.total_records, ROWS as i64);
+    assert_eq!(
+        info.total_bytes,
+        std::fs::metadata(&path).unwrap().len() as i64
+    );
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    assert_eq!(&ticket.ticket[..], b"all");
+    assert_eq!(&info.try_decode_schema().unwrap(), store.schema().as_ref());
+    let schema = flight
+        .get_schema(FlightDescriptor::new_cmd("anything"))
+        .await
+        .unwrap();
+    assert_eq!(&schema, store.schema().as_ref());
+    let listed: Vec<_> = flight
+        .list_flights("")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].flight_descriptor.as_ref().unwrap().path,
+        vec!["sample"]
+    );
+
+    // Whole file, from the ticket GetFlightInfo gave.
+    let batches: Vec<RecordBatch> = flight
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(batches.len(), store.batches().len());
+    same_rows(&batches, &file_tail(&path, 0));
+    // Batches arrive as stored.
+    assert_eq!(batches[0].num_rows(), 64);
+
+    // Resume in the middle of a batch, at a batch boundary, at the end.
+    for (after, from) in [(499usize, 500usize), (63, 64), (0, 1), (ROWS - 1, ROWS)] {
+        let ticket = Ticket::new(format!("after:{}", uuid_text(common::key_for_row(after))));
+        let got: Vec<RecordBatch> = flight
+            .do_get(ticket)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        if from == ROWS {
+            assert!(got.iter().all(|b| b.num_rows() == 0));
+        } else {
+            same_rows(&got, &file_tail(&path, from));
+        }
+    }
+    // Before the first key: everything.
+    let got: Vec<RecordBatch> = flight
+        .do_get(Ticket::new(format!("after:{}", uuid_text([0; 16]))))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    same_rows(&got, &file_tail(&path, 0));
+
+    for (bad, want) in [
+        ("after:xyz", "ticket `after:xyz`: not a UUID"),
+        (
+            "rows",
+            "unknown ticket `rows`; use `all` (whole file) or `after:<uuid>` (resume)",
+        ),
+    ] {
+        let err = match flight.do_get(Ticket::new(bad)).await {
+            Ok(s) => s.try_collect::<Vec<_>>().await.unwrap_err(),
+            Err(e) => e,
+        };
+        match err {
+            arrow_flight::error::FlightError::Tonic(status) => {
+                assert_eq!(status.code(), Code::InvalidArgument);
+                assert!(status.message().starts_with(want), "{}", status.message());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Unsupported calls.
+    let err = flight
+        .do_action(arrow_flight::Action::new("x", ""))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, arrow_flight::error::FlightError::Tonic(s) if s.code() == Code::Unimplemented)
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_streams_finish_then_cuts_them() {
+    let rows = 20_000;
+    let (_dir, server) = start_with(rows, 128, 1000, |c| {
+        c.grace_period = Duration::from_millis(200);
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut c = client(&server).await;
+    let mut stream = c
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: String::new(),
+            chunk_size: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    let stats = server.stats().clone();
+    // The client stops reading; shutdown returns once the grace period is over.
+    server.shutdown().await.unwrap();
+    // The stream was ended early: either an error, or it stops short of the file.
+    let mut received = 1;
+    let outcome = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    assert!(received < rows, "received {received} rows after shutdown");
+    assert!(
+        outcome.is_some(),
+        "the cut stream must end with an error status"
+    );
+    eventually("the stream is dropped", || stats.active() == 0).await;
+    assert_eq!(stats.completed(), 0);
+    // No new connections.
+    let refused = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(refused.is_err());
+}
