@@ -50,7 +50,7 @@ impl<'h> Builder<'h> {
         let heap = self.heap;
         match root {
             Value::Object(_) => {
-                let o = heap.object(root).expect("object");
+                let o = heap.object(root).expect("object"); // invariant: matched Value::Object above
                 match o.kind() {
                     Kind::DataFrame => self.dataframe(o),
                     Kind::Series => Err(FrameError::Unsupported(
@@ -600,7 +600,7 @@ impl<'h> Builder<'h> {
 
     fn dict_of_lists(&self, root: Value) -> Result<Frame, FrameError> {
         let heap = self.heap;
-        let pairs = heap.dict(root).expect("dict");
+        let pairs = heap.dict(root).expect("dict"); // invariant: only called for a root matched as a dict
         let mut columns = Vec::with_capacity(pairs.len());
         let mut rows: Option<(usize, String)> = None;
         for (k, v) in pairs {
@@ -642,7 +642,7 @@ impl<'h> Builder<'h> {
 
     fn list_of_dicts(&self, root: Value) -> Result<Frame, FrameError> {
         let heap = self.heap;
-        let rows = heap.seq(root).expect("seq");
+        let rows = heap.seq(root).expect("seq"); // invariant: only called for a root matched as a list
         let mut names: Vec<(Value, String)> = Vec::new();
         for (r, row) in rows.iter().enumerate() {
             let pairs = heap.dict(*row).ok_or_else(|| {
@@ -665,7 +665,7 @@ impl<'h> Builder<'h> {
                 .iter()
                 .map(|row| {
                     heap.dict(*row)
-                        .expect("checked")
+                        .expect("checked") // invariant: every row was checked to be a dict in the loop above
                         .iter()
                         .rev()
                         .find(|(k, _)| same_key(heap, *k, *key))

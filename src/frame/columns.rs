@@ -38,11 +38,11 @@ macro_rules! decode_vec {
         let raw: &[u8] = $raw;
         let v: Vec<$t> = if $be {
             raw.chunks_exact(N)
-                .map(|c| <$t>::from_be_bytes(c.try_into().expect("chunk")))
+                .map(|c| <$t>::from_be_bytes(c.try_into().expect("chunk"))) // invariant: chunks_exact yields slices of exactly this width
                 .collect()
         } else {
             raw.chunks_exact(N)
-                .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk")))
+                .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk"))) // invariant: chunks_exact yields slices of exactly this width
                 .collect()
         };
         v
@@ -138,7 +138,7 @@ impl<'h> Builder<'h> {
                 let vals = decode_vec!(&raw, dtype.big_endian, i64);
                 Ok(time_array(
                     vals,
-                    dtype.unit.expect("unit"),
+                    dtype.unit.expect("unit"), // invariant: datetime64/timedelta64 dtypes are built with their unit or refused
                     tz,
                     dtype.kind == b'm',
                 ))
@@ -149,9 +149,9 @@ impl<'h> Builder<'h> {
                     let mut s = String::new();
                     for c in item.chunks_exact(4) {
                         let cp = if dtype.big_endian {
-                            u32::from_be_bytes(c.try_into().expect("4"))
+                            u32::from_be_bytes(c.try_into().expect("4")) // invariant: chunks_exact yields slices of exactly this width
                         } else {
-                            u32::from_le_bytes(c.try_into().expect("4"))
+                            u32::from_le_bytes(c.try_into().expect("4")) // invariant: chunks_exact yields slices of exactly this width
                         };
                         if cp == 0 {
                             break;
@@ -193,15 +193,15 @@ impl<'h> Builder<'h> {
             Value::Int(i) => Cell::Int(i),
             Value::Float(f) if f.is_nan() => Cell::Null,
             Value::Float(f) => Cell::Float(f),
-            Value::Str(_) => Cell::Str(heap.str(v).expect("str").into()),
+            Value::Str(_) => Cell::Str(heap.str(v).expect("str").into()), // invariant: matched Value::Str
             Value::LegacyStr(_) => {
-                let b = heap.bytes_of(v).expect("bytes");
+                let b = heap.bytes_of(v).expect("bytes"); // invariant: matched Value::Bytes/ByteArray
                 match std::str::from_utf8(b) {
                     Ok(s) => Cell::Str(s.into()),
                     Err(_) => Cell::Str(b.iter().map(|c| *c as char).collect::<String>().into()),
                 }
             }
-            Value::Bytes(_) | Value::ByteArray(_) => Cell::Bytes(heap.bytes_of(v).expect("bytes")),
+            Value::Bytes(_) | Value::ByteArray(_) => Cell::Bytes(heap.bytes_of(v).expect("bytes")), // invariant: matched Value::Bytes/ByteArray
             Value::List(_) | Value::Tuple(_) => Cell::Vector,
             Value::Global(_) if heap.kind(v) == Some(Kind::PandasNA) => Cell::Null,
             Value::Object(_) => match heap.kind(v) {
@@ -495,22 +495,22 @@ impl<'h> Builder<'h> {
             match (dt.kind, dt.size, dt.big_endian, keep64) {
                 (b'f', 8, false, false) => out32.extend(
                     raw.chunks_exact(8)
-                        .map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32),
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32), // invariant: chunks_exact yields slices of exactly this width
                 ),
                 (b'f', 8, false, true) => out64.extend(
                     raw.chunks_exact(8)
-                        .map(|c| f64::from_le_bytes(c.try_into().expect("8"))),
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8"))), // invariant: chunks_exact yields slices of exactly this width
                 ),
                 (b'f', 4, false, false) => out32.extend(
                     raw.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4"))), // invariant: chunks_exact yields slices of exactly this width
                 ),
                 (b'f', 2, _, _) => {
                     for ch in raw.chunks_exact(2) {
                         let bits = if dt.big_endian {
-                            u16::from_be_bytes(ch.try_into().expect("2"))
+                            u16::from_be_bytes(ch.try_into().expect("2")) // invariant: chunks_exact yields slices of exactly this width
                         } else {
-                            u16::from_le_bytes(ch.try_into().expect("2"))
+                            u16::from_le_bytes(ch.try_into().expect("2")) // invariant: chunks_exact yields slices of exactly this width
                         };
                         push(half_to_f64(bits), &mut out32, &mut out64);
                     }
@@ -975,11 +975,15 @@ impl<'h> Builder<'h> {
                 )));
             }
         }
+        // invariant: offsets.len() >= (end + 1) * w was checked above, so the
+        // slices below are in bounds and exactly w bytes wide.
         let off_at = |i: usize| -> i64 {
             if wide {
-                i64::from_le_bytes(offsets[i * 8..i * 8 + 8].try_into().expect("8"))
+                let b = &offsets[i * 8..i * 8 + 8];
+                i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
             } else {
-                i32::from_le_bytes(offsets[i * 4..i * 4 + 4].try_into().expect("4")) as i64
+                let b = &offsets[i * 4..i * 4 + 4];
+                i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             }
         };
         for i in offset..end {

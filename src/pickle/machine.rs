@@ -541,7 +541,7 @@ impl<'a> Machine<'a> {
         if self.stack.len() <= self.floor() {
             return Err(self.malformed("stack underflow"));
         }
-        Ok(self.stack.pop().expect("checked"))
+        Ok(self.stack.pop().expect("checked")) // invariant: the length was checked just above
     }
 
     #[inline]
@@ -549,7 +549,7 @@ impl<'a> Machine<'a> {
         if self.stack.len() <= self.floor() {
             return Err(self.malformed("stack underflow (nothing on the stack)"));
         }
-        Ok(*self.stack.last().expect("checked"))
+        Ok(*self.stack.last().expect("checked")) // invariant: the length was checked just above
     }
 
     /// Start index of the items above the innermost MARK (which is removed).
@@ -1242,7 +1242,7 @@ impl<'a> Machine<'a> {
                 if let Some(&bi) = self.encode_cache.get(&si) {
                     return Ok(Value::Bytes(bi));
                 }
-                let text = self.heap.str(*s).expect("str");
+                let text = self.heap.str(*s).expect("str"); // invariant: `s` was matched as a string above
                 let out: Bytes = match enc.as_str() {
                     "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" | "l1" => {
                         let mut out = Vec::with_capacity(text.len());
@@ -1271,12 +1271,12 @@ impl<'a> Machine<'a> {
             }
             (Kind::Bytes, []) => Ok(Value::Bytes(self.new_bytes(Bytes::new())?)),
             (Kind::Bytes, [b]) if self.heap.bytes_of(*b).is_some() => {
-                let p = self.heap.bytes_of(*b).expect("bytes").clone();
+                let p = self.heap.bytes_of(*b).expect("bytes").clone(); // invariant: the match guard checked bytes_of is Some
                 Ok(Value::Bytes(self.new_bytes(p)?))
             }
             (Kind::ByteArray, []) => Ok(Value::ByteArray(self.new_bytes(Bytes::new())?)),
             (Kind::ByteArray, [b]) if self.heap.bytes_of(*b).is_some() => {
-                let p = self.heap.bytes_of(*b).expect("bytes").clone();
+                let p = self.heap.bytes_of(*b).expect("bytes").clone(); // invariant: the match guard checked bytes_of is Some
                 Ok(Value::ByteArray(self.new_bytes(p)?))
             }
             (Kind::Set | Kind::FrozenSet, []) => self.new_set(Vec::new(), kind == Kind::FrozenSet),
@@ -1335,7 +1335,7 @@ impl<'a> Machine<'a> {
                 let is_zoneinfo =
                     matches!(obj, Value::Global(o) if allow::entry(*o).kind == Kind::ZoneInfo);
                 if is_zoneinfo && self.heap.str(*name) == Some("_unpickle") {
-                    let g = allow::lookup("zoneinfo", "ZoneInfo._unpickle").expect("in the table");
+                    let g = allow::lookup("zoneinfo", "ZoneInfo._unpickle").expect("in the table"); // invariant: ZoneInfo._unpickle is a row of the allow-list table
                     return Ok(Value::Global(g));
                 }
                 let what = self.heap.type_name(*obj);

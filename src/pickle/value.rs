@@ -222,7 +222,7 @@ impl Heap {
                 format!("{}.{} (a class or function)", e.module, e.name)
             }
             Value::Object(_) => {
-                let o = self.object(v).expect("object handle");
+                let o = self.object(v).expect("object handle"); // invariant: matched Value::Object above
                 match o.kind() {
                     Kind::NpReconstruct | Kind::NpFromBuffer => "numpy.ndarray".into(),
                     Kind::NpScalar => "numpy scalar".into(),
@@ -323,8 +323,8 @@ pub fn py_float_repr(f: f64) -> String {
     } else {
         // Rust's `{:e}` gives shortest digits as `1.5e20` / `1e-5`.
         let s = format!("{f:e}");
-        let (mant, exp) = s.split_once('e').expect("exponent");
-        let exp: i32 = exp.parse().expect("exponent digits");
+        let (mant, exp) = s.split_once('e').expect("exponent"); // invariant: `{:e}` output always has an `e`
+        let exp: i32 = exp.parse().expect("exponent digits"); // invariant: `{:e}` writes the exponent as an integer
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{mant}e{sign}{:02}", exp.abs())
     }
