@@ -212,17 +212,9 @@ fn is_string_type(t: &DataType) -> bool {
     }
 }
 
+/// Any integer type but UInt64 (arrow has no UInt64 dictionary keys here).
 fn dict_key_supported(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-    )
+    is_int_type(t) && t != &DataType::UInt64
 }
 
 fn is_int_type(t: &DataType) -> bool {

@@ -363,7 +363,13 @@ fn converted_is_current(source: &Path, target: &Path) -> bool {
         return false;
     }
     let expected = source.file_name().map(|n| n.to_string_lossy().into_owned());
-    crate::store::MappedIpcFile::open(target)
-        .map(|f| f.schema().metadata().get(format::META_SOURCE).cloned() == expected)
-        .unwrap_or(false)
+    // Only the footer's schema is needed: `FileReader::try_new` reads it
+    // without decoding (and validating) the record batches, which `serve`
+    // does once afterwards.
+    std::fs::File::open(target)
+        .ok()
+        .and_then(|file| arrow_ipc::reader::FileReader::try_new(file, None).ok())
+        .is_some_and(|reader| {
+            reader.schema().metadata().get(format::META_SOURCE).cloned() == expected
+        })
 }
