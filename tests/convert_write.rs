@@ -9,7 +9,7 @@ use arrow_array::{
 use embedstream::{
     convert::{self, write::Table, ConvertArgs, OutputFormat},
     format::{self, FileLayout},
-    frame::{Frame, FrameColumn},
+    frame::{ColumnData, Frame, FrameColumn},
     progress::{Progress, ProgressMode, Unit},
     store::Store,
 };
@@ -34,15 +34,15 @@ fn frame(rows: usize) -> Frame {
         columns: vec![
             FrameColumn {
                 name: "id".into(),
-                array: Arc::new(StringArray::from(names.clone())),
+                data: ColumnData::Array(Arc::new(StringArray::from(names.clone()))),
             },
             FrameColumn {
                 name: "n".into(),
-                array: Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+                data: ColumnData::Array(Arc::new(Int64Array::from_iter_values(0..rows as i64))),
             },
             FrameColumn {
                 name: "job_post_vectors".into(),
-                array: vectors(rows, 4),
+                data: ColumnData::Array(vectors(rows, 4)),
             },
         ],
     }
@@ -165,7 +165,12 @@ fn parquet_output_is_readable() {
 #[test]
 fn an_existing_v7_key_is_kept_so_converting_twice_never_rekeys() {
     let first = Table::from_frame(frame(50), "uuid", None, Path::new("a.pkl")).unwrap();
-    let keys = first.batch().column_by_name("uuid").unwrap().clone();
+    let keys = first
+        .batch(0, 50)
+        .unwrap()
+        .column_by_name("uuid")
+        .unwrap()
+        .clone();
     let strings: Vec<String> = {
         let k = keys
             .as_any()
@@ -180,17 +185,20 @@ fn an_existing_v7_key_is_kept_so_converting_twice_never_rekeys() {
         1,
         FrameColumn {
             name: "uuid".into(),
-            array: Arc::new(StringArray::from(strings)),
+            data: ColumnData::Array(Arc::new(StringArray::from(strings))),
         },
     );
     let second = Table::from_frame(again, "uuid", None, Path::new("b.pkl")).unwrap();
     assert!(second.key_adopted());
     assert_eq!(
-        second.batch().schema().field(1).name(),
+        second.schema().field(1).name(),
         "uuid",
         "the adopted key stays where it was"
     );
-    assert_eq!(second.batch().column(1).as_ref(), keys.as_ref());
+    assert_eq!(
+        second.batch(0, 50).unwrap().column(1).as_ref(),
+        keys.as_ref()
+    );
 }
 
 #[test]
@@ -199,7 +207,7 @@ fn refusals_say_what_to_do() {
     let mut clash = frame(3);
     clash.columns.push(FrameColumn {
         name: "uuid".into(),
-        array: Arc::new(Int64Array::from(vec![1, 2, 3])),
+        data: ColumnData::Array(Arc::new(Int64Array::from(vec![1, 2, 3]))),
     });
     let err = Table::from_frame(clash, "uuid", None, Path::new("a.pkl"))
         .unwrap_err()
@@ -214,7 +222,7 @@ fn refusals_say_what_to_do() {
     let mut twice = frame(3);
     twice.columns.push(FrameColumn {
         name: "n".into(),
-        array: Arc::new(Int64Array::from(vec![1, 2, 3])),
+        data: ColumnData::Array(Arc::new(Int64Array::from(vec![1, 2, 3]))),
     });
     let err = Table::from_frame(twice, "uuid", None, Path::new("a.pkl"))
         .unwrap_err()

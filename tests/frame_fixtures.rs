@@ -10,7 +10,7 @@ use std::{
 
 use arrow_array::{cast::AsArray, types::*, Array, ArrayRef};
 use arrow_schema::{DataType, TimeUnit};
-use embedstream::frame::{read_pickle, FrameOptions};
+use embedstream::frame::{read_pickle, ColumnData, FrameOptions};
 use serde_json::Value as J;
 
 fn fixture_root() -> PathBuf {
@@ -105,6 +105,25 @@ fn timestamp_ns_at(a: &dyn Array, i: usize) -> Option<i128> {
 }
 
 /// Compare one column; returns a description of the first difference.
+/// The column as one array, checked to equal the same column built in
+/// pieces of 3 rows (the converter builds vector columns batch by batch).
+fn column_array(data: &ColumnData) -> Result<ArrayRef, String> {
+    let whole = data.to_array().map_err(|e| format!("building: {e}"))?;
+    let pieces = (0..data.len())
+        .step_by(3)
+        .map(|start| data.slice(start, 3))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("building a slice: {e}"))?;
+    if !pieces.is_empty() {
+        let refs: Vec<&dyn Array> = pieces.iter().map(|p| p.as_ref()).collect();
+        let joined = arrow::compute::concat(&refs).map_err(|e| e.to_string())?;
+        if joined.to_data() != whole.to_data() {
+            return Err("built in pieces of 3 rows it differs from the whole".into());
+        }
+    }
+    Ok(whole)
+}
+
 fn compare_column(col: &J, name: &str, a: &ArrayRef, keep64: bool) -> Result<(), String> {
     let kind = col["kind"].as_str().unwrap();
     let values = col["values"].as_array().unwrap();
@@ -274,7 +293,7 @@ fn check_fixture(pkl: &Path, json: &Path, keep64: bool) -> Result<(), String> {
         return Err(format!("columns {got:?}, expected {names:?}"));
     }
     for (c, col) in cols.iter().zip(&frame.columns) {
-        compare_column(c, &col.name, &col.array, keep64)
+        compare_column(c, &col.name, &column_array(&col.data)?, keep64)
             .map_err(|e| format!("column '{}': {e}", col.name))?;
     }
     Ok(())

@@ -280,10 +280,10 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         input: input.clone(),
         output,
         rows: table.rows(),
-        columns: table.batch().num_columns(),
+        columns: table.schema().fields().len(),
         vector: table
             .vector()
-            .map(|(i, dim, ty)| (table.batch().schema().field(i).name().clone(), dim, ty)),
+            .map(|(i, dim, ty)| (table.schema().field(i).name().clone(), dim, ty)),
         key_column: args.key_column.clone(),
         key_adopted: table.key_adopted(),
         key_range: table

@@ -3,9 +3,9 @@
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use anyhow::{bail, Context};
-use arrow_array::{Array, ArrayRef, FixedSizeBinaryArray, RecordBatch};
+use arrow_array::{Array, FixedSizeBinaryArray, RecordBatch};
 use arrow_ipc::writer::{FileWriter, IpcWriteOptions};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterProperties};
 
 use super::{
@@ -13,18 +13,25 @@ use super::{
     key::{self, KeyGenerator},
     ConvertArgs, OutputFormat,
 };
-use crate::{format, frame::Frame, progress::Progress};
+use crate::{
+    format,
+    frame::{ColumnData, Frame},
+    progress::Progress,
+};
 
 /// Data per record batch when `--batch-rows` is not given.
 const TARGET_BATCH_BYTES: usize = 3 << 20;
 const MIN_AUTO_BATCH_ROWS: usize = 256;
 const MAX_AUTO_BATCH_ROWS: usize = 65_536;
 
-/// The table to write: every column (key included) as one record batch over
-/// the frame's arrays — no copy — plus what the summary needs.
+/// The table to write: the schema (key and metadata included) over the
+/// frame's columns, cut into record batches as it is written — built columns
+/// are sliced without a copy, vector columns are built one batch at a time.
 #[derive(Debug)]
 pub struct Table {
-    batch: RecordBatch,
+    schema: SchemaRef,
+    columns: Vec<ColumnData>,
+    rows: usize,
     key_index: usize,
     key_adopted: bool,
     vector: Option<(usize, usize, DataType)>,
@@ -40,14 +47,14 @@ impl Table {
     ) -> anyhow::Result<Self> {
         let rows = frame.rows;
         let mut fields = Vec::with_capacity(frame.columns.len() + 1);
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(frame.columns.len() + 1);
+        let mut columns: Vec<ColumnData> = Vec::with_capacity(frame.columns.len() + 1);
         let mut key_index = None;
         for column in frame.columns {
-            if column.array.len() != rows {
+            if column.data.len() != rows {
                 bail!(
                     "column `{}` has {} values but the table has {rows} rows",
                     column.name,
-                    column.array.len()
+                    column.data.len()
                 );
             }
             if fields.iter().any(|f: &Field| f.name() == &column.name) {
@@ -57,19 +64,15 @@ impl Table {
                 );
             }
             if column.name == key_column {
-                let keys = key::adopt_existing(key_column, &column.array)?;
+                let keys = key::adopt_existing(key_column, &column.data.to_array()?)?;
                 key_index = Some(fields.len());
                 fields.push(format::key_field(key_column));
-                arrays.push(key::as_array(keys));
+                columns.push(ColumnData::Array(key::as_array(keys)));
             } else {
-                let nullable =
-                    column.array.null_count() > 0 || column.array.data_type() != &DataType::Null;
-                fields.push(Field::new(
-                    &column.name,
-                    column.array.data_type().clone(),
-                    nullable,
-                ));
-                arrays.push(column.array);
+                let data_type = column.data.data_type();
+                let nullable = column.data.null_count() > 0 || data_type != DataType::Null;
+                fields.push(Field::new(&column.name, data_type, nullable));
+                columns.push(column.data);
             }
         }
         let key_adopted = key_index.is_some();
@@ -77,7 +80,9 @@ impl Table {
             Some(i) => i,
             None => {
                 fields.push(format::key_field(key_column));
-                arrays.push(key::as_array(KeyGenerator::new().column(rows)));
+                columns.push(ColumnData::Array(key::as_array(
+                    KeyGenerator::new().column(rows),
+                )));
                 fields.len() - 1
             }
         };
@@ -128,28 +133,42 @@ impl Table {
             metadata.insert(format::META_VECTOR_DIM.to_string(), dim.to_string());
         }
         let schema = Arc::new(Schema::new(fields).with_metadata(metadata));
-        let batch = RecordBatch::try_new_with_options(
-            schema,
-            arrays,
-            &arrow_array::RecordBatchOptions::new().with_row_count(Some(rows)),
-        )
-        .context("internal error: the columns do not form a table")?;
         Ok(Table {
-            batch,
+            schema,
+            columns,
+            rows,
             key_index,
             key_adopted,
             vector,
         })
     }
 
-    /// All rows as one batch.
-    pub fn batch(&self) -> &RecordBatch {
-        &self.batch
+    /// The schema, key and metadata included.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows `start..start + len` as a record batch (vector columns are built
+    /// now, every other column is a zero-copy slice).
+    pub fn batch(&self, start: usize, len: usize) -> anyhow::Result<RecordBatch> {
+        let start = start.min(self.rows);
+        let len = len.min(self.rows - start);
+        let arrays = self
+            .columns
+            .iter()
+            .map(|c| c.slice(start, len))
+            .collect::<Result<Vec<_>, _>>()?;
+        RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            arrays,
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(len)),
+        )
+        .context("internal error: the columns do not form a table")
     }
 
     /// Row count.
     pub fn rows(&self) -> usize {
-        self.batch.num_rows()
+        self.rows
     }
 
     /// Whether the key came from the input.
@@ -164,11 +183,10 @@ impl Table {
 
     /// First and last key.
     pub fn key_range(&self) -> Option<(&[u8], &[u8])> {
-        let keys = self
-            .batch
-            .column(self.key_index)
-            .as_any()
-            .downcast_ref::<FixedSizeBinaryArray>()?;
+        let ColumnData::Array(keys) = self.columns.get(self.key_index)? else {
+            return None;
+        };
+        let keys = keys.as_any().downcast_ref::<FixedSizeBinaryArray>()?;
         (!keys.is_empty()).then(|| (keys.value(0), keys.value(keys.len() - 1)))
     }
 
@@ -177,13 +195,12 @@ impl Table {
         if let Some(rows) = requested {
             return rows as usize;
         }
-        let bytes: usize = self
-            .batch
-            .columns()
+        let per_row = self
+            .columns
             .iter()
-            .map(|c| c.get_array_memory_size())
-            .sum();
-        let per_row = (bytes / self.rows().max(1)).max(1);
+            .map(ColumnData::row_bytes)
+            .sum::<usize>()
+            .max(1);
         (TARGET_BATCH_BYTES / per_row).clamp(MIN_AUTO_BATCH_ROWS, MAX_AUTO_BATCH_ROWS)
     }
 }
@@ -206,11 +223,11 @@ pub fn write(
 ) -> anyhow::Result<Written> {
     let batch_rows = table.batch_rows(args.batch_rows);
     let mut file = AtomicFile::create(output, args.force)?;
-    let schema = table.batch.schema();
+    let schema = table.schema().clone();
     let rows = table.rows();
     let slices = (0..rows)
         .step_by(batch_rows.max(1))
-        .map(|start| table.batch.slice(start, batch_rows.min(rows - start)));
+        .map(|start| table.batch(start, batch_rows));
     let write_err = || format!("{}: writing failed", output.display());
     let mut batches = 0;
     match args.format {
@@ -219,6 +236,7 @@ pub fn write(
             let mut writer = FileWriter::try_new_with_options(&mut file, &schema, options)
                 .with_context(write_err)?;
             for slice in slices {
+                let slice = slice?;
                 writer.write(&slice).with_context(write_err)?;
                 batches += 1;
                 progress.inc(slice.num_rows() as u64);
@@ -233,6 +251,7 @@ pub fn write(
             let mut writer =
                 ArrowWriter::try_new(&mut file, schema, Some(props)).with_context(write_err)?;
             for slice in slices {
+                let slice = slice?;
                 writer.write(&slice).with_context(write_err)?;
                 progress.inc(slice.num_rows() as u64);
             }

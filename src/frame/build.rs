@@ -1,11 +1,11 @@
 //! DataFrame structure: block manager, blocks, placements, indexes, and the
 //! plain dict-of-lists / list-of-dicts shapes.
 
-use arrow_array::{Array, ArrayRef};
+use arrow_array::Array;
 
 use super::{
     ndarray::{parse_ndarray, DTypeCache, Data, NdArray},
-    Frame, FrameColumn, FrameError, FrameOptions,
+    ColumnData, Frame, FrameColumn, FrameError, FrameOptions,
 };
 use crate::pickle::{Heap, How, Kind, Object, PickleSource, Value};
 
@@ -90,7 +90,7 @@ impl<'h> Builder<'h> {
         let names = self.labels(*columns_axis)?;
         let index_rows = self.index_len(*index_axis)?;
         let ncols = names.len();
-        let mut cols: Vec<Option<ArrayRef>> = vec![None; ncols];
+        let mut cols: Vec<Option<ColumnData>> = (0..ncols).map(|_| None).collect();
         for block in &blocks {
             for &p in &block.placement {
                 if p >= ncols {
@@ -116,7 +116,7 @@ impl<'h> Builder<'h> {
                     a.len()
                 )));
             }
-            out.push(FrameColumn { name, array: a });
+            out.push(FrameColumn { name, data: a });
         }
         Ok(Frame {
             columns: out,
@@ -296,7 +296,11 @@ impl<'h> Builder<'h> {
     }
 
     /// The Arrow arrays of one block, one per placement entry.
-    fn block_columns(&self, block: &Block, names: &[String]) -> Result<Vec<ArrayRef>, FrameError> {
+    fn block_columns(
+        &self,
+        block: &Block,
+        names: &[String],
+    ) -> Result<Vec<ColumnData>, FrameError> {
         let heap = self.heap;
         let name_of = |j: usize| -> String {
             block
@@ -329,7 +333,7 @@ impl<'h> Builder<'h> {
                 arrays.len()
             )));
         }
-        Ok(arrays)
+        Ok(arrays.into_iter().map(ColumnData::Array).collect())
     }
 
     /// Column j of a numpy array (1-D: the array; 2-D: row j).
@@ -339,13 +343,13 @@ impl<'h> Builder<'h> {
         arr: &NdArray<'h>,
         j: usize,
         tz: Option<&str>,
-    ) -> Result<ArrayRef, FrameError> {
+    ) -> Result<ColumnData, FrameError> {
         match &arr.data {
             Data::Objects(_) => {
                 let cells = arr.column_objects(j)?;
                 self.object_column(name, &cells)
             }
-            Data::Raw(_) => self.numeric_column(name, arr, j, tz),
+            Data::Raw(_) => self.numeric_column(name, arr, j, tz).map(ColumnData::Array),
         }
     }
 
@@ -632,7 +636,7 @@ impl<'h> Builder<'h> {
                 }
                 _ => {}
             }
-            columns.push(FrameColumn { name, array });
+            columns.push(FrameColumn { name, data: array });
         }
         Ok(Frame {
             rows: rows.map(|r| r.0).unwrap_or(0),
@@ -673,10 +677,10 @@ impl<'h> Builder<'h> {
                         .unwrap_or(Value::None)
                 })
                 .collect();
-            let array = self.object_column(name, &cells)?;
+            let data = self.object_column(name, &cells)?;
             columns.push(FrameColumn {
                 name: name.clone(),
-                array,
+                data,
             });
         }
         Ok(Frame {

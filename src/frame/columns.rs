@@ -6,18 +6,18 @@ use arrow_array::{
     builder::{BinaryBuilder, StringBuilder},
     types::{Int16Type, Int32Type, Int64Type, Int8Type},
     Array, ArrayRef, BooleanArray, DictionaryArray, DurationMicrosecondArray,
-    DurationMillisecondArray, DurationNanosecondArray, DurationSecondArray, FixedSizeListArray,
-    Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array, PrimitiveArray,
+    DurationMillisecondArray, DurationNanosecondArray, DurationSecondArray, Float32Array,
+    Float64Array, Int16Array, Int32Array, Int64Array, Int8Array, PrimitiveArray,
     TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
     TimestampSecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
 use arrow_buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
-use arrow_schema::{DataType, Field};
 
 use super::{
     build::{bad, Builder},
     ndarray::{element_f64, half_to_f64, DType, Data, NdArray, Unit},
-    FrameError,
+    vectors::{VectorCell, VectorCells},
+    ColumnData, FrameError,
 };
 use crate::pickle::{Kind, Value};
 
@@ -249,7 +249,7 @@ impl<'h> Builder<'h> {
     }
 
     /// Build a column from Python cells (object dtype, plain lists).
-    pub fn object_column(&self, name: &str, cells: &[Value]) -> Result<ArrayRef, FrameError> {
+    pub fn object_column(&self, name: &str, cells: &[Value]) -> Result<ColumnData, FrameError> {
         let heap = self.heap;
         // A vector column if the first present cell is an array or a list.
         let first = cells
@@ -313,7 +313,7 @@ impl<'h> Builder<'h> {
             };
         }
         let n = cells.len();
-        Ok(match kind.map(|k| k.0) {
+        let array: ArrayRef = match kind.map(|k| k.0) {
             None | Some(K::Str) => {
                 let mut b = StringBuilder::with_capacity(n, 16 * n);
                 for c in cells {
@@ -365,7 +365,8 @@ impl<'h> Builder<'h> {
                     .collect();
                 Arc::new(Float64Array::from(v))
             }
-        })
+        };
+        Ok(ColumnData::Array(array))
     }
 
     /// Length of a vector cell (numpy 1-D array or list of numbers).
@@ -387,45 +388,32 @@ impl<'h> Builder<'h> {
         Ok(arr.shape[0])
     }
 
-    /// A FixedSizeList column from array/list cells (None cells become nulls).
+    /// A vector column from array/list cells (None cells become nulls):
+    /// every row is checked here, the values are read batch by batch later
+    /// (see [`super::vectors`]).
     fn vector_column(
         &self,
         name: &str,
         cells: &[Value],
         first: usize,
-    ) -> Result<ArrayRef, FrameError> {
+    ) -> Result<ColumnData, FrameError> {
         let heap = self.heap;
         let dim = self.vector_len(name, first, cells[first])?;
-        let n = cells.len();
-        let keep64 = self.opts.keep_float64;
-        let total = n
+        cells
+            .len()
             .checked_mul(dim)
             .ok_or_else(|| bad("vector column too large"))?;
-        let mut out32: Vec<f32> = Vec::new();
-        let mut out64: Vec<f64> = Vec::new();
-        if keep64 {
-            out64.reserve_exact(total);
-        } else {
-            out32.reserve_exact(total);
-        }
-        let mut valid: Vec<bool> = Vec::with_capacity(n);
-        let push = |x: f64, out32: &mut Vec<f32>, out64: &mut Vec<f64>| {
-            if keep64 {
-                out64.push(x)
-            } else {
-                out32.push(x as f32)
-            }
-        };
+        let mut dtypes: Vec<DType> = Vec::new();
+        let mut out = Vec::with_capacity(cells.len());
+        let mut valid: Vec<bool> = Vec::with_capacity(cells.len());
         for (row, c) in cells.iter().enumerate() {
             match self.cell(*c) {
                 Cell::Null => {
                     valid.push(false);
-                    for _ in 0..dim {
-                        push(0.0, &mut out32, &mut out64);
-                    }
+                    out.push(VectorCell::Null);
                     continue;
                 }
-                Cell::Vector => {}
+                Cell::Vector => valid.push(true),
                 _ => {
                     return Err(unsupported(
                         name,
@@ -436,34 +424,33 @@ impl<'h> Builder<'h> {
                     ))
                 }
             }
-            valid.push(true);
+            let ragged = |len: usize| FrameError::Ragged {
+                column: name.to_string(),
+                row,
+                len,
+                first_row: first,
+                dim,
+            };
             if let Some(items) = heap.seq(*c) {
                 if items.len() != dim {
-                    return Err(FrameError::Ragged {
-                        column: name.to_string(),
-                        row,
-                        len: items.len(),
-                        first_row: first,
-                        dim,
-                    });
+                    return Err(ragged(items.len()));
                 }
-                for x in items {
-                    let f = match x {
-                        Value::Float(f) => *f,
-                        Value::Int(i) => *i as f64,
-                        Value::Bool(b) => *b as u8 as f64,
-                        other => {
-                            return Err(unsupported(
-                                name,
-                                format!(
-                                    "row {row}: vector element of type {} is not a number",
-                                    heap.type_name(*other)
-                                ),
-                            ))
-                        }
-                    };
-                    push(f, &mut out32, &mut out64);
-                }
+                let values = items
+                    .iter()
+                    .map(|x| match x {
+                        Value::Float(f) => Ok(*f),
+                        Value::Int(i) => Ok(*i as f64),
+                        Value::Bool(b) => Ok(f64::from(u8::from(*b))),
+                        other => Err(unsupported(
+                            name,
+                            format!(
+                                "row {row}: vector element of type {} is not a number",
+                                heap.type_name(*other)
+                            ),
+                        )),
+                    })
+                    .collect::<Result<Box<[f64]>, _>>()?;
+                out.push(VectorCell::Values(values));
                 continue;
             }
             let arr = self.ndarray(*c)?;
@@ -477,75 +464,50 @@ impl<'h> Builder<'h> {
                 ));
             }
             if arr.shape[0] != dim {
-                return Err(FrameError::Ragged {
-                    column: name.to_string(),
-                    row,
-                    len: arr.shape[0],
-                    first_row: first,
-                    dim,
-                });
+                return Err(ragged(arr.shape[0]));
             }
-            let Data::Raw(raw) = &arr.data else {
+            let Data::Raw(raw) = arr.data else {
                 return Err(unsupported(
                     name,
                     format!("row {row} holds an object array, not numbers"),
                 ));
             };
-            let dt = &arr.dtype;
-            match (dt.kind, dt.size, dt.big_endian, keep64) {
-                (b'f', 8, false, false) => out32.extend(
-                    raw.chunks_exact(8)
-                        .map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32), // invariant: chunks_exact yields slices of exactly this width
-                ),
-                (b'f', 8, false, true) => out64.extend(
-                    raw.chunks_exact(8)
-                        .map(|c| f64::from_le_bytes(c.try_into().expect("8"))), // invariant: chunks_exact yields slices of exactly this width
-                ),
-                (b'f', 4, false, false) => out32.extend(
-                    raw.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().expect("4"))), // invariant: chunks_exact yields slices of exactly this width
-                ),
-                (b'f', 2, _, _) => {
-                    for ch in raw.chunks_exact(2) {
-                        let bits = if dt.big_endian {
-                            u16::from_be_bytes(ch.try_into().expect("2")) // invariant: chunks_exact yields slices of exactly this width
-                        } else {
-                            u16::from_le_bytes(ch.try_into().expect("2")) // invariant: chunks_exact yields slices of exactly this width
-                        };
-                        push(half_to_f64(bits), &mut out32, &mut out64);
-                    }
-                }
-                _ if dt.is_numeric() => {
-                    for ch in raw.chunks_exact(dt.size) {
-                        let x = element_f64(dt, ch).ok_or_else(|| bad("vector element"))?;
-                        push(x, &mut out32, &mut out64);
-                    }
-                }
-                _ => {
-                    return Err(unsupported(
-                        name,
-                        format!(
-                            "row {row} holds a numpy array of dtype {}, not numbers",
-                            dt.name()
-                        ),
-                    ))
-                }
+            if !arr.dtype.is_numeric() {
+                return Err(unsupported(
+                    name,
+                    format!(
+                        "row {row} holds a numpy array of dtype {}, not numbers",
+                        arr.dtype.name()
+                    ),
+                ));
             }
-            if let Some(off) = self.src.offset_of(raw) {
-                self.src.release_before(off);
+            if raw.len() != dim * arr.dtype.size {
+                return Err(bad(format!(
+                    "column '{name}' row {row}: {} bytes for {dim} items of {}",
+                    raw.len(),
+                    arr.dtype.name()
+                )));
             }
+            let index = match dtypes.iter().position(|d| *d == arr.dtype) {
+                Some(i) => i,
+                None => {
+                    dtypes.push(arr.dtype.clone());
+                    dtypes.len() - 1
+                }
+            };
+            let index = u8::try_from(index).map_err(|_| {
+                unsupported(name, "more than 256 different dtypes among its vectors")
+            })?;
+            out.push(VectorCell::Raw(raw, index));
         }
-        let dim_i32 = i32::try_from(dim).map_err(|_| bad("vector dimension too large"))?;
-        let nulls = nulls_from(valid);
-        let (item_type, values): (DataType, ArrayRef) = if keep64 {
-            (DataType::Float64, Arc::new(Float64Array::from(out64)))
-        } else {
-            (DataType::Float32, Arc::new(Float32Array::from(out32)))
-        };
-        let field = Arc::new(Field::new_list_field(item_type, false));
-        let list = FixedSizeListArray::try_new(field, dim_i32, values, nulls)
-            .map_err(|e| bad(format!("column '{name}': {e}")))?;
-        Ok(Arc::new(list))
+        Ok(ColumnData::Vectors(VectorCells {
+            cells: out,
+            dtypes,
+            dim,
+            keep_float64: self.opts.keep_float64,
+            nulls: nulls_from(valid),
+            source: Some(self.src.share()),
+        }))
     }
 
     // ------------------------------------------------------------------
@@ -688,7 +650,7 @@ impl<'h> Builder<'h> {
                 (0..k)
                     .map(|j| {
                         let cells = arr.column_objects(j)?;
-                        self.object_column(&name_of(j), &cells)
+                        self.object_column(&name_of(j), &cells)?.to_array()
                     })
                     .collect()
             }
@@ -847,7 +809,7 @@ impl<'h> Builder<'h> {
             if arr.shape.len() != 1 {
                 return Err(bad("categories are not 1-D"));
             }
-            return self.ndarray_column(name, &arr, 0, None);
+            return self.ndarray_column(name, &arr, 0, None)?.to_array();
         }
         let cols = self.extension_columns(data, 1, &|_| name.to_string())?;
         cols.into_iter()

@@ -17,11 +17,15 @@
 mod build;
 mod columns;
 pub mod ndarray;
+mod vectors;
 
 use std::{path::Path, sync::Arc};
 
-use arrow_array::ArrayRef;
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::DataType;
 use bytes::Bytes;
+
+pub use vectors::VectorCells;
 
 use crate::pickle::{Machine, PickleError, PickleSource};
 
@@ -43,16 +47,90 @@ impl std::fmt::Debug for FrameOptions {
 }
 
 /// One named column.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FrameColumn {
     /// Column name as pandas had it (non-string names are formatted with `str()` rules).
     pub name: String,
     /// The values.
-    pub array: ArrayRef,
+    pub data: ColumnData,
+}
+
+/// A column's values: built, or (for vector columns) views of the input that
+/// are built one batch at a time, so a frame never holds a second copy of
+/// its embeddings.
+#[derive(Debug)]
+pub enum ColumnData {
+    /// An Arrow array.
+    Array(ArrayRef),
+    /// A vector column, built on demand by [`ColumnData::slice`].
+    Vectors(VectorCells),
+}
+
+impl From<ArrayRef> for ColumnData {
+    fn from(array: ArrayRef) -> Self {
+        ColumnData::Array(array)
+    }
+}
+
+impl ColumnData {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        match self {
+            ColumnData::Array(a) => a.len(),
+            ColumnData::Vectors(v) => v.len(),
+        }
+    }
+
+    /// Whether the column has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The Arrow type of the built column.
+    pub fn data_type(&self) -> DataType {
+        match self {
+            ColumnData::Array(a) => a.data_type().clone(),
+            ColumnData::Vectors(v) => v.data_type(),
+        }
+    }
+
+    /// Null rows.
+    pub fn null_count(&self) -> usize {
+        match self {
+            ColumnData::Array(a) => a.null_count(),
+            ColumnData::Vectors(v) => v.null_count(),
+        }
+    }
+
+    /// Bytes per row once built (an average for variable-width columns).
+    pub fn row_bytes(&self) -> usize {
+        match self {
+            ColumnData::Array(a) => a.get_array_memory_size() / a.len().max(1),
+            ColumnData::Vectors(v) => v.row_bytes(),
+        }
+    }
+
+    /// Rows `start..start + len` as an array: a zero-copy slice of a built
+    /// column, or the vectors of those rows built now.
+    pub fn slice(&self, start: usize, len: usize) -> Result<ArrayRef, FrameError> {
+        match self {
+            ColumnData::Array(a) => {
+                let start = start.min(a.len());
+                Ok(a.slice(start, len.min(a.len() - start)))
+            }
+            ColumnData::Vectors(v) => v.slice(start, len),
+        }
+    }
+
+    /// The whole column as one array (builds all vectors at once: for small
+    /// frames and tests; the converter goes batch by batch).
+    pub fn to_array(&self) -> Result<ArrayRef, FrameError> {
+        self.slice(0, self.len())
+    }
 }
 
 /// The rebuilt table.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Frame {
     /// Columns in their original order.
     pub columns: Vec<FrameColumn>,

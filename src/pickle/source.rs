@@ -111,6 +111,18 @@ impl PickleSource {
         self.released.set(end);
     }
 
+    /// Another handle on the same input (the map is shared, not copied),
+    /// releasing pages on its own: for readers that come back to the input
+    /// after the first pass.
+    pub fn share(&self) -> PickleSource {
+        PickleSource {
+            data: self.data.clone(),
+            map: self.map.clone(),
+            released: Cell::new(0),
+            page: self.page,
+        }
+    }
+
     /// Start releasing again from the beginning (for a second pass).
     pub fn rewind_release(&self) {
         self.released.set(0);

@@ -1,0 +1,215 @@
+//! Vector columns, rebuilt batch by batch.
+//!
+//! A column of per-row numpy arrays (the embeddings) is by far the largest
+//! part of a frame. Building it whole would hold a second copy of the data
+//! next to the pickle; instead the frame keeps, per row, a view of the
+//! array's bytes in the mapped pickle ([`VectorCells`]), and the writer asks
+//! for one batch of rows at a time ([`VectorCells::slice`]), which is
+//! narrowed into a fresh `FixedSizeList` and written before the next one is
+//! built. Every check (shape, length, element type) is made when the cells
+//! are collected, so a ragged row is refused before anything is written.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, Float64Array};
+use arrow_buffer::NullBuffer;
+use arrow_schema::{DataType, Field};
+use bytes::Bytes;
+
+use super::{
+    build::bad,
+    ndarray::{element_f64, half_to_f64, DType},
+    FrameError,
+};
+use crate::pickle::PickleSource;
+
+/// One row of a vector column.
+#[derive(Debug, Clone)]
+pub(crate) enum VectorCell {
+    /// None/NaN: a null row.
+    Null,
+    /// A 1-D numpy array: its bytes and the index of its dtype in
+    /// [`VectorCells::dtypes`].
+    Raw(Bytes, u8),
+    /// A Python list of numbers, already read.
+    Values(Box<[f64]>),
+}
+
+/// A vector column as views of the input, materialized per batch.
+///
+/// Invariants: every `Raw` cell holds exactly `dim` items of a numeric dtype
+/// listed in `dtypes`; every `Values` cell holds `dim` numbers; `nulls`, if
+/// any, has one bit per cell.
+pub struct VectorCells {
+    pub(crate) cells: Vec<VectorCell>,
+    pub(crate) dtypes: Vec<DType>,
+    pub(crate) dim: usize,
+    pub(crate) keep_float64: bool,
+    pub(crate) nulls: Option<NullBuffer>,
+    /// The mapped pickle, to drop pages behind the last batch built.
+    pub(crate) source: Option<PickleSource>,
+}
+
+impl std::fmt::Debug for VectorCells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorCells")
+            .field("rows", &self.cells.len())
+            .field("dim", &self.dim)
+            .field("keep_float64", &self.keep_float64)
+            .finish()
+    }
+}
+
+impl VectorCells {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// Items per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Null rows.
+    pub fn null_count(&self) -> usize {
+        self.nulls.as_ref().map_or(0, |n| n.null_count())
+    }
+
+    /// The element type of the built column.
+    pub fn item_type(&self) -> DataType {
+        if self.keep_float64 {
+            DataType::Float64
+        } else {
+            DataType::Float32
+        }
+    }
+
+    /// `FixedSizeList<item, dim>`.
+    pub fn data_type(&self) -> DataType {
+        DataType::FixedSizeList(
+            Arc::new(Field::new_list_field(self.item_type(), false)),
+            i32::try_from(self.dim).unwrap_or(i32::MAX),
+        )
+    }
+
+    /// Bytes per row once built.
+    pub fn row_bytes(&self) -> usize {
+        self.dim * if self.keep_float64 { 8 } else { 4 }
+    }
+
+    /// Build rows `start..start + len` (clamped to the column) as a
+    /// `FixedSizeList` array.
+    pub fn slice(&self, start: usize, len: usize) -> Result<ArrayRef, FrameError> {
+        let start = start.min(self.cells.len());
+        let end = start.saturating_add(len).min(self.cells.len());
+        let mut out = Narrowed::new(self.keep_float64, (end - start) * self.dim);
+        let mut last_raw: Option<&Bytes> = None;
+        for cell in &self.cells[start..end] {
+            match cell {
+                VectorCell::Null => out.zeros(self.dim),
+                VectorCell::Raw(raw, dtype) => {
+                    let dtype = self
+                        .dtypes
+                        .get(usize::from(*dtype))
+                        .ok_or_else(|| bad("vector cell without its dtype"))?;
+                    out.push_raw(dtype, raw)?;
+                    last_raw = Some(raw);
+                }
+                VectorCell::Values(values) => values.iter().for_each(|x| out.push(*x)),
+            }
+        }
+        // The rows of this batch are built: their pages of the pickle can go.
+        if let (Some(source), Some(raw)) = (&self.source, last_raw) {
+            if let Some(offset) = source.offset_of(raw) {
+                source.release_before(offset + raw.len());
+            }
+        }
+        let dim = i32::try_from(self.dim).map_err(|_| bad("vector dimension too large"))?;
+        let nulls = self.nulls.as_ref().map(|n| n.slice(start, end - start));
+        let field = Arc::new(Field::new_list_field(self.item_type(), false));
+        let list = FixedSizeListArray::try_new(field, dim, out.finish(), nulls)
+            .map_err(|e| bad(format!("vector column: {e}")))?;
+        Ok(Arc::new(list))
+    }
+}
+
+/// The values of a vector column being built: float32 (narrowed) or float64.
+pub(crate) enum Narrowed {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Narrowed {
+    pub(crate) fn new(keep_float64: bool, capacity: usize) -> Self {
+        if keep_float64 {
+            Narrowed::F64(Vec::with_capacity(capacity))
+        } else {
+            Narrowed::F32(Vec::with_capacity(capacity))
+        }
+    }
+
+    pub(crate) fn push(&mut self, x: f64) {
+        match self {
+            Narrowed::F32(v) => v.push(x as f32),
+            Narrowed::F64(v) => v.push(x),
+        }
+    }
+
+    pub(crate) fn zeros(&mut self, n: usize) {
+        match self {
+            Narrowed::F32(v) => v.resize(v.len() + n, 0.0),
+            Narrowed::F64(v) => v.resize(v.len() + n, 0.0),
+        }
+    }
+
+    /// Append the items of a numeric numpy buffer. Little-endian float64 and
+    /// float32 (the common embeddings) take a tight loop; other numeric
+    /// dtypes go through [`element_f64`].
+    pub(crate) fn push_raw(&mut self, dtype: &DType, raw: &[u8]) -> Result<(), FrameError> {
+        match (dtype.kind, dtype.size, dtype.big_endian, &mut *self) {
+            (b'f', 8, false, Narrowed::F32(out)) => out.extend(
+                raw.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32),
+            ),
+            (b'f', 8, false, Narrowed::F64(out)) => out.extend(
+                raw.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+            ),
+            (b'f', 4, false, Narrowed::F32(out)) => out.extend(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))),
+            ),
+            (b'f', 2, big_endian, _) => {
+                for c in raw.chunks_exact(2) {
+                    let pair = [c[0], c[1]];
+                    let bits = if big_endian {
+                        u16::from_be_bytes(pair)
+                    } else {
+                        u16::from_le_bytes(pair)
+                    };
+                    self.push(half_to_f64(bits));
+                }
+            }
+            _ => {
+                for c in raw.chunks_exact(dtype.size.max(1)) {
+                    let x = element_f64(dtype, c).ok_or_else(|| bad("vector element"))?;
+                    self.push(x);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Narrowed::F32(v) => Arc::new(Float32Array::from(v)),
+            Narrowed::F64(v) => Arc::new(Float64Array::from(v)),
+        }
+    }
+}
