@@ -112,7 +112,7 @@ impl AtomicFile {
             temp,
             sink,
         } = self;
-        sink.finish(temp.as_file())
+        sink.finish()
             .and_then(|()| temp.as_file().sync_all())
             .map_err(|e| AtomicFileError::io(&dest, e))?;
         let persisted = if force {
@@ -129,15 +129,11 @@ impl AtomicFile {
         }
     }
 
-    /// Whether the data goes to the disk with `O_DIRECT`.
-    pub fn is_direct(&self) -> bool {
-        self.sink.direct.is_some()
-    }
 }
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sink.write(self.temp.as_file(), buf)
+        self.sink.write(buf)
     }
     /// Buffered bytes stay buffered until a whole aligned block is ready
     /// (or [`AtomicFile::commit`]); nobody reads the temporary file before.
@@ -152,20 +148,71 @@ const SINK_BUFFER: usize = 8 << 20;
 /// with 512-byte and 4-KiB logical blocks.
 const DIRECT_ALIGN: usize = 4096;
 
-/// Writes at explicit offsets from one buffer: through a second, `O_DIRECT`
-/// descriptor of the temporary file when possible, through the temporary
-/// file's own descriptor otherwise.
-///
-/// Invariant: `offset` (bytes already in the file) is a multiple of
-/// [`DIRECT_ALIGN`] while `direct` is set, because only whole aligned buffers
-/// are written before [`DirectSink::finish`].
-struct DirectSink {
-    direct: Option<File>,
-    /// Backing storage; the buffer is the aligned window `start..start + SINK_BUFFER`.
+/// A buffer whose data starts at a [`DIRECT_ALIGN`]-aligned address.
+struct AlignedBuffer {
     storage: Vec<u8>,
     start: usize,
     len: usize,
+}
+
+impl AlignedBuffer {
+    fn new() -> io::Result<Self> {
+        let storage = vec![0u8; SINK_BUFFER + DIRECT_ALIGN];
+        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
+        if start > DIRECT_ALIGN {
+            return Err(io::Error::other("cannot align the output buffer"));
+        }
+        Ok(AlignedBuffer {
+            storage,
+            start,
+            len: 0,
+        })
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+
+    /// Copy as much of `buf` as fits; how much that was.
+    fn fill(&mut self, buf: &[u8]) -> usize {
+        let take = buf.len().min(SINK_BUFFER - self.len);
+        let at = self.start + self.len;
+        self.storage[at..at + take].copy_from_slice(&buf[..take]);
+        self.len += take;
+        take
+    }
+
+    /// Zero-pad to the next multiple of [`DIRECT_ALIGN`].
+    fn pad(&mut self) {
+        let padded = self.len.next_multiple_of(DIRECT_ALIGN);
+        let (lo, hi) = (self.start + self.len, self.start + padded);
+        self.storage[lo..hi].fill(0);
+        self.len = padded;
+    }
+}
+
+/// Buffers the output and hands each full buffer to a writer thread, so the
+/// disk writes while the next buffer is being filled (two buffers in turn).
+/// The thread writes at explicit offsets through a second, `O_DIRECT`
+/// descriptor of the temporary file when possible, through the temporary
+/// file's own descriptor otherwise.
+///
+/// Invariant: every buffer sent before [`DirectSink::finish`] is full, so
+/// each write starts at a multiple of [`DIRECT_ALIGN`].
+struct DirectSink {
+    direct: Option<File>,
+    buffered: File,
+    current: AlignedBuffer,
+    writer: Option<BackgroundWriter>,
+    /// Bytes handed to the writer so far.
     offset: u64,
+}
+
+/// The writer thread: full buffers go in, empty ones come back.
+struct BackgroundWriter {
+    full: std::sync::mpsc::SyncSender<(AlignedBuffer, u64)>,
+    empty: std::sync::mpsc::Receiver<AlignedBuffer>,
+    thread: std::thread::JoinHandle<io::Result<Option<File>>>,
 }
 
 impl std::fmt::Debug for DirectSink {
@@ -179,68 +226,135 @@ impl std::fmt::Debug for DirectSink {
 
 impl DirectSink {
     fn new(temp: &NamedTempFile) -> io::Result<Self> {
-        let storage = vec![0u8; SINK_BUFFER + DIRECT_ALIGN];
-        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
-        if start > DIRECT_ALIGN {
-            return Err(io::Error::other("cannot align the output buffer"));
-        }
         Ok(DirectSink {
             direct: open_direct(temp.path()),
-            storage,
-            start,
-            len: 0,
+            buffered: temp.as_file().try_clone()?,
+            current: AlignedBuffer::new()?,
+            writer: None,
             offset: 0,
         })
     }
 
-    fn write(&mut self, file: &File, buf: &[u8]) -> io::Result<usize> {
-        if self.len == SINK_BUFFER {
-            self.drain(file)?;
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.current.len == SINK_BUFFER {
+            self.send()?;
         }
-        let take = buf.len().min(SINK_BUFFER - self.len);
-        let at = self.start + self.len;
-        self.storage[at..at + take].copy_from_slice(&buf[..take]);
-        self.len += take;
-        Ok(take)
+        Ok(self.current.fill(buf))
     }
 
-    /// Write the whole buffer at `offset`. A filesystem that accepts the
-    /// `O_DIRECT` open but refuses the write (`EINVAL`) gets these and all
-    /// later bytes through the buffered descriptor.
-    fn drain(&mut self, file: &File) -> io::Result<()> {
-        let data = &self.storage[self.start..self.start + self.len];
-        let mut done = false;
-        if let Some(direct) = &self.direct {
-            match write_at(direct, data, self.offset) {
-                Ok(()) => done = true,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
-                Err(e) => return Err(e),
-            }
+    /// Hand the current buffer to the writer thread (started on first use)
+    /// and continue in a free one.
+    fn send(&mut self) -> io::Result<()> {
+        if self.writer.is_none() {
+            let second = AlignedBuffer::new()?;
+            self.writer = Some(BackgroundWriter::start(
+                self.direct.take(),
+                self.buffered.try_clone()?,
+                second,
+            )?);
         }
-        if !done {
-            write_at(file, data, self.offset)?;
+        let Some(writer) = &self.writer else {
+            return Err(io::Error::other("the output writer did not start"));
+        };
+        let len = self.current.len as u64;
+        let next = match writer.empty.recv() {
+            Ok(buffer) => buffer,
+            // The thread stopped: its error is reported by `finish`/`stop`.
+            Err(_) => return Err(self.stop()),
+        };
+        let full = std::mem::replace(&mut self.current, next);
+        if writer.full.send((full, self.offset)).is_err() {
+            return Err(self.stop());
         }
-        self.offset += self.len as u64;
-        self.len = 0;
+        self.offset += len;
+        self.current.len = 0;
         Ok(())
     }
 
-    /// Write what is buffered. With `O_DIRECT` the tail is padded to the
-    /// alignment and the file then cut to its true length.
-    fn finish(mut self, file: &File) -> io::Result<()> {
-        let end = self.offset + self.len as u64;
-        if self.direct.is_some() && self.len % DIRECT_ALIGN != 0 {
-            let padded = self.len.next_multiple_of(DIRECT_ALIGN);
-            let (lo, hi) = (self.start + self.len, self.start + padded);
-            self.storage[lo..hi].fill(0);
-            self.len = padded;
+    /// The writer thread's error (it has stopped).
+    fn stop(&mut self) -> io::Error {
+        match self.writer.take().map(BackgroundWriter::join) {
+            Some(Err(e)) => e,
+            _ => io::Error::other("the output writer stopped"),
         }
-        self.drain(file)?;
-        if self.offset != end {
-            file.set_len(end)?;
+    }
+
+    /// Write what is buffered and wait for every write. With `O_DIRECT` the
+    /// tail is padded to the alignment and the file then cut to its length.
+    fn finish(mut self) -> io::Result<()> {
+        let end = self.offset + self.current.len as u64;
+        let mut direct = self.direct.take();
+        if let Some(writer) = self.writer.take() {
+            // The thread hands back the O_DIRECT descriptor if it kept it.
+            direct = writer.join()?;
+        }
+        if direct.is_some() && self.current.len % DIRECT_ALIGN != 0 {
+            self.current.pad();
+        }
+        write_buffer(direct, &self.buffered, self.current.data(), self.offset)?;
+        let written = self.offset + self.current.len as u64;
+        if written != end {
+            self.buffered.set_len(end)?;
         }
         Ok(())
     }
+}
+
+impl BackgroundWriter {
+    fn start(direct: Option<File>, buffered: File, spare: AlignedBuffer) -> io::Result<Self> {
+        let (full, full_rx) = std::sync::mpsc::sync_channel::<(AlignedBuffer, u64)>(1);
+        let (empty_tx, empty) = std::sync::mpsc::sync_channel::<AlignedBuffer>(2);
+        empty_tx
+            .send(spare)
+            .map_err(|_| io::Error::other("the output writer did not start"))?;
+        let thread = std::thread::Builder::new()
+            .name("embedstream-writer".into())
+            .spawn(move || -> io::Result<Option<File>> {
+                let mut direct = direct;
+                for (buffer, offset) in full_rx {
+                    direct = write_buffer(direct, &buffered, buffer.data(), offset)?;
+                    // The sink may be gone already (finishing): nothing to return to.
+                    let _ = empty_tx.send(buffer);
+                }
+                Ok(direct)
+            })?;
+        Ok(BackgroundWriter {
+            full,
+            empty,
+            thread,
+        })
+    }
+
+    /// Close the queue and wait for the last write; the `O_DIRECT`
+    /// descriptor if it is still in use.
+    fn join(self) -> io::Result<Option<File>> {
+        drop(self.full);
+        drop(self.empty);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the output writer panicked")))
+    }
+}
+
+/// Write `data` at `offset`: with `O_DIRECT` if `direct` is given and the
+/// filesystem takes it; a filesystem that accepts the open but refuses the
+/// write (`EINVAL`) gets these and all later bytes through `buffered`.
+/// Returns the descriptor to use next.
+fn write_buffer(
+    direct: Option<File>,
+    buffered: &File,
+    data: &[u8],
+    offset: u64,
+) -> io::Result<Option<File>> {
+    if let Some(file) = direct {
+        match write_at(&file, data, offset) {
+            Ok(()) => return Ok(Some(file)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    write_at(buffered, data, offset)?;
+    Ok(None)
 }
 
 /// `O_DIRECT` descriptor of `path`, or `None` where that is not possible.
