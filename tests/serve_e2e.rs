@@ -692,6 +692,272 @@ async fn flight_do_get_info_schema_and_resume() {
     server.shutdown().await.unwrap();
 }
 
+/// The file's record batches, as stored, read with arrow's own reader.
+fn file_batches(path: &Path) -> Vec<RecordBatch> {
+    arrow_ipc::reader::FileReader::try_new(std::fs::File::open(path).unwrap(), None)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// DoGet over the zero-copy path on a file whose batch bodies (~560 KB)
+/// exceed h2's frame size and the stream window: every batch arrives as
+/// stored, equal to the file's batch row for row; a resume in the middle of
+/// a batch starts at the next row.
+#[tokio::test]
+async fn flight_do_get_batches_equal_the_file() {
+    let rows = 20_000;
+    let (dir, server) = start_with(rows, 128, 1000, |_| {}).await;
+    let path = dir.path().join("sample.arrow");
+    let mut flight = FlightClient::new(channel(&server).await);
+    let got: Vec<RecordBatch> = flight
+        .do_get(Ticket::new("all"))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let want = file_batches(&path);
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "batch {i}");
+    }
+    // Resume mid-batch: the head of batch 12 is re-encoded, the rest as stored.
+    let got: Vec<RecordBatch> = flight
+        .do_get(Ticket::new(format!(
+            "after:{}",
+            uuid_text(common::key_for_row(12_344))
+        )))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(got[0].num_rows(), 655);
+    assert_eq!(&got[1..], &want[13..]);
+    same_rows(&got, &file_tail(&path, 12_345));
+    server.shutdown().await.unwrap();
+}
+
+/// The response body chains the mapped bytes: each raw batch's body frame
+/// is the map's own `Bytes` (same address), and the frames concatenated are
+/// the gRPC framing of prost's encoding of the same messages.
+#[tokio::test]
+async fn flight_do_get_body_frames_are_the_mapped_bytes() {
+    use embedstream::serve::{
+        flight::{FlightEndpointService, TicketRequest},
+        flight_do_get::DoGetBody,
+    };
+    use http_body_util::BodyExt;
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sample.arrow");
+    common::write_sample_file(&path, 5000, 64, 700);
+    let store = Arc::new(embedstream::store::Store::open(&path, None).unwrap());
+    let service = FlightEndpointService::new(store.clone(), "sample".into());
+    let mut body = DoGetBody::new(None, service.do_get_messages(TicketRequest::All).unwrap());
+    let mut data = Vec::new();
+    let mut pointers = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        match frame.into_data() {
+            Ok(d) => {
+                pointers.push(d.as_ptr());
+                data.extend_from_slice(&d);
+            }
+            Err(frame) => trailers = Some(frame.into_trailers().unwrap()),
+        }
+    }
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    for i in 0..store.batches().len() {
+        let block = store.file().record_batch_block(i).unwrap().unwrap();
+        assert!(
+            pointers.contains(&block.body.as_ptr()),
+            "batch {i}: body not sent as the mapped bytes"
+        );
+    }
+    let mut want = Vec::new();
+    for m in service.do_get_messages(TicketRequest::All).unwrap() {
+        let encoded = m.unwrap().encode_to_vec();
+        want.push(0);
+        want.extend((encoded.len() as u32).to_be_bytes());
+        want.extend(encoded);
+    }
+    assert_eq!(data, want);
+}
+
+/// One raw DoGet: the request body as given, the status (from the headers
+/// of a trailers-only response or the trailers) and the data bytes.
+async fn raw_do_get(server: &Server, body: Vec<u8>) -> (Status, Vec<u8>) {
+    use http_body_util::BodyExt;
+    use tonic::codegen::{http, Service};
+
+    let mut ch = channel(server).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/arrow.flight.protocol.FlightService/DoGet",
+            server.local_addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+        .unwrap();
+    std::future::poll_fn(|cx| Service::<http::Request<tonic::body::Body>>::poll_ready(&mut ch, cx))
+        .await
+        .unwrap();
+    let response = ch.call(req).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    let status = Status::from_header_map(&parts.headers)
+        .or_else(|| collected.trailers().and_then(Status::from_header_map))
+        .expect("a grpc-status");
+    (status, collected.to_bytes().to_vec())
+}
+
+fn grpc_message(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend((message.len() as u32).to_be_bytes());
+    out.extend(message);
+    out
+}
+
+#[tokio::test]
+async fn flight_do_get_refuses_bad_requests() {
+    use prost::Message;
+
+    let (_dir, server) = start().await;
+    // A well-formed raw request streams and ends with status 0.
+    let (status, data) =
+        raw_do_get(&server, grpc_message(&Ticket::new("all").encode_to_vec())).await;
+    assert_eq!(status.code(), Code::Ok);
+    assert!(data.len() > ROWS * DIM * 4);
+
+    let compressed = {
+        let mut m = grpc_message(&Ticket::new("all").encode_to_vec());
+        m[0] = 1;
+        m
+    };
+    let mut huge = vec![0, 0, 0x10, 0, 0];
+    huge.extend([b'a'; 1000]);
+    for (what, body, code, message) in [
+        (
+            "empty body",
+            Vec::new(),
+            Code::InvalidArgument,
+            "the DoGet request carries no Ticket",
+        ),
+        (
+            "garbage",
+            grpc_message(&[0xff, 0xff, 0xff]),
+            Code::InvalidArgument,
+            "the DoGet request is not a Ticket",
+        ),
+        (
+            "truncated prefix",
+            vec![0, 0],
+            Code::InvalidArgument,
+            "the DoGet request is truncated",
+        ),
+        (
+            "two messages",
+            [grpc_message(b""), grpc_message(b"")].concat(),
+            Code::InvalidArgument,
+            "the DoGet request carries more than one message",
+        ),
+        (
+            "compressed",
+            compressed,
+            Code::Unimplemented,
+            "compressed DoGet requests are not supported",
+        ),
+        (
+            "declared 1 MiB",
+            huge,
+            Code::ResourceExhausted,
+            "the DoGet request message is 1048576 bytes",
+        ),
+        (
+            "bad ticket",
+            grpc_message(&Ticket::new("rows").encode_to_vec()),
+            Code::InvalidArgument,
+            "unknown ticket `rows`",
+        ),
+    ] {
+        let (status, data) = raw_do_get(&server, body).await;
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(
+            status.message().starts_with(message),
+            "{what}: {}",
+            status.message()
+        );
+        assert!(data.is_empty(), "{what}");
+    }
+
+    // Through the arrow-flight client: an oversized ticket.
+    let mut flight = FlightClient::new(channel(&server).await);
+    let err = match flight.do_get(Ticket::new(vec![b'a'; 100_000])).await {
+        Ok(s) => s.try_collect::<Vec<_>>().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, arrow_flight::error::FlightError::Tonic(s) if s.code() == Code::ResourceExhausted),
+        "{err:?}"
+    );
+    // The server still serves.
+    let got: Vec<RecordBatch> = flight
+        .do_get(Ticket::new("all"))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|b| b.num_rows()).sum::<usize>(), ROWS);
+    server.shutdown().await.unwrap();
+}
+
+/// A client that drops its DoGet stream mid-file does not disturb others,
+/// on another connection or its own.
+#[tokio::test]
+async fn flight_cancel_mid_stream_and_others_go_on() {
+    let rows = 20_000;
+    let (dir, server) = start_with(rows, 128, 1000, |_| {}).await;
+    let path = dir.path().join("sample.arrow");
+    let mut first = FlightClient::new(channel(&server).await);
+    let mut stream = first.do_get(Ticket::new("all")).await.unwrap();
+    let batch = stream.try_next().await.unwrap().unwrap();
+    assert_eq!(batch.num_rows(), 1000);
+    drop(stream);
+    let mut other = FlightClient::new(channel(&server).await);
+    let got: Vec<RecordBatch> = other
+        .do_get(Ticket::new("all"))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    same_rows(&got, &file_tail(&path, 0));
+    // The cancelling client's connection serves its next call.
+    let got: Vec<RecordBatch> = first
+        .do_get(Ticket::new(format!(
+            "after:{}",
+            uuid_text(common::key_for_row(rows - 11))
+        )))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    same_rows(&got, &file_tail(&path, rows - 10));
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_lets_streams_finish_then_cuts_them() {
     let rows = 20_000;

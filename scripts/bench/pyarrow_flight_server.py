@@ -17,10 +17,12 @@ import pyarrow.flight as flight
 
 class Server(flight.FlightServerBase):
     def __init__(self, location: str, path: str):
-        super().__init__(location)
+        # Map the file before the base class starts listening: a do_get that
+        # arrives as soon as the port opens must find the batches.
         self.reader = pa.ipc.open_file(pa.memory_map(path, "r"))
         self.schema = self.reader.schema
         self.batches = [self.reader.get_batch(i) for i in range(self.reader.num_record_batches)]
+        super().__init__(location)
 
     def do_get(self, context, ticket):
         return flight.RecordBatchStream(pa.RecordBatchReader.from_batches(self.schema, self.batches))

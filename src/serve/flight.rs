@@ -17,12 +17,22 @@
 //!
 //! # What is sent
 //! The schema message first, then the file's dictionary messages, then its
-//! record batches, exactly as stored in the file (no re-encoding: the bytes
-//! go from the memory map to the socket). On a resume, only the batch holding
+//! record batches, exactly as stored in the file (no re-encoding, no copy:
+//! the bytes go from the memory map to the socket). On a resume, only the batch holding
 //! the resume point is sliced and re-encoded, starting at the first row
 //! after the checkpoint; the following batches are sent as stored. Rows come
 //! in key order. Each row's key is the `uuid` column (`FixedSizeBinary(16)`,
 //! extension `arrow.uuid`): resume with the last row's key.
+//!
+//! # Two layers
+//! This module decides *what* is sent: [`FlightEndpointService`] implements
+//! the Flight trait, and [`FlightEndpointService::start_do_get`] turns a
+//! ticket into the [`DoGetMessages`] sequence. *How* `DoGet` is sent is
+//! [`super::flight_do_get`]: it answers `DoGet` below tonic's codec and
+//! chains each batch body (a `Bytes` view of the map) into the HTTP/2 body
+//! as its own frame, where tonic's encoder would copy it into a buffer. The
+//! trait's `do_get` serves the same sequence through tonic, for a bare
+//! `FlightServiceServer`; the server never routes `DoGet` to it.
 //!
 //! # pyarrow client
 //! ```python
@@ -51,7 +61,7 @@ use arrow_flight::{
     PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
-use futures::{stream, Stream, StreamExt};
+use futures::{stream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::store::Store;
@@ -124,16 +134,29 @@ impl FlightEndpointService {
         Ok(info)
     }
 
-    /// The FlightData messages answering `request`, produced lazily.
-    fn do_get_stream(&self, request: TicketRequest) -> Result<BoxStream<FlightData>, Status> {
+    /// Parse `ticket`, log the call and start its message sequence: what
+    /// both `DoGet` paths (the zero-copy one in [`super::flight_do_get`] and
+    /// the tonic trait method) serve.
+    pub fn start_do_get(&self, peer: &str, ticket: &[u8]) -> Result<DoGetMessages, Status> {
+        let parsed = parse_ticket(ticket)?;
+        tracing::info!(%peer, ticket = ?parsed, "Flight DoGet");
+        self.do_get_messages(parsed)
+    }
+
+    /// The FlightData messages answering `request`: the schema, the
+    /// dictionaries and any re-encoded head slice are made now; the record
+    /// batches as stored, one at a time, as the iterator is advanced.
+    pub fn do_get_messages(&self, request: TicketRequest) -> Result<DoGetMessages, Status> {
         let store = self.store.clone();
         let options = IpcWriteOptions::default();
         let schema = FlightData::from(SchemaAsIpc::new(store.schema(), &options));
-        let dictionaries: Vec<Result<FlightData, Status>> = store
-            .file()
-            .dictionary_blocks()
-            .map(|b| b.map(raw_flight_data).map_err(damaged))
-            .collect();
+        let mut head: Vec<Result<FlightData, Status>> = vec![Ok(schema)];
+        head.extend(
+            store
+                .file()
+                .dictionary_blocks()
+                .map(|b| b.map(raw_flight_data).map_err(damaged)),
+        );
         let start_row = match request {
             TicketRequest::All => 0,
             TicketRequest::After(id) => store.position_after(id.as_bytes()),
@@ -141,31 +164,62 @@ impl FlightEndpointService {
         let batches = store.batches().len();
         // The first batch to send as stored, and the sliced head if the
         // resume point falls inside a batch.
-        let (first_raw, head) = if start_row >= store.num_rows() {
-            (batches, Vec::new())
+        let first_raw = if start_row >= store.num_rows() {
+            batches
         } else {
             let (b, i) = store.locate(start_row);
             if i == 0 {
-                (b, Vec::new())
+                b
             } else {
-                (b + 1, encode_slice(&store, b, i)?)
+                head.extend(encode_slice(&store, b, i)?.into_iter().map(Ok));
+                b + 1
             }
         };
-        let raw = stream::iter(first_raw..batches).map(move |i| {
-            match store.file().record_batch_block(i) {
-                Some(Ok(block)) => Ok(raw_flight_data(block)),
-                Some(Err(e)) => Err(damaged(e)),
-                None => Err(Status::internal(format!(
-                    "record batch {i} vanished from the file footer"
-                ))),
+        Ok(DoGetMessages {
+            head: head.into_iter(),
+            store,
+            next_raw: first_raw,
+            end: batches,
+        })
+    }
+}
+
+/// The FlightData sequence of one `DoGet`: the prepared head messages, then
+/// the file's record batches `next_raw..end` as stored (header and body are
+/// views of the map). Ends after the first error.
+#[derive(Debug)]
+pub struct DoGetMessages {
+    head: std::vec::IntoIter<Result<FlightData, Status>>,
+    store: Arc<Store>,
+    next_raw: usize,
+    end: usize,
+}
+
+impl Iterator for DoGetMessages {
+    type Item = Result<FlightData, Status>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = match self.head.next() {
+            Some(item) => item,
+            None if self.next_raw < self.end => {
+                let i = self.next_raw;
+                self.next_raw += 1;
+                match self.store.file().record_batch_block(i) {
+                    Some(Ok(block)) => Ok(raw_flight_data(block)),
+                    Some(Err(e)) => Err(damaged(e)),
+                    None => Err(Status::internal(format!(
+                        "record batch {i} vanished from the file footer"
+                    ))),
+                }
             }
-        });
-        let head = stream::iter(
-            std::iter::once(Ok(schema))
-                .chain(dictionaries)
-                .chain(head.into_iter().map(Ok)),
-        );
-        Ok(Box::pin(head.chain(raw)))
+            None => return None,
+        };
+        if item.is_err() {
+            // Nothing follows an error.
+            self.head = Vec::new().into_iter();
+            self.next_raw = self.end;
+        }
+        Some(item)
     }
 }
 
@@ -259,6 +313,9 @@ impl FlightService for FlightEndpointService {
             .map_err(|e| Status::internal(format!("encoding the schema: {e}")))
     }
 
+    /// Not reached when served by [`super::flight_do_get::FlightServer`],
+    /// which answers `DoGet` itself without tonic's copying encoder; kept
+    /// (on the same message sequence) for a bare `FlightServiceServer`.
     async fn do_get(
         &self,
         request: Request<Ticket>,
@@ -266,9 +323,8 @@ impl FlightService for FlightEndpointService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-        let parsed = parse_ticket(&request.get_ref().ticket)?;
-        tracing::info!(%peer, ticket = ?parsed, "Flight DoGet");
-        self.do_get_stream(parsed).map(Response::new)
+        let messages = self.start_do_get(&peer, &request.get_ref().ticket)?;
+        Ok(Response::new(Box::pin(stream::iter(messages))))
     }
 
     async fn do_put(

@@ -10,6 +10,7 @@
 pub mod embedding;
 pub mod encode;
 pub mod flight;
+pub mod flight_do_get;
 pub mod package_alias;
 
 use std::{
@@ -19,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
@@ -309,7 +309,7 @@ impl Server {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(embedding.clone())
             .add_service(PackageAlias::new(embedding))
-            .add_service(FlightServiceServer::new(flight))
+            .add_service(flight_do_get::FlightServer::new(flight))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
