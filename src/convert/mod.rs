@@ -3,8 +3,8 @@
 //! ([`atomic`]).
 //!
 //! Memory: the frame's columns are the only copy of the data; batches written
-//! to the file are slices of them, and the input pickle is memory-mapped by
-//! the frame reader rather than read into the heap.
+//! to the file are slices of them, except vector columns, which stay views of
+//! the memory-mapped pickle until each batch of them is built and written.
 
 pub mod atomic;
 pub mod key;
