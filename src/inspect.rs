@@ -35,7 +35,13 @@ pub fn report(args: &InspectArgs) -> anyhow::Result<String> {
         other => other.into(),
     })?;
     let schema = file.schema();
-    let rows: usize = file.batches().iter().map(|b| b.num_rows()).sum();
+    // Decode every batch (serve decodes them on first use only): a damaged
+    // batch is reported here, by number.
+    let batches = (0..file.num_batches())
+        .map(|i| file.batch(i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e}; the file is damaged", args.file.display()))?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -43,20 +49,15 @@ pub fn report(args: &InspectArgs) -> anyhow::Result<String> {
         args.file.display(),
         crate::convert::human_bytes(file.len() as u64)
     );
-    let (smallest, largest) = file
-        .batches()
+    let (smallest, largest) = batches
         .iter()
         .map(|b| b.num_rows())
         .fold((usize::MAX, 0), |(lo, hi), n| (lo.min(n), hi.max(n)));
     let _ = writeln!(
         out,
         "rows:     {rows} in {} record batches ({} to {} rows each)",
-        file.batches().len(),
-        if file.batches().is_empty() {
-            0
-        } else {
-            smallest
-        },
+        batches.len(),
+        if batches.is_empty() { 0 } else { smallest },
         largest
     );
     let _ = writeln!(out, "columns:");
@@ -78,8 +79,7 @@ pub fn report(args: &InspectArgs) -> anyhow::Result<String> {
     match FileLayout::from_schema(schema, args.key_column.as_deref()) {
         Ok(layout) => {
             let name = schema.field(layout.key_index).name();
-            let keys: Vec<&FixedSizeBinaryArray> = file
-                .batches()
+            let keys: Vec<&FixedSizeBinaryArray> = batches
                 .iter()
                 .filter_map(|b| {
                     b.column(layout.key_index)

@@ -9,11 +9,14 @@
 //! 2. [`RecruitLayout::columns`] gives, per record batch, a [`RecruitColumns`]
 //!    view: typed, zero-copy handles on the batch's arrays with per-row
 //!    accessors. Building a view costs a few `Arc` clones; reading a row
-//!    allocates nothing.
+//!    allocates nothing. [`RecruitTable`] builds each batch's view the first
+//!    time a reader reaches it (which is when the store decodes the batch),
+//!    so a damaged batch is an error of the stream that reaches it, not of
+//!    start-up.
 //!
 //! `id` is always the file's key column (UUID v7), formatted lowercase hyphenated.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow_array::{
     types::{Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt8Type},
@@ -25,7 +28,7 @@ use arrow_schema::{DataType, Schema};
 
 use crate::{
     format::{vector_shape, FileLayout},
-    store::Store,
+    store::{BatchError, Store},
 };
 
 /// Default column feeding `company_name`.
@@ -626,28 +629,26 @@ impl IntColumn {
     }
 }
 
-/// The mapped store with a [`RecruitColumns`] view of every batch, built
-/// once at start-up (a few `Arc` clones per batch) and shared by all streams.
+/// The mapped store with a [`RecruitColumns`] view of each batch, built the
+/// first time a reader reaches the batch (decoding it: see [`Store::batch`])
+/// and shared by all streams from then on.
 #[derive(Debug)]
 pub struct RecruitTable {
     store: Arc<Store>,
     layout: RecruitLayout,
-    columns: Vec<RecruitColumns>,
+    columns: Vec<OnceLock<Result<RecruitColumns, BatchError>>>,
 }
 
 impl RecruitTable {
-    /// Views of every batch of `store` under `layout`.
-    pub fn new(store: Arc<Store>, layout: RecruitLayout) -> Result<Self, RowsError> {
-        let columns = store
-            .batches()
-            .iter()
-            .map(|b| layout.columns(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecruitTable {
+    /// A table over `store` under `layout` (resolved against its schema);
+    /// no batch is decoded yet.
+    pub fn new(store: Arc<Store>, layout: RecruitLayout) -> Self {
+        let columns = (0..store.num_batches()).map(|_| OnceLock::new()).collect();
+        RecruitTable {
             store,
             layout,
             columns,
-        })
+        }
     }
 
     /// The store.
@@ -665,30 +666,49 @@ impl RecruitTable {
         self.store.num_rows()
     }
 
+    /// The views of batch `b`, built (and the batch decoded) on the first
+    /// call; the error, which names the batch, is cached as well.
+    pub fn columns(&self, b: usize) -> Result<&RecruitColumns, BatchError> {
+        let cell = self.columns.get(b).ok_or_else(|| BatchError {
+            batch: b,
+            reason: format!("the file has {} record batches", self.columns.len()),
+        })?;
+        cell.get_or_init(|| {
+            let batch = self.store.batch(b)?;
+            self.layout.columns(batch).map_err(|e| BatchError {
+                batch: b,
+                reason: e.to_string(),
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+    }
+
     /// Call `f(columns, first, end)` for each batch segment of global rows
-    /// `start..end` (clamped to the file).
+    /// `start..end` (clamped to the file), in order. Stops at the first batch
+    /// that cannot be decoded and returns its error (segments before it have
+    /// been passed to `f`).
     pub fn for_segments(
         &self,
         start: usize,
         end: usize,
         mut f: impl FnMut(&RecruitColumns, usize, usize),
-    ) {
+    ) -> Result<(), BatchError> {
         let end = end.min(self.num_rows());
         let mut row = start;
         while row < end {
             let (b, i) = self.store.locate(row);
-            let Some(cols) = self.columns.get(b) else {
-                return;
-            };
+            let cols = self.columns(b)?;
             let take = (cols.len().saturating_sub(i)).min(end - row);
             if take == 0 {
                 // An empty batch cannot be returned by `locate` for a row
                 // inside the file; stop rather than loop.
-                return;
+                return Ok(());
             }
             f(cols, i, i + take);
             row += take;
         }
+        Ok(())
     }
 }
 

@@ -76,7 +76,8 @@ fn assert_same_rows(source: &Path, out: &Path, first: usize) {
     assert_eq!(lb.vector_dim(), DIM);
     let rows = |store: &Store, layout: &embedstream::rows::RecruitLayout| {
         let mut out = Vec::new();
-        for batch in store.batches() {
+        for batch in store.iter_batches() {
+            let batch = batch.unwrap();
             let c = layout.columns(batch).unwrap();
             for i in 0..c.len() {
                 out.push((

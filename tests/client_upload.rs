@@ -546,3 +546,33 @@ async fn a_value_json_cannot_carry_cancels_the_upload() {
     );
     assert!(attempts.lock().unwrap().is_empty(), "nothing sent");
 }
+
+/// A file damaged inside a batch body opens (the store decodes batches on
+/// first use), and the upload fails before sending anything, naming the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_batch_fails_the_upload_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("damaged.arrow");
+    // Batches of 8 rows: row 21 is in batch 2.
+    assert_eq!(
+        common::write_damaged_sample_file(&file, ROWS, DIM, 8, 21),
+        2
+    );
+    let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::Accept).await;
+    let opts = options(&file, addr.to_string(), ALIAS_PACKAGE);
+    let err = upload(&opts).await.unwrap_err();
+    assert!(matches!(err, UploadError::Damaged { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "{}: record batch 2 cannot be decoded (",
+            file.display()
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("; the file is damaged: convert the source again with `embedstream convert`"),
+        "{msg}"
+    );
+    assert!(attempts.lock().unwrap().is_empty(), "nothing sent");
+}

@@ -111,7 +111,7 @@ fn ipc_file_round_trips_through_the_store_with_a_sorted_v7_key() {
         previous = Some(key);
     }
     let (b, i) = store.locate(704);
-    let batch = &store.batches()[b];
+    let batch = store.batch(b).unwrap();
     let ids = batch
         .column(0)
         .as_any()
@@ -119,7 +119,9 @@ fn ipc_file_round_trips_through_the_store_with_a_sorted_v7_key() {
         .unwrap();
     assert_eq!(ids.value(i), "Company 704");
     assert!(!ids.is_null(i));
-    let first_ids = store.batches()[0]
+    let first_ids = store
+        .batch(0)
+        .unwrap()
         .column(0)
         .as_any()
         .downcast_ref::<StringArray>()

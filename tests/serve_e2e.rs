@@ -630,7 +630,7 @@ async fn flight_do_get_info_schema_and_resume() {
         .try_collect()
         .await
         .unwrap();
-    assert_eq!(batches.len(), store.batches().len());
+    assert_eq!(batches.len(), store.num_batches());
     same_rows(&batches, &file_tail(&path, 0));
     // Batches arrive as stored.
     assert_eq!(batches[0].num_rows(), 64);
@@ -1001,4 +1001,81 @@ async fn shutdown_lets_streams_finish_then_cuts_them() {
         .connect()
         .await;
     assert!(refused.is_err());
+}
+
+// ---------------------------------------------------------- lazy decoding
+
+/// A file damaged inside batch 10 (rows 640..704) is served: start-up does
+/// not decode batch bodies. A stream delivers every chunk before the damaged
+/// batch, then ends with DATA_LOSS naming it; streams that skip it are whole.
+#[tokio::test]
+async fn a_damaged_batch_ends_the_stream_with_data_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.arrow");
+    assert_eq!(
+        common::write_damaged_sample_file(&path, ROWS, DIM, 64, 700),
+        10
+    );
+    let server = Server::spawn(ServerConfig::new(&path, local()))
+        .await
+        .unwrap();
+    let mut c = client(&server).await;
+
+    let mut stream = c
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: String::new(),
+            chunk_size: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut chunks = Vec::new();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => chunks.push(chunk),
+            Ok(None) => panic!("the stream ended cleanly after {} chunks", chunks.len()),
+            Err(status) => break status,
+        }
+    };
+    // Chunks 0..600 are whole; 600..700 reaches batch 10.
+    check(&chunks, 0, 600, 100, DIM);
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("the served file is damaged: record batch 10 cannot be decoded ("),
+        "{}",
+        status.message()
+    );
+
+    // Resuming just before the damage fails at once, every time (the error is cached).
+    let after_599 = uuid_text(common::key_for_row(599));
+    for _ in 0..2 {
+        let err = pull(&mut c, &after_599, 100).await.unwrap_err();
+        assert_eq!(err.code(), Code::DataLoss);
+        assert!(
+            err.message().contains("record batch 10"),
+            "{}",
+            err.message()
+        );
+    }
+    // Resuming past batch 10 streams the rest; small chunks before it stop at its edge.
+    let chunks = pull(&mut c, &uuid_text(common::key_for_row(703)), 50)
+        .await
+        .unwrap();
+    check(&chunks, 704, ROWS, 50, DIM);
+    let mut stream = c
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: uuid_text(common::key_for_row(599)),
+            chunk_size: 40,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    check(&[first], 600, 640, 40, DIM);
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss);
+    assert_eq!(server.stats().completed(), 1);
+    server.shutdown().await.unwrap();
 }

@@ -10,7 +10,7 @@ fn position_after_finds_every_resume_point() {
     common::write_sample_file(&path, 1000, 4, 64);
     let store = Store::open(&path, None).unwrap();
     assert_eq!(store.num_rows(), 1000);
-    assert_eq!(store.batches().len(), 16);
+    assert_eq!(store.num_batches(), 16);
     for row in [0usize, 1, 63, 64, 65, 500, 998, 999] {
         let key = common::key_for_row(row);
         assert_eq!(store.key(row), &key[..]);
@@ -48,4 +48,41 @@ fn refuses_a_missing_key_column() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("has no key column `uuid_missing`"), "{err}");
+}
+
+#[test]
+fn a_damaged_batch_opens_and_fails_on_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.arrow");
+    let damaged = common::write_damaged_sample_file(&path, 1000, 4, 64, 700);
+    assert_eq!(damaged, 10);
+    // Opening decodes only the key column: the damage is not seen.
+    let store = Store::open(&path, None).unwrap();
+    assert_eq!(store.num_rows(), 1000);
+    assert_eq!(store.num_batches(), 16);
+    assert_eq!(store.key(700), &common::key_for_row(700)[..]);
+    // The batches around it decode; the damaged one names itself, every time.
+    assert_eq!(store.batch(9).unwrap().num_rows(), 64);
+    assert_eq!(store.batch(11).unwrap().num_rows(), 64);
+    for _ in 0..2 {
+        let err = store.batch(10).unwrap_err();
+        assert_eq!(err.batch, 10);
+        assert!(
+            err.to_string()
+                .starts_with("record batch 10 cannot be decoded ("),
+            "{err}"
+        );
+        assert!(
+            err.reason.contains("UTF8") || err.reason.contains("utf-8"),
+            "{err}"
+        );
+    }
+    let err = store.batch(16).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "record batch 16 cannot be decoded (the file has 16 record batches)"
+    );
+    let decoded: Vec<bool> = store.iter_batches().map(|b| b.is_ok()).collect();
+    assert_eq!(decoded.iter().filter(|ok| !**ok).count(), 1);
+    assert!(!decoded[10]);
 }

@@ -30,7 +30,7 @@ use crate::{
         ALIAS_PACKAGE, SERVICE,
     },
     rows::{RecruitTable, RowMapping, RowsError},
-    store::{Store, StoreError},
+    store::{BatchError, Store, StoreError},
 };
 
 /// Encoded chunks allowed to wait for the network.
@@ -149,6 +149,15 @@ pub enum UploadError {
         /// The cause.
         source: RowsError,
     },
+    /// A record batch cannot be decoded (found when its rows are first read,
+    /// before anything is sent).
+    #[error("{path}: {source}; the file is damaged: convert the source again with `embedstream convert`")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// Which batch, and why.
+        source: BatchError,
+    },
     /// A row cannot be written as JSON.
     #[error("{path}: {source}")]
     Json {
@@ -252,19 +261,19 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
     let shown = opts.file.display().to_string();
     let store = Arc::new(Store::open(&opts.file, opts.key_column.as_deref())?);
     let rows = Arc::new(
-        UploadRows::new(store.clone(), &opts.mapping).map_err(|source| UploadError::Rows {
-            path: shown.clone(),
-            source,
+        UploadRows::new(store.clone(), &opts.mapping, shown.clone()).map_err(|source| {
+            UploadError::Rows {
+                path: shown.clone(),
+                source,
+            }
         })?,
     );
     // Refuse values JSON cannot carry before sending anything: once the call
     // is open there is no way to abort it that a receiver is sure to see as
     // a failure (with tonic, dropping a client-streaming call was observed to
-    // end the request stream cleanly).
-    rows.check_finite().map_err(|source| UploadError::Json {
-        path: shown.clone(),
-        source,
-    })?;
+    // end the request stream cleanly). This reads every row, so it also
+    // finds a damaged batch before anything is sent.
+    rows.check_finite()?;
     let metadata = IngestMetadata {
         domain: opts.domain.clone(),
         file_name: file_name(&opts.file),
@@ -311,15 +320,7 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
                     total_elapsed: started.elapsed(),
                 });
             }
-            Attempt::Encode(err) => {
-                return Err(match err {
-                    UploadError::Json { source, .. } => UploadError::Json {
-                        path: shown,
-                        source,
-                    },
-                    other => other,
-                })
-            }
+            Attempt::Encode(err) => return Err(err),
             Attempt::Status(status) => status,
         };
         if !is_transient(&status) {
@@ -355,20 +356,38 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
 struct UploadRows {
     table: RecruitTable,
     dim: usize,
+    /// The file, as shown in errors.
+    path: String,
 }
 
 impl UploadRows {
-    fn new(store: Arc<Store>, mapping: &RowMapping) -> Result<Self, RowsError> {
+    fn new(store: Arc<Store>, mapping: &RowMapping, path: String) -> Result<Self, RowsError> {
         let layout = mapping.resolve(store.schema(), store.layout())?;
         let dim = layout.vector_dim();
         Ok(UploadRows {
-            table: RecruitTable::new(store, layout)?,
+            table: RecruitTable::new(store, layout),
             dim,
+            path,
         })
     }
 
-    /// The first non-finite vector component, if any.
-    fn check_finite(&self) -> Result<(), JsonError> {
+    fn json_error(&self, source: JsonError) -> UploadError {
+        UploadError::Json {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn damaged(&self, source: BatchError) -> UploadError {
+        UploadError::Damaged {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The first non-finite vector component, if any, or the first batch
+    /// that cannot be decoded.
+    fn check_finite(&self) -> Result<(), UploadError> {
         let mut found = None;
         let mut row = 0usize;
         self.table
@@ -390,8 +409,9 @@ impl UploadRows {
                     }
                     row += 1;
                 }
-            });
-        found.map_or(Ok(()), Err)
+            })
+            .map_err(|e| self.damaged(e))?;
+        found.map_or(Ok(()), |e| Err(self.json_error(e)))
     }
 
     /// A guess at a chunk's JSON size, so its buffer is allocated once:
@@ -402,30 +422,32 @@ impl UploadRows {
     }
 
     /// Write rows `start..end` (global numbers) as one JSON array.
-    fn encode_chunk(&self, start: usize, end: usize, buf: &mut Vec<u8>) -> Result<(), JsonError> {
+    fn encode_chunk(&self, start: usize, end: usize, buf: &mut Vec<u8>) -> Result<(), UploadError> {
         buf.push(b'[');
         let mut row = start;
         let mut id = [0u8; 36];
         let mut result = Ok(());
-        self.table.for_segments(start, end, |columns, first, stop| {
-            for i in first..stop {
-                if result.is_err() {
-                    return;
+        self.table
+            .for_segments(start, end, |columns, first, stop| {
+                for i in first..stop {
+                    if result.is_err() {
+                        return;
+                    }
+                    let json = json::JsonRow {
+                        row,
+                        id: columns.id_str(i, &mut id),
+                        company_name: columns.company_name(i),
+                        exp_years: columns.exp_years(i),
+                        english_level: columns.english_level(i),
+                        primary_keyword: columns.primary_keyword(i),
+                        vector: columns.vector(i).iter(),
+                    };
+                    result = json::write_row(buf, json, row == start);
+                    row += 1;
                 }
-                let json = json::JsonRow {
-                    row,
-                    id: columns.id_str(i, &mut id),
-                    company_name: columns.company_name(i),
-                    exp_years: columns.exp_years(i),
-                    english_level: columns.english_level(i),
-                    primary_keyword: columns.primary_keyword(i),
-                    vector: columns.vector(i).iter(),
-                };
-                result = json::write_row(buf, json, row == start);
-                row += 1;
-            }
-        });
-        result?;
+            })
+            .map_err(|e| self.damaged(e))?;
+        result.map_err(|e| self.json_error(e))?;
         buf.push(b']');
         Ok(())
     }
@@ -474,7 +496,7 @@ async fn attempt_once(
     // passed down the channel; the request stream then stalls instead of
     // ending (a clean end would look like a complete upload) and reports the
     // error through `failed`, and dropping the call cancels the RPC.
-    let (tx, rx) = mpsc::channel::<Result<(Vec<u8>, usize), JsonError>>(CHANNEL_CHUNKS);
+    let (tx, rx) = mpsc::channel::<Result<(Vec<u8>, usize), UploadError>>(CHANNEL_CHUNKS);
     let (failed_tx, failed_rx) = oneshot::channel::<UploadError>();
     let total_rows = rows.table.num_rows();
     let encoder = tokio::task::spawn_blocking(move || {
@@ -520,10 +542,7 @@ async fn attempt_once(
                 }
                 // Every row went out: end the stream, which completes the upload.
                 None if rows_sent == total_rows => return None,
-                Some(Err(source)) => UploadError::Json {
-                    path: String::new(),
-                    source,
-                },
+                Some(Err(error)) => error,
                 // The encoder died without saying why (it panicked).
                 None => UploadError::Encoder(format!(
                     "it stopped after {rows_sent} of {total_rows} rows"

@@ -21,7 +21,7 @@ use tonic::{
     Request, Response, Status,
 };
 
-use super::encode::{row_size_bound, ChunkCodec, ChunkPlan};
+use super::encode::{damaged, row_size_bound, ChunkCodec, ChunkPlan};
 use crate::proto::StreamEmbeddingRequest;
 use crate::rows::RecruitTable;
 
@@ -68,7 +68,8 @@ impl StreamStats {
     pub fn completed(&self) -> u64 {
         self.completed.load(Ordering::SeqCst)
     }
-    /// Streams dropped before their last row (client cancel, shutdown).
+    /// Streams dropped before their last row (client cancel, shutdown, a
+    /// damaged batch).
     pub fn cancelled(&self) -> u64 {
         self.cancelled.load(Ordering::SeqCst)
     }
@@ -169,6 +170,8 @@ pub struct RowStream {
     began: Instant,
     finished: bool,
     stopped: bool,
+    /// Set when the stream reached a batch that cannot be decoded.
+    failed: bool,
 }
 
 impl RowStream {
@@ -185,6 +188,7 @@ impl RowStream {
             began: Instant::now(),
             finished: false,
             stopped: false,
+            failed: false,
         }
     }
 }
@@ -194,7 +198,7 @@ impl Stream for RowStream {
 
     fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.finished || this.stopped {
+        if this.finished || this.stopped || this.failed {
             return Poll::Ready(None);
         }
         if this.shared.stop.load(Ordering::SeqCst) {
@@ -210,6 +214,14 @@ impl Stream for RowStream {
             return Poll::Ready(None);
         }
         let end = this.next.saturating_add(this.chunk).min(total);
+        // Decode the chunk's batches here (a no-op once cached), so that a
+        // damaged one ends the stream with DATA_LOSS after every chunk before
+        // it has gone out, rather than failing inside the encoder.
+        if let Err(e) = this.shared.table.for_segments(this.next, end, |_, _, _| ()) {
+            this.failed = true;
+            tracing::error!(peer = %this.peer, next_row = this.next, "StreamEmbedding ended: {e}");
+            return Poll::Ready(Some(Err(damaged(&e))));
+        }
         let plan = ChunkPlan {
             table: this.shared.table.clone(),
             start: this.next,
@@ -234,7 +246,9 @@ impl Drop for RowStream {
             "completed"
         } else {
             stats.cancelled.fetch_add(1, Ordering::SeqCst);
-            if self.stopped {
+            if self.failed {
+                "ended by a damaged batch"
+            } else if self.stopped {
                 "stopped by shutdown"
             } else {
                 "cancelled by client"

@@ -21,6 +21,7 @@ use tonic::{
 use crate::{
     proto::StreamEmbeddingRequest,
     rows::{RecruitColumns, RecruitTable, VectorRef},
+    store::BatchError,
 };
 
 /// Wire type 2 (length-delimited) tags of the fields we write.
@@ -76,25 +77,39 @@ fn row_body_len(c: &RecruitColumns, i: usize) -> usize {
         + vector_len
 }
 
-/// Encoded size of the `RowChunk` holding global rows `start..end`.
-pub fn chunk_len(table: &RecruitTable, start: usize, end: usize) -> usize {
+/// Encoded size of the `RowChunk` holding global rows `start..end`; an
+/// error if a batch they fall in cannot be decoded.
+pub fn chunk_len(table: &RecruitTable, start: usize, end: usize) -> Result<usize, BatchError> {
     let mut total = 0;
     table.for_segments(start, end, |c, a, b| {
         for i in a..b {
             let body = row_body_len(c, i);
             total += 1 + encoded_len_varint(body as u64) + body;
         }
-    });
-    total
+    })?;
+    Ok(total)
 }
 
-/// Write the `RowChunk` holding global rows `start..end` into `dst`.
-pub fn encode_chunk(table: &RecruitTable, start: usize, end: usize, dst: &mut impl BufMut) {
+/// Write the `RowChunk` holding global rows `start..end` into `dst`. On an
+/// error (a batch that cannot be decoded) `dst` holds a partial chunk.
+pub fn encode_chunk(
+    table: &RecruitTable,
+    start: usize,
+    end: usize,
+    dst: &mut impl BufMut,
+) -> Result<(), BatchError> {
     table.for_segments(start, end, |c, a, b| {
         for i in a..b {
             encode_row(c, i, dst);
         }
-    });
+    })
+}
+
+/// The status that ends a stream reaching a batch that cannot be decoded.
+pub fn damaged(e: &BatchError) -> Status {
+    Status::data_loss(format!(
+        "the served file is damaged: {e}; the rows before it were sent: rebuild the file with `embedstream convert`, then resume after the last id you stored"
+    ))
 }
 
 /// Write row `i` as one `RowChunk.rows` entry (tag, length, `RecruitRow`).
@@ -188,10 +203,13 @@ impl Encoder for ChunkEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: ChunkPlan, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        let len = chunk_len(&item.table, item.start, item.end);
+        // RowStream decodes a chunk's batches before handing the chunk over
+        // (and ends the stream with DATA_LOSS itself if one is damaged), so
+        // these cannot fail for its chunks. If they did, tonic would end the
+        // stream with INTERNAL and drop what it had buffered.
+        let len = chunk_len(&item.table, item.start, item.end).map_err(|e| damaged(&e))?;
         dst.reserve(len);
-        encode_chunk(&item.table, item.start, item.end, dst);
-        Ok(())
+        encode_chunk(&item.table, item.start, item.end, dst).map_err(|e| damaged(&e))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
@@ -314,7 +332,7 @@ mod tests {
         let layout = RowMapping::default()
             .resolve(store.schema(), store.layout())
             .unwrap();
-        (dir, Arc::new(RecruitTable::new(store, layout).unwrap()))
+        (dir, Arc::new(RecruitTable::new(store, layout)))
     }
 
     /// The chunk prost would produce, built field by field from the views.
@@ -331,7 +349,8 @@ mod tests {
                     vector: c.vector(i).iter().collect(),
                 });
             }
-        });
+        })
+        .unwrap();
         RowChunk { rows }
     }
 
@@ -342,8 +361,8 @@ mod tests {
             for start in 0..=5 {
                 for end in start..=6 {
                     let mut buf = bytes::BytesMut::new();
-                    encode_chunk(&t, start, end, &mut buf);
-                    assert_eq!(buf.len(), chunk_len(&t, start, end));
+                    encode_chunk(&t, start, end, &mut buf).unwrap();
+                    assert_eq!(buf.len(), chunk_len(&t, start, end).unwrap());
                     let want = expected(&t, start, end);
                     assert_eq!(want.rows.len(), end.min(5) - start);
                     // Same bytes as prost, and prost decodes ours to the same message.
@@ -358,7 +377,7 @@ mod tests {
     fn decoded_values_are_the_files() {
         let (_dir, t) = table(true, true);
         let mut buf = bytes::BytesMut::new();
-        encode_chunk(&t, 0, 5, &mut buf);
+        encode_chunk(&t, 0, 5, &mut buf).unwrap();
         let chunk = RowChunk::decode(&buf[..]).unwrap();
         let r0 = &chunk.rows[0];
         assert_eq!(r0.id, "00000000-0000-0000-0000-000000000001");
@@ -374,7 +393,7 @@ mod tests {
     fn row_bound_covers_rows() {
         let (_dir, t) = table(false, false);
         for i in 0..5 {
-            assert!(chunk_len(&t, i, i + 1) <= row_size_bound(&t, 16));
+            assert!(chunk_len(&t, i, i + 1).unwrap() <= row_size_bound(&t, 16));
         }
     }
 }

@@ -161,7 +161,7 @@ impl FlightEndpointService {
             TicketRequest::All => 0,
             TicketRequest::After(id) => store.position_after(id.as_bytes()),
         };
-        let batches = store.batches().len();
+        let batches = store.num_batches();
         // The first batch to send as stored, and the sliced head if the
         // resume point falls inside a batch.
         let first_raw = if start_row >= store.num_rows() {
@@ -237,10 +237,7 @@ fn damaged(e: String) -> Status {
 
 /// Re-encode rows `from..` of batch `b` (with any dictionaries they need).
 fn encode_slice(store: &Store, b: usize, from: usize) -> Result<Vec<FlightData>, Status> {
-    let batch = store
-        .batches()
-        .get(b)
-        .ok_or_else(|| Status::internal(format!("no batch {b}")))?;
+    let batch = store.batch(b).map_err(|e| damaged(e.to_string()))?;
     let len = batch.num_rows().saturating_sub(from);
     let slice = batch.slice(from.min(batch.num_rows()), len);
     let generator = IpcDataGenerator::default();

@@ -200,7 +200,7 @@ fn open(config: &ServerConfig) -> Result<(Arc<RecruitTable>, ChunkLimits), Serve
         .mapping
         .resolve(store.schema(), store.layout())
         .map_err(mapping_err)?;
-    let table = Arc::new(RecruitTable::new(store, layout).map_err(mapping_err)?);
+    let table = Arc::new(RecruitTable::new(store, layout));
     // The chunk size bound: the whole chunk (plus gRPC's 5-byte frame
     // header) must fit the Batch Server's inbound limit.
     let row_bound = encode::row_size_bound(&table, STRING_ALLOWANCE);
@@ -327,7 +327,7 @@ impl Server {
             %addr,
             file = %config.data.display(),
             rows,
-            batches = store.batches().len(),
+            batches = store.num_batches(),
             vector_dim = table.layout().vector_dim(),
             default_chunk = limits.default,
             max_chunk = limits.max,

@@ -1,19 +1,30 @@
-//! An Arrow IPC file mapped into memory and decoded in place.
+//! An Arrow IPC file mapped into memory and decoded in place, lazily.
 //!
 //! The map is wrapped in `bytes::Bytes` (its owner), so every decoded buffer
 //! and every raw block handed to Flight is a reference-counted view of the
 //! map: nothing is read into the heap.
+//!
+//! Opening reads the footer, the dictionaries and each record batch's
+//! message header (its row count), nothing else: its cost does not depend on
+//! the size of the batches. A record batch's body is decoded (and validated
+//! by arrow: UTF-8, offsets, lengths) the first time [`MappedIpcFile::batch`]
+//! asks for it, then cached; [`MappedIpcFile::decode_column`] decodes one
+//! column of a batch without the others (how the store reads the key).
 
-use std::{fs::File, path::Path, sync::Arc};
+use std::{
+    fs::File,
+    path::Path,
+    sync::{Arc, OnceLock},
+};
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_buffer::Buffer;
 use arrow_ipc::{
     convert::try_fb_to_schema,
     reader::{read_footer_length, FileDecoder},
-    root_as_footer, Block, MetadataVersion,
+    root_as_footer, root_as_message, Block, MessageHeader, MetadataVersion,
 };
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
 use memmap2::Mmap;
 
@@ -33,19 +44,39 @@ pub struct IpcBlock {
     pub body: Bytes,
 }
 
-/// A mapped, decoded Arrow IPC file.
+/// A record batch that cannot be decoded: found the first time it is read,
+/// since opening the file does not decode batch bodies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record batch {batch} cannot be decoded ({reason})")]
+pub struct BatchError {
+    /// Index of the batch in the file.
+    pub batch: usize,
+    /// What arrow (or the bounds check) said.
+    pub reason: String,
+}
+
+/// A mapped Arrow IPC file: footer, schema and dictionaries read, record
+/// batches decoded on first use.
 #[derive(Debug)]
 pub struct MappedIpcFile {
     bytes: Bytes,
+    /// The same map as an arrow buffer (decoded arrays are slices of it).
+    buffer: Buffer,
     schema: SchemaRef,
     version: MetadataVersion,
     dictionaries: Vec<Block>,
+    /// The blocks holding a record batch (message header type RecordBatch), in file order.
     record_batches: Vec<Block>,
-    batches: Vec<RecordBatch>,
+    /// Row count of each record batch, from its message header.
+    rows: Vec<usize>,
+    /// Decodes whole batches; holds the decoded dictionaries.
+    decoder: FileDecoder,
+    /// Each batch, decoded the first time it is asked for (or why it cannot be).
+    batches: Vec<OnceLock<Result<RecordBatch, String>>>,
 }
 
 impl MappedIpcFile {
-    /// Map `path` and decode its footer, dictionaries and record batches.
+    /// Map `path` and read its footer, dictionaries and record batch headers.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
         let file = File::open(path).map_err(|source| {
@@ -74,7 +105,9 @@ impl MappedIpcFile {
         Self::from_bytes(Bytes::from_owner(map)).map_err(not_arrow)
     }
 
-    /// Decode an IPC file held in `bytes` (a map, or a buffer in tests).
+    /// Read an IPC file held in `bytes` (a map, or a buffer in tests): its
+    /// footer, schema, dictionaries and the header of each record batch.
+    /// Batch bodies are not decoded.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, String> {
         let len = bytes.len();
         if len < MAGIC.len() * 2 + TRAILER
@@ -102,7 +135,6 @@ impl MappedIpcFile {
                 .unwrap_or_default()
         };
         let dictionaries = blocks(footer.dictionaries());
-        let record_batches = blocks(footer.recordBatches());
 
         let buffer = Buffer::from(bytes.clone());
         let mut decoder = FileDecoder::new(schema.clone(), version);
@@ -112,22 +144,28 @@ impl MappedIpcFile {
                 .read_dictionary(block, &data)
                 .map_err(|e| format!("dictionary: {e}"))?;
         }
-        let mut batches = Vec::with_capacity(record_batches.len());
-        for (i, block) in record_batches.iter().enumerate() {
-            let data = block_buffer(&buffer, block)?;
-            if let Some(batch) = decoder
-                .read_record_batch(block, &data)
-                .map_err(|e| format!("record batch {i}: {e}"))?
+
+        // Record batches: only their flatbuffer headers are read here.
+        let mut record_batches = Vec::new();
+        let mut rows = Vec::new();
+        for (i, block) in blocks(footer.recordBatches()).into_iter().enumerate() {
+            if let Some(n) =
+                batch_rows(&bytes, &block, version).map_err(|e| format!("record batch {i}: {e}"))?
             {
-                batches.push(batch);
+                record_batches.push(block);
+                rows.push(n);
             }
         }
+        let batches = record_batches.iter().map(|_| OnceLock::new()).collect();
         Ok(MappedIpcFile {
             bytes,
+            buffer,
             schema,
             version,
             dictionaries,
             record_batches,
+            rows,
+            decoder,
             batches,
         })
     }
@@ -142,9 +180,69 @@ impl MappedIpcFile {
         self.version
     }
 
-    /// Decoded record batches, in file order (views of the map).
-    pub fn batches(&self) -> &[RecordBatch] {
-        &self.batches
+    /// Number of record batches.
+    pub fn num_batches(&self) -> usize {
+        self.record_batches.len()
+    }
+
+    /// Row count of batch `i` as its message header says (`None` past the end).
+    pub fn batch_num_rows(&self, i: usize) -> Option<usize> {
+        self.rows.get(i).copied()
+    }
+
+    /// Record batch `i`, decoded (and validated) on the first call, then
+    /// cached: a view of the map. A decode failure is cached too.
+    pub fn batch(&self, i: usize) -> Result<&RecordBatch, BatchError> {
+        let cell = self.batches.get(i).ok_or_else(|| self.no_batch(i))?;
+        cell.get_or_init(|| self.decode(i, &self.decoder))
+            .as_ref()
+            .map_err(|reason| BatchError {
+                batch: i,
+                reason: reason.clone(),
+            })
+    }
+
+    /// Column `column` of batch `i`, decoded on its own (the other columns'
+    /// buffers are skipped, not validated). Not cached. A column whose type
+    /// holds a dictionary needs the file's dictionaries: it is taken from the
+    /// whole batch ([`MappedIpcFile::batch`]) instead.
+    pub fn decode_column(&self, i: usize, column: usize) -> Result<ArrayRef, BatchError> {
+        let field = self.schema.fields().get(column).ok_or_else(|| BatchError {
+            batch: i,
+            reason: format!("no column {column} in the schema"),
+        })?;
+        if has_dictionary(field.data_type()) {
+            return Ok(self.batch(i)?.column(column).clone());
+        }
+        let projected =
+            FileDecoder::new(self.schema.clone(), self.version).with_projection(vec![column]);
+        let batch = self
+            .decode(i, &projected)
+            .map_err(|reason| BatchError { batch: i, reason })?;
+        batch.columns().first().cloned().ok_or_else(|| BatchError {
+            batch: i,
+            reason: "the projected batch has no column".into(),
+        })
+    }
+
+    /// Decode batch `i` with `decoder` (whole or projected).
+    fn decode(&self, i: usize, decoder: &FileDecoder) -> Result<RecordBatch, String> {
+        let block = self
+            .record_batches
+            .get(i)
+            .ok_or_else(|| format!("no record batch {i}"))?;
+        let data = block_buffer(&self.buffer, block)?;
+        decoder
+            .read_record_batch(block, &data)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the message holds no record batch".to_string())
+    }
+
+    fn no_batch(&self, i: usize) -> BatchError {
+        BatchError {
+            batch: i,
+            reason: format!("the file has {} record batches", self.num_batches()),
+        }
     }
 
     /// Size of the mapped file in bytes.
@@ -159,45 +257,92 @@ impl MappedIpcFile {
 
     /// The raw dictionary messages, in file order.
     pub fn dictionary_blocks(&self) -> impl Iterator<Item = Result<IpcBlock, String>> + '_ {
-        self.dictionaries.iter().map(|b| self.raw_block(b))
+        self.dictionaries.iter().map(|b| raw_block(&self.bytes, b))
     }
 
     /// The raw record batch message of batch `i`.
     pub fn record_batch_block(&self, i: usize) -> Option<Result<IpcBlock, String>> {
-        self.record_batches.get(i).map(|b| self.raw_block(b))
+        self.record_batches
+            .get(i)
+            .map(|b| raw_block(&self.bytes, b))
     }
+}
 
-    /// Split a block into its flatbuffer header and body, as views of the map.
-    fn raw_block(&self, block: &Block) -> Result<IpcBlock, String> {
-        let (start, meta_len, body_len) = block_extent(block, self.bytes.len())?;
-        let meta = self.bytes.slice(start..start + meta_len);
-        // The metadata is prefixed by 0xFFFFFFFF and a little-endian length
-        // (or, before format 0.15, by the length alone).
-        let (prefix, flatbuffer_len): (usize, usize) = if meta.len() >= 8 && meta[..4] == [0xff; 4]
-        {
-            (
-                8,
-                u32::from_le_bytes([meta[4], meta[5], meta[6], meta[7]]) as usize,
-            )
-        } else if meta.len() >= 4 {
-            (
-                4,
-                u32::from_le_bytes([meta[0], meta[1], meta[2], meta[3]]) as usize,
-            )
-        } else {
-            return Err("IPC block metadata too short".into());
-        };
-        let header_end = prefix
-            .checked_add(flatbuffer_len)
-            .filter(|&end| end <= meta.len())
-            .ok_or("IPC block metadata length out of range")?;
-        Ok(IpcBlock {
-            header: meta.slice(prefix..header_end),
-            body: self
-                .bytes
-                .slice(start + meta_len..start + meta_len + body_len),
-        })
+/// The row count in a record batch block's message header; `None` for a
+/// message with no header (arrow skips those too).
+fn batch_rows(
+    bytes: &Bytes,
+    block: &Block,
+    version: MetadataVersion,
+) -> Result<Option<usize>, String> {
+    let raw = raw_block(bytes, block)?;
+    let message = root_as_message(&raw.header).map_err(|e| format!("unreadable header: {e}"))?;
+    // As arrow's FileDecoder: old files may leave the footer version unset.
+    if version != MetadataVersion::V1 && message.version() != version {
+        return Err(format!(
+            "message version {:?} differs from the footer's {:?}",
+            message.version(),
+            version
+        ));
     }
+    match message.header_type() {
+        MessageHeader::RecordBatch => {
+            let batch = message
+                .header_as_record_batch()
+                .ok_or("unreadable record batch header")?;
+            usize::try_from(batch.length())
+                .map(Some)
+                .map_err(|_| format!("negative row count {}", batch.length()))
+        }
+        MessageHeader::NONE => Ok(None),
+        t => Err(format!("expected a RecordBatch message, found {t:?}")),
+    }
+}
+
+/// Whether `t` is, or has a child that is, dictionary-encoded.
+fn has_dictionary(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(..) => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => has_dictionary(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        DataType::RunEndEncoded(_, values) => has_dictionary(values.data_type()),
+        _ => false,
+    }
+}
+
+/// Split a block into its flatbuffer header and body, as views of the map.
+fn raw_block(bytes: &Bytes, block: &Block) -> Result<IpcBlock, String> {
+    let (start, meta_len, body_len) = block_extent(block, bytes.len())?;
+    let meta = bytes.slice(start..start + meta_len);
+    // The metadata is prefixed by 0xFFFFFFFF and a little-endian length
+    // (or, before format 0.15, by the length alone).
+    let (prefix, flatbuffer_len): (usize, usize) = if meta.len() >= 8 && meta[..4] == [0xff; 4] {
+        (
+            8,
+            u32::from_le_bytes([meta[4], meta[5], meta[6], meta[7]]) as usize,
+        )
+    } else if meta.len() >= 4 {
+        (
+            4,
+            u32::from_le_bytes([meta[0], meta[1], meta[2], meta[3]]) as usize,
+        )
+    } else {
+        return Err("IPC block metadata too short".into());
+    };
+    let header_end = prefix
+        .checked_add(flatbuffer_len)
+        .filter(|&end| end <= meta.len())
+        .ok_or("IPC block metadata length out of range")?;
+    Ok(IpcBlock {
+        header: meta.slice(prefix..header_end),
+        body: bytes.slice(start + meta_len..start + meta_len + body_len),
+    })
 }
 
 /// Offset, metadata length and body length of a block, checked against the file size.

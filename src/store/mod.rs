@@ -1,17 +1,30 @@
 //! The mapped store: a converted Arrow IPC file memory-mapped once, its record
-//! batches decoded in place (zero-copy), and the key index used to resume.
+//! batches decoded in place (zero-copy) on first use, and the key index used
+//! to resume.
 //!
 //! Invariants, checked by [`Store::open`] and relied on by every reader:
 //! - the key column's values are strictly increasing across the whole file,
-//!   compared as big-endian bytes (that is UUID v7 time order);
+//!   compared as big-endian bytes (that is UUID v7 time order), and never null;
 //! - `row_starts[b]` is the global row number of batch `b`'s first row, and
-//!   `row_starts` ends with `num_rows`;
+//!   `row_starts` ends with `num_rows`; batch `b` has `keys[b].len()` rows
+//!   (both come from the batch's message header);
 //! - no batch buffer is copied to the heap unless the file's own layout is
 //!   unaligned (arrow then realigns that one buffer).
 //!
+//! What opening reads, and what it leaves for later. [`Store::open`] parses
+//! the footer and schema, decodes the dictionaries, and decodes only the key
+//! column of each record batch (arrow's projection skips the other columns'
+//! buffers without validating them), so start-up time depends on the number
+//! of rows (16 key bytes each), not on the size of the vectors and strings.
+//! The rest of a batch is decoded, and validated by arrow (UTF-8, offsets,
+//! lengths), the first time [`Store::batch`] asks for it, then cached for the
+//! life of the store. A file damaged inside a batch body therefore opens, and
+//! the damage surfaces as a [`BatchError`] naming the batch when a reader
+//! reaches it (the services end that stream with DATA_LOSS).
+//!
 //! A file whose metadata says the writer checked the key order
 //! (`embedstream.keys_sorted = true`) is checked only at batch boundaries, so
-//! opening takes time proportional to the number of batches, not rows; any
+//! the check takes time proportional to the number of batches, not rows; any
 //! other file is checked row by row.
 
 mod ipc_file;
@@ -21,7 +34,7 @@ use std::{path::Path, sync::Arc};
 use arrow_array::{Array, FixedSizeBinaryArray, RecordBatch};
 use arrow_schema::SchemaRef;
 
-pub use ipc_file::{IpcBlock, MappedIpcFile};
+pub use ipc_file::{BatchError, IpcBlock, MappedIpcFile};
 
 use crate::format::{format_uuid, FileLayout, LayoutError};
 
@@ -101,7 +114,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Map `path`, decode its batches in place and check the key column.
+    /// Map `path`, decode its key column and check it; the other columns
+    /// are decoded on first use ([`Store::batch`]).
     /// `key_column` overrides the key named in the file's metadata.
     pub fn open(path: &Path, key_column: Option<&str>) -> Result<Self, StoreError> {
         let file = MappedIpcFile::open(path)?;
@@ -114,11 +128,16 @@ impl Store {
         })?;
         let key_name = file.schema().field(layout.key_index).name().clone();
 
-        let mut keys = Vec::with_capacity(file.batches().len());
-        let mut row_starts = Vec::with_capacity(file.batches().len() + 1);
+        let mut keys = Vec::with_capacity(file.num_batches());
+        let mut row_starts = Vec::with_capacity(file.num_batches() + 1);
         let mut rows = 0usize;
-        for batch in file.batches() {
-            let column = batch.column(layout.key_index);
+        for b in 0..file.num_batches() {
+            let column =
+                file.decode_column(b, layout.key_index)
+                    .map_err(|e| StoreError::NotArrow {
+                        path: shown.clone(),
+                        reason: e.to_string(),
+                    })?;
             let array = column
                 .as_any()
                 .downcast_ref::<FixedSizeBinaryArray>()
@@ -196,9 +215,20 @@ impl Store {
         &self.layout
     }
 
-    /// The decoded record batches, in file (= key) order.
-    pub fn batches(&self) -> &[RecordBatch] {
-        self.file.batches()
+    /// Number of record batches.
+    pub fn num_batches(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Record batch `b` (file = key order), decoded on first use and cached;
+    /// a [`BatchError`] if its body is damaged or `b` is out of range.
+    pub fn batch(&self, b: usize) -> Result<&RecordBatch, BatchError> {
+        self.file.batch(b)
+    }
+
+    /// Every record batch in order, each decoded as the iterator reaches it.
+    pub fn iter_batches(&self) -> impl Iterator<Item = Result<&RecordBatch, BatchError>> + '_ {
+        (0..self.num_batches()).map(|b| self.batch(b))
     }
 
     /// Total number of rows.

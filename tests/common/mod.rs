@@ -119,3 +119,31 @@ pub fn write_sample_file(path: &Path, rows: usize, dim: usize, batch_rows: usize
     }
     writer.finish().unwrap();
 }
+
+/// [`write_sample_file`], then damage row `row`'s `id` string in the batch
+/// body: its first digit becomes 0xFF, which is not UTF-8 (arrow refuses it
+/// when it decodes that batch). `row` must not be the last of its batch.
+/// Returns the damaged batch's index.
+pub fn write_damaged_sample_file(
+    path: &Path,
+    rows: usize,
+    dim: usize,
+    batch_rows: usize,
+    row: usize,
+) -> usize {
+    assert!(row % batch_rows != batch_rows - 1 && row + 1 < rows);
+    write_sample_file(path, rows, dim, batch_rows);
+    let mut bytes = std::fs::read(path).unwrap();
+    // Values are stored back to back: "v5-699v5-700v5-701…".
+    let needle = format!("v5-{row}v5-");
+    let hits: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hits.len(), 1, "`{needle}` occurs once in the file");
+    bytes[hits[0] + 3] = 0xff;
+    std::fs::write(path, bytes).unwrap();
+    row / batch_rows
+}
