@@ -771,7 +771,7 @@ async fn flight_do_get_body_frames_are_the_mapped_bytes() {
         }
     }
     assert_eq!(trailers.unwrap()["grpc-status"], "0");
-    for i in 0..store.batches().len() {
+    for i in 0..store.num_batches() {
         let block = store.file().record_batch_block(i).unwrap().unwrap();
         assert!(
             pointers.contains(&block.body.as_ptr()),

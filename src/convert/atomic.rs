@@ -128,7 +128,6 @@ impl AtomicFile {
             Err(e) => Err(AtomicFileError::io(&dest, e.error)),
         }
     }
-
 }
 
 impl Write for AtomicFile {
