@@ -623,13 +623,7 @@ async fn flight_do_get_info_schema_and_resume() {
     );
 
     // Whole file, from the ticket GetFlightInfo gave.
-    let batches: Vec<RecordBatch> = flight
-        .do_get(ticket)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<RecordBatch> = do_get_all(&mut flight, ticket).await;
     assert_eq!(batches.len(), store.num_batches());
     same_rows(&batches, &file_tail(&path, 0));
     // Batches arrive as stored.
@@ -638,13 +632,7 @@ async fn flight_do_get_info_schema_and_resume() {
     // Resume in the middle of a batch, at a batch boundary, at the end.
     for (after, from) in [(499usize, 500usize), (63, 64), (0, 1), (ROWS - 1, ROWS)] {
         let ticket = Ticket::new(format!("after:{}", uuid_text(common::key_for_row(after))));
-        let got: Vec<RecordBatch> = flight
-            .do_get(ticket)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let got: Vec<RecordBatch> = do_get_all(&mut flight, ticket).await;
         if from == ROWS {
             assert!(got.iter().all(|b| b.num_rows() == 0));
         } else {
@@ -693,6 +681,22 @@ async fn flight_do_get_info_schema_and_resume() {
 }
 
 /// The file's record batches, as stored, read with arrow's own reader.
+/// Every batch a DoGet of `ticket` returns.
+async fn do_get_all(flight: &mut FlightClient, ticket: Ticket) -> Vec<RecordBatch> {
+    flight
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// The resume ticket after the key of row `row` of the sample file.
+fn after_row(row: usize) -> Ticket {
+    Ticket::new(format!("after:{}", uuid_text(common::key_for_row(row))))
+}
+
 fn file_batches(path: &Path) -> Vec<RecordBatch> {
     arrow_ipc::reader::FileReader::try_new(std::fs::File::open(path).unwrap(), None)
         .unwrap()
@@ -710,29 +714,14 @@ async fn flight_do_get_batches_equal_the_file() {
     let (dir, server) = start_with(rows, 128, 1000, |_| {}).await;
     let path = dir.path().join("sample.arrow");
     let mut flight = FlightClient::new(channel(&server).await);
-    let got: Vec<RecordBatch> = flight
-        .do_get(Ticket::new("all"))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let got: Vec<RecordBatch> = do_get_all(&mut flight, Ticket::new("all")).await;
     let want = file_batches(&path);
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "batch {i}");
     }
     // Resume mid-batch: the head of batch 12 is re-encoded, the rest as stored.
-    let got: Vec<RecordBatch> = flight
-        .do_get(Ticket::new(format!(
-            "after:{}",
-            uuid_text(common::key_for_row(12_344))
-        )))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let got: Vec<RecordBatch> = do_get_all(&mut flight, after_row(12_344)).await;
     assert_eq!(got[0].num_rows(), 655);
     assert_eq!(&got[1..], &want[13..]);
     same_rows(&got, &file_tail(&path, 12_345));
@@ -911,13 +900,7 @@ async fn flight_do_get_refuses_bad_requests() {
         "{err:?}"
     );
     // The server still serves.
-    let got: Vec<RecordBatch> = flight
-        .do_get(Ticket::new("all"))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let got: Vec<RecordBatch> = do_get_all(&mut flight, Ticket::new("all")).await;
     assert_eq!(got.iter().map(|b| b.num_rows()).sum::<usize>(), ROWS);
     server.shutdown().await.unwrap();
 }
@@ -935,25 +918,10 @@ async fn flight_cancel_mid_stream_and_others_go_on() {
     assert_eq!(batch.num_rows(), 1000);
     drop(stream);
     let mut other = FlightClient::new(channel(&server).await);
-    let got: Vec<RecordBatch> = other
-        .do_get(Ticket::new("all"))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let got: Vec<RecordBatch> = do_get_all(&mut other, Ticket::new("all")).await;
     same_rows(&got, &file_tail(&path, 0));
     // The cancelling client's connection serves its next call.
-    let got: Vec<RecordBatch> = first
-        .do_get(Ticket::new(format!(
-            "after:{}",
-            uuid_text(common::key_for_row(rows - 11))
-        )))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let got: Vec<RecordBatch> = do_get_all(&mut first, after_row(rows - 11)).await;
     same_rows(&got, &file_tail(&path, rows - 10));
     server.shutdown().await.unwrap();
 }
