@@ -213,3 +213,85 @@ impl Narrowed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{cast::AsArray, types::Float32Type, Array};
+    use arrow_buffer::BooleanBuffer;
+
+    fn dtype(kind: u8, size: usize, big_endian: bool) -> DType {
+        DType {
+            kind,
+            size,
+            big_endian,
+            unit: None,
+        }
+    }
+
+    /// Null rows, float64 / float32 / big-endian int16 arrays and a Python
+    /// list in one column: every row reads back the same whether the column
+    /// is built whole or in slices of any length.
+    #[test]
+    fn slices_of_mixed_cells_equal_the_whole() {
+        let f64s: Vec<u8> = [1.5f64, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let f32s: Vec<u8> = [0.25f32, 8.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let i16s: Vec<u8> = [-3i16, 7].iter().flat_map(|x| x.to_be_bytes()).collect();
+        let cells = vec![
+            VectorCell::Raw(Bytes::from(f64s), 0),
+            VectorCell::Null,
+            VectorCell::Raw(Bytes::from(f32s), 1),
+            VectorCell::Values(vec![4.0, 5.0].into_boxed_slice()),
+            VectorCell::Raw(Bytes::from(i16s), 2),
+        ];
+        let valid = [true, false, true, true, true];
+        let column = VectorCells {
+            cells,
+            dtypes: vec![
+                dtype(b'f', 8, false),
+                dtype(b'f', 4, false),
+                dtype(b'i', 2, true),
+            ],
+            dim: 2,
+            keep_float64: false,
+            nulls: Some(NullBuffer::new(BooleanBuffer::from(valid.as_slice()))),
+            source: None,
+        };
+        let expected: [Option<[f32; 2]>; 5] = [
+            Some([1.5, -2.0]),
+            None,
+            Some([0.25, 8.0]),
+            Some([4.0, 5.0]),
+            Some([-3.0, 7.0]),
+        ];
+        for step in 1..=5 {
+            let mut row = 0;
+            while row < 5 {
+                let array = column.slice(row, step).unwrap();
+                let list = array.as_fixed_size_list();
+                assert_eq!(list.len(), step.min(5 - row));
+                for i in 0..list.len() {
+                    match expected[row + i] {
+                        None => assert!(list.is_null(i), "row {}", row + i),
+                        Some(want) => {
+                            let got = list.value(i);
+                            let got = got.as_primitive::<Float32Type>().values();
+                            assert_eq!(got.as_ref(), &want, "row {}", row + i);
+                        }
+                    }
+                }
+                row += step;
+            }
+        }
+        assert_eq!(column.null_count(), 1);
+        assert_eq!(column.row_bytes(), 8);
+        // Past the end: an empty slice, not a panic.
+        assert_eq!(column.slice(7, 3).unwrap().len(), 0);
+    }
+}
