@@ -39,19 +39,21 @@ pub enum AtomicFileError {
 
 impl AtomicFileError {
     fn io(path: &Path, source: io::Error) -> Self {
-        let hint = match source.raw_os_error() {
-            Some(28) => " (the disk is full: free space or write elsewhere with -o)",
-            Some(13) => " (permission denied: choose a writable place with -o)",
-            _ if source.kind() == io::ErrorKind::NotFound => {
-                " (the output directory does not exist)"
-            }
-            _ => "",
-        };
         AtomicFileError::Io {
             path: path.to_path_buf(),
+            hint: hint(&source),
             source,
-            hint,
         }
+    }
+}
+
+/// What to do about an I/O error while creating or writing an output file.
+fn hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(28) => " (the disk is full: free space or write elsewhere with -o)",
+        Some(13) => " (permission denied: choose a writable place with -o)",
+        _ if e.kind() == io::ErrorKind::NotFound => " (the output directory does not exist)",
+        _ => "",
     }
 }
 
@@ -131,8 +133,13 @@ impl AtomicFile {
 }
 
 impl Write for AtomicFile {
+    /// Errors carry the same advice as [`AtomicFileError`] (they reach the
+    /// user through the Arrow or Parquet writer).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sink.write(buf)
+        self.sink.write(buf).map_err(|e| match hint(&e) {
+            "" => e,
+            advice => io::Error::new(e.kind(), format!("{e}{advice}")),
+        })
     }
     /// Buffered bytes stay buffered until a whole aligned block is ready
     /// (or [`AtomicFile::commit`]); nobody reads the temporary file before.
@@ -459,6 +466,36 @@ mod tests {
         }
         // Nothing but the two outputs is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    /// A write that fails in the writer thread (here: `/dev/full`, which
+    /// answers every write with ENOSPC) comes back to the writer of the
+    /// next buffer with the advice, and nothing lands under the final name.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_says_so_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.arrow");
+        let mut f = AtomicFile::create(&dest, false).unwrap();
+        f.sink.direct = None;
+        f.sink.buffered = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let err = (0..64)
+            .find_map(|_| f.write_all(&chunk).err())
+            .expect("writing 64 MiB to /dev/full fails");
+        assert_eq!(err.raw_os_error(), None, "the error was annotated");
+        assert!(
+            err.to_string().ends_with(
+                "(os error 28) (the disk is full: free space or write elsewhere with -o)"
+            ),
+            "{err}"
+        );
+        drop(f);
+        assert!(!dest.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
