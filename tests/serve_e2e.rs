@@ -63,6 +63,22 @@ fn uuid_text(key: [u8; 16]) -> String {
 }
 
 /// All chunks of one call, or the status it failed with.
+/// Open a StreamEmbedding call that must be accepted.
+async fn open_stream(
+    client: &mut EmbeddingStreamServiceClient<Channel>,
+    after: &str,
+    chunk: i32,
+) -> tonic::Streaming<RowChunk> {
+    client
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: after.to_string(),
+            chunk_size: chunk,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn pull(
     client: &mut EmbeddingStreamServiceClient<Channel>,
     after: &str,
@@ -232,14 +248,7 @@ async fn cancel_stops_the_stream_and_others_go_on() {
     let rows = 20_000;
     let (_dir, server) = start_with(rows, 128, 1000, |_| {}).await;
     let mut c = client(&server).await;
-    let mut stream = c
-        .stream_embedding(StreamEmbeddingRequest {
-            last_processed_uuid: String::new(),
-            chunk_size: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut c, "", 1).await;
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.rows[0], expected_row(0, 128));
     assert_eq!(server.stats().active(), 1);
@@ -935,14 +944,7 @@ async fn shutdown_lets_streams_finish_then_cuts_them() {
     .await;
     let addr = server.local_addr();
     let mut c = client(&server).await;
-    let mut stream = c
-        .stream_embedding(StreamEmbeddingRequest {
-            last_processed_uuid: String::new(),
-            chunk_size: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut c, "", 1).await;
     assert!(stream.message().await.unwrap().is_some());
     let stats = server.stats().clone();
     // The client stops reading; shutdown returns once the grace period is over.
@@ -989,14 +991,7 @@ async fn a_damaged_batch_ends_the_stream_with_data_loss() {
         .unwrap();
     let mut c = client(&server).await;
 
-    let mut stream = c
-        .stream_embedding(StreamEmbeddingRequest {
-            last_processed_uuid: String::new(),
-            chunk_size: 100,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut c, "", 100).await;
     let mut chunks = Vec::new();
     let status = loop {
         match stream.message().await {
@@ -1032,14 +1027,7 @@ async fn a_damaged_batch_ends_the_stream_with_data_loss() {
         .await
         .unwrap();
     check(&chunks, 704, ROWS, 50, DIM);
-    let mut stream = c
-        .stream_embedding(StreamEmbeddingRequest {
-            last_processed_uuid: uuid_text(common::key_for_row(599)),
-            chunk_size: 40,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut c, &uuid_text(common::key_for_row(599)), 40).await;
     let first = stream.message().await.unwrap().unwrap();
     check(&[first], 600, 640, 40, DIM);
     let err = stream.message().await.unwrap_err();
