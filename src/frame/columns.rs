@@ -5,9 +5,9 @@ use std::sync::Arc;
 use arrow_array::{
     builder::{BinaryBuilder, StringBuilder},
     types::{Int16Type, Int32Type, Int64Type, Int8Type},
-    Array, ArrayRef, BooleanArray, DictionaryArray, DurationMicrosecondArray,
+    Array, ArrayRef, BinaryArray, BooleanArray, DictionaryArray, DurationMicrosecondArray,
     DurationMillisecondArray, DurationNanosecondArray, DurationSecondArray, Float32Array,
-    Float64Array, Int16Array, Int32Array, Int64Array, Int8Array, PrimitiveArray,
+    Float64Array, Int16Array, Int32Array, Int64Array, Int8Array, PrimitiveArray, StringArray,
     TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
     TimestampSecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
@@ -312,59 +312,44 @@ impl<'h> Builder<'h> {
                 }
             };
         }
-        let n = cells.len();
+        // Cells of another kind are nulls (None, NaN, NA were checked above).
+        let cells = cells.iter().map(|c| self.cell(*c));
         let array: ArrayRef = match kind.map(|k| k.0) {
-            None | Some(K::Str) => {
-                let mut b = StringBuilder::with_capacity(n, 16 * n);
-                for c in cells {
-                    match self.cell(*c) {
-                        Cell::Str(s) => b.append_value(s),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Some(K::Bytes) => {
-                let mut b = BinaryBuilder::new();
-                for c in cells {
-                    match self.cell(*c) {
-                        Cell::Bytes(s) => b.append_value(s),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Some(K::Bool) => {
-                let v: Vec<Option<bool>> = cells
-                    .iter()
-                    .map(|c| match self.cell(*c) {
-                        Cell::Bool(b) => Some(b),
-                        _ => None,
+            None | Some(K::Str) => Arc::new(
+                cells
+                    .map(|c| if let Cell::Str(s) = c { Some(s) } else { None })
+                    .collect::<StringArray>(),
+            ),
+            Some(K::Bytes) => Arc::new(
+                cells
+                    .map(|c| {
+                        if let Cell::Bytes(b) = c {
+                            Some(b)
+                        } else {
+                            None
+                        }
                     })
-                    .collect();
-                Arc::new(BooleanArray::from(v))
-            }
-            Some(K::Int) => {
-                let v: Vec<Option<i64>> = cells
-                    .iter()
-                    .map(|c| match self.cell(*c) {
-                        Cell::Int(i) => Some(i),
-                        _ => None,
-                    })
-                    .collect();
-                Arc::new(Int64Array::from(v))
-            }
-            Some(K::Float) => {
-                let v: Vec<Option<f64>> = cells
-                    .iter()
-                    .map(|c| match self.cell(*c) {
+                    .collect::<BinaryArray>(),
+            ),
+            Some(K::Bool) => Arc::new(
+                cells
+                    .map(|c| if let Cell::Bool(b) = c { Some(b) } else { None })
+                    .collect::<BooleanArray>(),
+            ),
+            Some(K::Int) => Arc::new(
+                cells
+                    .map(|c| if let Cell::Int(i) = c { Some(i) } else { None })
+                    .collect::<Int64Array>(),
+            ),
+            Some(K::Float) => Arc::new(
+                cells
+                    .map(|c| match c {
                         Cell::Int(i) => Some(i as f64),
                         Cell::Float(f) => Some(f),
                         _ => None,
                     })
-                    .collect();
-                Arc::new(Float64Array::from(v))
-            }
+                    .collect::<Float64Array>(),
+            ),
         };
         Ok(ColumnData::Array(array))
     }
