@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checklib import Checks  # noqa: E402
 
 
 def main() -> int:
@@ -53,19 +55,10 @@ def main() -> int:
         print(f"error: no Flight server at {a.server}: {e}", file=sys.stderr)
         return 2
     opts = flight.FlightCallOptions(timeout=a.timeout)
-    failures: list[str] = []
-
-    def check(name, fn):
-        t0 = time.monotonic()
-        try:
-            detail = fn()
-            print(f"ok   {name}: {detail} ({time.monotonic() - t0:.2f}s)", flush=True)
-        except AssertionError as e:
-            failures.append(f"{name}: {e}")
-            print(f"FAIL {name}: {e}", flush=True)
-        except (flight.FlightError, pa.ArrowException) as e:
-            failures.append(f"{name}: {type(e).__name__}: {e}")
-            print(f"FAIL {name}: {type(e).__name__}: {e}", flush=True)
+    checks = Checks((AssertionError, flight.FlightError, pa.ArrowException),
+                    lambda e: str(e) if isinstance(e, AssertionError)
+                    else f"{type(e).__name__}: {e}")
+    check = checks.check
 
     def same_schema(got: pa.Schema, what: str) -> None:
         # Compare fields (names, types incl. extension, nullability, field
@@ -152,13 +145,7 @@ def main() -> int:
         check(f"do_get {bad!r} refused", refused(bad))
 
     client.close()
-    total = "all checks passed" if not failures else f"{len(failures)} check(s) failed"
-    print(f"flight_check: {total} against {a.server} ({n} rows)")
-    if failures:
-        for f in failures:
-            print(f"  - {f}", file=sys.stderr)
-        return 1
-    return 0
+    return checks.finish("flight_check", f"{a.server} ({n} rows)")
 
 
 if __name__ == "__main__":

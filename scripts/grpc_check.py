@@ -33,11 +33,13 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checklib import Checks  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CHUNK = 300
@@ -198,22 +200,13 @@ def main() -> int:
     alias = channel.unary_stream(ALIAS_PATH,
                                  request_serializer=pb2.StreamEmbeddingRequest.SerializeToString,
                                  response_deserializer=pb2.RowChunk.FromString)
-    failures: list[str] = []
+    checks = Checks((Failure, grpc.RpcError),
+                    lambda e: f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError)
+                    else str(e))
+    check = checks.check
 
     def req(last: str = "", chunk: int = 0):
         return pb2.StreamEmbeddingRequest(last_processed_uuid=last, chunk_size=chunk)
-
-    def check(name: str, fn) -> None:
-        t0 = time.monotonic()
-        try:
-            detail = fn()
-            print(f"ok   {name}: {detail} ({time.monotonic() - t0:.2f}s)", flush=True)
-        except Failure as e:
-            failures.append(f"{name}: {e}")
-            print(f"FAIL {name}: {e}", flush=True)
-        except grpc.RpcError as e:
-            failures.append(f"{name}: {e.code().name}: {e.details()}")
-            print(f"FAIL {name}: {e.code().name}: {e.details()}", flush=True)
 
     def stream(name: str, last: str, chunk: int, start: int, expect_size: int | None,
                call=None):
@@ -252,20 +245,18 @@ def main() -> int:
         try:
             it = stub.StreamEmbedding(req("", I32_MAX), timeout=a.timeout)
             got, sizes = compare_stream(exp, it, 0, None)
-            print(f"ok   chunk_size {I32_MAX}: accepted, {got} rows in chunks of up to "
-                  f"{max(sizes, default=0)}", flush=True)
+            checks.ok(f"chunk_size {I32_MAX}",
+                      f"accepted, {got} rows in chunks of up to {max(sizes, default=0)}")
         except grpc.RpcError as e:
             m = re.search(r"1\.\.=?(\d+)", e.details() or "")
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT and m:
                 max_chunk = int(m.group(1))
-                print(f"ok   chunk_size {I32_MAX}: INVALID_ARGUMENT, the server's maximum is "
-                      f"{max_chunk}", flush=True)
+                checks.ok(f"chunk_size {I32_MAX}",
+                          f"INVALID_ARGUMENT, the server's maximum is {max_chunk}")
             else:
-                failures.append(f"chunk_size {I32_MAX}: {e.code().name}: {e.details()}")
-                print(f"FAIL chunk_size {I32_MAX}: {e.code().name}: {e.details()}", flush=True)
+                checks.fail(f"chunk_size {I32_MAX}", checks.describe(e))
         except Failure as e:
-            failures.append(f"chunk_size {I32_MAX}: {e}")
-            print(f"FAIL chunk_size {I32_MAX}: {e}", flush=True)
+            checks.fail(f"chunk_size {I32_MAX}", str(e))
     if max_chunk is not None:
         stream(f"chunk_size {max_chunk} (max)", "", max_chunk, 0, max_chunk)
         refused(f"chunk_size {max_chunk + 1} (max + 1)", "", max_chunk + 1,
@@ -306,13 +297,7 @@ def main() -> int:
 
     channel.close()
     tmp.cleanup()
-    total = "all checks passed" if not failures else f"{len(failures)} check(s) failed"
-    print(f"grpc_check: {total} against {a.server} ({n} rows, dim {exp.dim})")
-    if failures:
-        for f in failures:
-            print(f"  - {f}", file=sys.stderr)
-        return 1
-    return 0
+    return checks.finish("grpc_check", f"{a.server} ({n} rows, dim {exp.dim})")
 
 
 if __name__ == "__main__":
