@@ -39,6 +39,10 @@ or `dump-p2`, `dump-p4`, `dump-p5` (pickle.dump with that protocol);
     list_of_dicts  a plain list of {column: value} dicts, vectors as Python lists
     ragged         the reference layout where row 5's vector is one shorter:
                    must be refused
+    vector_*       (pandas-2.1.4, to_pickle only) a vector column with one bad
+                   cell: a 2-D array, a str, a list holding a str, a numpy
+                   array of text, an object array; each must be refused with
+                   the message in its expected.json
     empty          the reference columns with zero rows
 
 The expected.json format (read by the Rust tests)
@@ -297,6 +301,33 @@ FRAMES = {
 }
 
 
+def _with_vector_cell(row: int, cell):
+    """The reference frame (20 rows) with one vector cell replaced."""
+    df = reference_frame(n=20, seed=12)
+    v = df["job_post_vectors"].tolist()
+    v[row] = cell
+    df["job_post_vectors"] = v
+    return df
+
+
+def _refused_frames():
+    import numpy as np
+
+    V = "column 'job_post_vectors': "
+    return {
+        "vector_2d": (lambda: _with_vector_cell(3, np.zeros((2, 4))),
+                      V + "row 3 holds an array of shape [2, 4]; vectors must be 1-D"),
+        "vector_text_cell": (lambda: _with_vector_cell(2, "n/a"),
+                             V + "row 2 holds a str among vector cells"),
+        "vector_text_item": (lambda: _with_vector_cell(1, [0.5] * 7 + ["x"]),
+                             V + "row 1: vector element of type str is not a number"),
+        "vector_text_dtype": (lambda: _with_vector_cell(4, np.array(list("abcdefgh"))),
+                              V + "row 4 holds a numpy array of dtype <U1, not numbers"),
+        "vector_object_array": (lambda: _with_vector_cell(6, np.array([1.0] * 7 + [None])),
+                                V + "row 6 holds an object array, not numbers"),
+    }
+
+
 def _is_missing(v) -> bool:
     import pandas as pd
 
@@ -430,6 +461,21 @@ def write_fixtures_here(out: Path) -> None:
                 raise SystemExit(f"{path}: loads back differently from what was pickled")
             text = json.dumps(expected, indent=1, ensure_ascii=False, allow_nan=False)
             (out / f"{frame_name}.{suffix}.expected.json").write_text(text + "\n", encoding="utf-8")
+
+    # Vector columns the converter must refuse, each with the message it must
+    # give: written once (reference versions, to_pickle), since what is
+    # refused is the cells, not the pickle's layout. The expected.json lists
+    # no columns (nothing is compared but the error).
+    if out.name != REFERENCE_COMBO:
+        return
+    for frame_name, (make, error) in _refused_frames().items():
+        obj = make()
+        path = out / f"{frame_name}.to_pickle.pkl"
+        obj.to_pickle(path)
+        expected = {**versions, "protocol": _protocol_of(path), "writer": "to_pickle",
+                    "frame": frame_name, "rows": len(obj), "columns": [], "error": error}
+        text = json.dumps(expected, indent=1, ensure_ascii=False, allow_nan=False)
+        (out / f"{frame_name}.to_pickle.expected.json").write_text(text + "\n", encoding="utf-8")
 
 
 # -- the large stand-in and the sample (reference layout, reference versions) --

@@ -356,10 +356,14 @@ impl<'h> Builder<'h> {
 
     /// Length of a vector cell (numpy 1-D array or list of numbers).
     fn vector_len(&self, name: &str, row: usize, v: Value) -> Result<usize, FrameError> {
-        let heap = self.heap;
-        if let Some(items) = heap.seq(v) {
+        if let Some(items) = self.heap.seq(v) {
             return Ok(items.len());
         }
+        Ok(self.vector_array(name, row, v)?.shape[0])
+    }
+
+    /// The numpy array of a vector cell, refused unless it is 1-D.
+    fn vector_array(&self, name: &str, row: usize, v: Value) -> Result<NdArray<'h>, FrameError> {
         let arr = self.ndarray(v)?;
         if arr.shape.len() != 1 {
             return Err(unsupported(
@@ -370,7 +374,7 @@ impl<'h> Builder<'h> {
                 ),
             ));
         }
-        Ok(arr.shape[0])
+        Ok(arr)
     }
 
     /// A vector column from array/list cells (None cells become nulls):
@@ -438,16 +442,7 @@ impl<'h> Builder<'h> {
                 out.push(VectorCell::Values(values));
                 continue;
             }
-            let arr = self.ndarray(*c)?;
-            if arr.shape.len() != 1 {
-                return Err(unsupported(
-                    name,
-                    format!(
-                        "row {row} holds an array of shape {:?}; vectors must be 1-D",
-                        arr.shape
-                    ),
-                ));
-            }
+            let arr = self.vector_array(name, row, *c)?;
             if arr.shape[0] != dim {
                 return Err(ragged(arr.shape[0]));
             }
