@@ -310,7 +310,7 @@ def _with_vector_cell(row: int, cell):
     return df
 
 
-def _refused_frames():
+def refused_frames():
     import numpy as np
 
     V = "column 'job_post_vectors': "
@@ -468,7 +468,7 @@ def write_fixtures_here(out: Path) -> None:
     # no columns (nothing is compared but the error).
     if out.name != REFERENCE_COMBO:
         return
-    for frame_name, (make, error) in _refused_frames().items():
+    for frame_name, (make, error) in refused_frames().items():
         obj = make()
         path = out / f"{frame_name}.to_pickle.pkl"
         obj.to_pickle(path)
