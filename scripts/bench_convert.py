@@ -112,6 +112,9 @@ def main() -> None:
                 "pandas+pyarrow", [sys.executable, str(C.BENCH_DIR / "peer_convert.py"),
                                    str(pkl), str(peer_out)], runs_at.get(sc, a.runs), peer_out)
         results[sc] = r
+        # The outputs were measured; at 10x they are 2.2 GB each.
+        for out in (es_out, peer_out):
+            out.unlink(missing_ok=True)
 
     print(f"\n== results (median of {a.runs} runs after one warm-up, {a.runs_at or 'no override'};"
           " CPU = user + sys)")
