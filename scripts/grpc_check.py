@@ -68,6 +68,17 @@ def parse_years(s) -> int:
     return min(int(digits), I32_MAX) if digits else 0
 
 
+class DefaultMapping:
+    """The RecruitRow mapping `serve` and `upload` use when given no flags
+    (key and vector from the file's metadata)."""
+
+    key_column = vector_column = None
+    company_name_column = "Company Name"
+    exp_years_column = "Exp Years"
+    english_level_column = "English Level"
+    primary_keyword_column = "Primary Keyword"
+
+
 class Expected:
     """The file's rows as the server must send them."""
 

@@ -57,16 +57,9 @@ class Invalid(Exception):
 
 def load_data(path: Path):
     """The rows `embedstream upload` must send, as grpc_check sees them."""
-    from grpc_check import Expected
+    from grpc_check import DefaultMapping, Expected
 
-    class Cols:
-        key_column = vector_column = None
-        company_name_column = "Company Name"
-        exp_years_column = "Exp Years"
-        english_level_column = "English Level"
-        primary_keyword_column = "Primary Keyword"
-
-    return Expected(path, Cols)
+    return Expected(path, DefaultMapping)
 
 
 def main() -> int:

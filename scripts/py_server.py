@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpc_check import Expected, load_stubs, REPO  # noqa: E402
+from grpc_check import DefaultMapping, Expected, load_stubs, REPO  # noqa: E402
 
 MAX_CHUNK = 50_000
 
@@ -43,14 +43,7 @@ def main() -> int:
 
     import grpc
 
-    class Cols:
-        key_column = vector_column = None
-        company_name_column = "Company Name"
-        exp_years_column = "Exp Years"
-        english_level_column = "English Level"
-        primary_keyword_column = "Primary Keyword"
-
-    exp = Expected(a.data, Cols)
+    exp = Expected(a.data, DefaultMapping)
     tmp = tempfile.TemporaryDirectory(prefix="embedstream-stubs-")
     pb2, _ = load_stubs(REPO / "proto" / "embedding_stream.proto", Path(tmp.name))
 
