@@ -77,9 +77,11 @@ fn row_body_len(c: &RecruitColumns, i: usize) -> usize {
         + vector_len
 }
 
-/// Encoded size of the `RowChunk` holding global rows `start..end`; an
+/// Encoded size of the `RowChunk` holding global rows `start..end`, summed
+/// independently of [`encode_chunk`] (the tests check the two agree); an
 /// error if a batch they fall in cannot be decoded.
-pub fn chunk_len(table: &RecruitTable, start: usize, end: usize) -> Result<usize, BatchError> {
+#[cfg(test)]
+fn chunk_len(table: &RecruitTable, start: usize, end: usize) -> Result<usize, BatchError> {
     let mut total = 0;
     table.for_segments(start, end, |c, a, b| {
         for i in a..b {
