@@ -1,6 +1,6 @@
 //! `embedstream upload` against an in-test Batch Server receiver, under both
 //! package names, with failures injected to exercise the retry policy.
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: synthetic embedstream files with
 //! the reference layout (the same columns the Batch Server's RecruitRow reads).
-#![allow(dead_code)]
 
 use std::{collections::HashMap, fs::File, path::Path, sync::Arc};
 

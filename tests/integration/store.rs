@@ -1,5 +1,5 @@
 //! The mapped store: opening, key order checks and the resume binary search.
-mod common;
+use crate::common;
 
 use embedstream::store::{Store, StoreError};
 

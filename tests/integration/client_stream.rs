@@ -1,6 +1,6 @@
 //! `embedstream stream` against the real server (in-process, port 0) and
 //! against a deliberately broken StreamEmbedding server.
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,

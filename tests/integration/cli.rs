@@ -1,5 +1,5 @@
 //! The binary as a user meets it: help, exit codes, messages.
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

@@ -3,7 +3,7 @@
 //! resume and chunk-size edges, cancellation, concurrency, health,
 //! reflection, Flight, and every start-up refusal.
 
-mod common;
+use crate::common;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
