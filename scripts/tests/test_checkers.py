@@ -4,14 +4,14 @@ on every injected fault.
 
     .venv-check/bin/python -m pytest scripts/tests -q
 
-(the venv from scripts/requirements-check.txt). No Rust build is needed.
+(the venv from scripts/requirements-check.txt; scripts/pytest.ini puts
+scripts/ on the module path). No Rust build is needed.
 """
 from __future__ import annotations
 
 import json
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,18 +20,24 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parent.parent
-REPO = SCRIPTS.parent
+from embedstream_py import REPO, child_env, module_cmd, py_convert
+from embedstream_py import create_test_data as ctd
+from embedstream_py.datafile import Expected
+from embedstream_py.stubs import stubs
+
 FIXTURES = REPO / "tests" / "fixtures" / "pandas"
-sys.path.insert(0, str(SCRIPTS))
-
-import py_convert  # noqa: E402
-
-PY = sys.executable
 
 
-def run(*args, timeout=600):
-    return subprocess.run([PY, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def run(module, *args, timeout=600):
+    """Run `python -m embedstream_py.<module> ARGS`."""
+    return subprocess.run(module_cmd(module, *args), capture_output=True, text=True,
+                          timeout=timeout, env=child_env())
+
+
+def spawn(module, *args, stderr=subprocess.STDOUT):
+    """Start `python -m embedstream_py.<module> ARGS`, stdout piped."""
+    return subprocess.Popen(module_cmd(module, *args), stdout=subprocess.PIPE, stderr=stderr,
+                            text=True, env=child_env())
 
 
 def free_port() -> int:
@@ -41,7 +47,7 @@ def free_port() -> int:
 
 
 def convert(pkl: Path, out: Path, fmt: str = "ipc") -> Path:
-    r = run(SCRIPTS / "py_convert.py", pkl, out, "--format", fmt)
+    r = run("py_convert", pkl, out, "--format", fmt)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -63,7 +69,7 @@ def replace_col(table: pa.Table, name: str, arr) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------
-# check_output.py
+# check_output
 # ---------------------------------------------------------------------------
 
 POSITIVE = [
@@ -80,7 +86,7 @@ POSITIVE = [
 def test_check_output_accepts_a_faithful_file(tmp_path, combo, stem, fmt):
     pkl = FIXTURES / combo / f"{stem}.pkl"
     out = convert(pkl, tmp_path / f"out.{'parquet' if fmt == 'parquet' else 'arrow'}", fmt)
-    r = run(SCRIPTS / "check_output.py", out, pkl, "--expected",
+    r = run("check_output", out, pkl, "--expected",
             FIXTURES / combo / f"{stem}.expected.json", "--format", fmt)
     assert r.returncode == 0, r.stdout + r.stderr
     for reader in ("pyarrow", "polars", "duckdb", "pandas"):
@@ -232,7 +238,7 @@ MUTATIONS = [
 def test_check_output_catches(tmp_path, source, mutate, message):
     pkl = source()
     out = write_ipc(mutate(table_of(pkl)), tmp_path / "bad.arrow")
-    r = run(SCRIPTS / "check_output.py", out, pkl)
+    r = run("check_output", out, pkl)
     assert r.returncode == 1, r.stdout + r.stderr
     assert message in r.stderr, r.stderr
 
@@ -240,13 +246,13 @@ def test_check_output_catches(tmp_path, source, mutate, message):
 def test_check_output_refuses_an_error_fixture(tmp_path):
     pkl = FIXTURES / "pandas-2.1.4" / "reference.to_pickle.pkl"
     out = convert(pkl, tmp_path / "x.arrow")
-    r = run(SCRIPTS / "check_output.py", out, pkl, "--expected",
+    r = run("check_output", out, pkl, "--expected",
             FIXTURES / "pandas-2.1.4" / "ragged.to_pickle.expected.json")
     assert r.returncode == 2 and "must refuse" in r.stderr
 
 
 # ---------------------------------------------------------------------------
-# grpc_check.py and flight_check.py against the Python reference servers
+# grpc_check and flight_check against the Python reference servers
 # ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -256,13 +262,11 @@ def sample_arrow():
 
 
 class Server:
-    def __init__(self, *args):
+    """py_server MODE (stream | flight) on a free port."""
+
+    def __init__(self, mode, *args):
         self.port = free_port()
-        flag = "--flight-port" if "--flight" in args else "--port"
-        args = [a for a in args if a != "--flight"]
-        self.proc = subprocess.Popen([PY, str(SCRIPTS / "py_server.py"), flag, str(self.port),
-                                      *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = spawn("py_server", mode, "--port", self.port, *args)
         line = self.proc.stdout.readline()
         assert "py_server" in line, line
 
@@ -274,60 +278,45 @@ class Server:
         self.proc.wait()
 
 
-def test_grpc_check_passes_on_a_correct_server(sample_arrow):
-    with Server("--data", sample_arrow) as s:
-        r = run(SCRIPTS / "grpc_check.py", "--server", f"127.0.0.1:{s.port}", "--data", sample_arrow)
+CHECKERS = [("grpc_check", "stream"), ("flight_check", "flight")]
+
+
+@pytest.mark.parametrize("checker,mode", CHECKERS)
+def test_checker_passes_on_a_correct_server(sample_arrow, checker, mode):
+    with Server(mode, "--data", sample_arrow) as s:
+        r = run(checker, "--server", f"127.0.0.1:{s.port}", "--data", sample_arrow)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "all checks passed" in r.stdout
 
 
-@pytest.mark.parametrize("bug,message", [
-    ("skip-row", "row 500: server sent"),
-    ("wrong-vector", "component 383"),
-    ("ignore-resume", "resume after the first key"),
-    ("no-invalid", "expected INVALID_ARGUMENT, the stream completed"),
-    ("default-chunk", "chunks larger than 300"),
+@pytest.mark.parametrize("checker,mode,bug,message", [
+    ("grpc_check", "stream", "skip-row", "row 500: server sent"),
+    ("grpc_check", "stream", "wrong-vector", "component 383"),
+    ("grpc_check", "stream", "ignore-resume", "resume after the first key"),
+    ("grpc_check", "stream", "no-invalid", "expected INVALID_ARGUMENT, the stream completed"),
+    ("grpc_check", "stream", "default-chunk", "chunks larger than 300"),
+    ("flight_check", "flight", "skip-row", "999 rows, expected 1000"),
+    ("flight_check", "flight", "wrong-vector", "schema differs"),
+    ("flight_check", "flight", "ignore-resume", "1000 rows, expected 999"),
+    ("flight_check", "flight", "no-invalid", "accepted"),
 ])
-def test_grpc_check_catches(sample_arrow, bug, message):
-    with Server("--data", sample_arrow, "--bug", bug) as s:
-        r = run(SCRIPTS / "grpc_check.py", "--server", f"127.0.0.1:{s.port}", "--data", sample_arrow)
-    assert r.returncode == 1, r.stdout
-    assert message in r.stderr, r.stderr
-
-
-def test_flight_check_passes_on_a_correct_server(sample_arrow):
-    with Server("--data", sample_arrow, "--flight") as s:
-        r = run(SCRIPTS / "flight_check.py", "--server", f"127.0.0.1:{s.port}", "--data", sample_arrow)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "all checks passed" in r.stdout
-
-
-@pytest.mark.parametrize("bug,message", [
-    ("skip-row", "999 rows, expected 1000"),
-    ("wrong-vector", "schema differs"),
-    ("ignore-resume", "1000 rows, expected 999"),
-    ("no-invalid", "accepted"),
-])
-def test_flight_check_catches(sample_arrow, bug, message):
-    with Server("--data", sample_arrow, "--flight", "--bug", bug) as s:
-        r = run(SCRIPTS / "flight_check.py", "--server", f"127.0.0.1:{s.port}", "--data", sample_arrow)
+def test_checker_catches(sample_arrow, checker, mode, bug, message):
+    with Server(mode, "--data", sample_arrow, "--bug", bug) as s:
+        r = run(checker, "--server", f"127.0.0.1:{s.port}", "--data", sample_arrow)
     assert r.returncode == 1, r.stdout
     assert message in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------------------
-# ingest_receiver.py with a grpcio client
+# ingest_receiver with a grpcio client
 # ---------------------------------------------------------------------------
 
 def upload(port: int, data: Path, mode: str = "ok", package="com.alpha.backend.grpc",
            attempts: int = 3):
     import grpc
 
-    from grpc_check import load_stubs
-    from ingest_receiver import load_data
-
-    pb2, _ = load_stubs(REPO / "proto" / "embedding_stream.proto", Path(tempfile.mkdtemp()))
-    exp = load_data(data)
+    pb2, _ = stubs()
+    exp = Expected(data)
 
     def reqs():
         if mode != "no-metadata":
@@ -365,10 +354,8 @@ class Receiver:
     def __init__(self, tmp_path, *args):
         self.port = free_port()
         self.report = tmp_path / "report.json"
-        self.proc = subprocess.Popen([PY, str(SCRIPTS / "ingest_receiver.py"), "--port",
-                                      str(self.port), "--report", str(self.report),
-                                      *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = spawn("ingest_receiver", "--port", self.port, "--report", self.report,
+                          *args, stderr=subprocess.PIPE)
         line = self.proc.stdout.readline()
         assert "listening" in line, line + self.proc.stderr.read()
 
@@ -438,8 +425,6 @@ KINDS = {"string", "int", "uint", "float", "bool", "category", "datetime", "vect
 
 
 def test_every_fixture_has_a_consistent_expected_json():
-    import create_test_data as ctd
-
     pkls = sorted(FIXTURES.glob("*/*.pkl"))
     # Every frame with every writer in every combination, plus the vector
     # refusals written once (reference combination, to_pickle).
@@ -456,8 +441,6 @@ def test_every_fixture_has_a_consistent_expected_json():
 
 
 def test_hostile_fixtures_reproduce(tmp_path):
-    import create_test_data as ctd
-
     ctd.make_hostile(tmp_path, FIXTURES)
     committed = REPO / "tests" / "fixtures" / "hostile"
     made = sorted(p.name for p in tmp_path.iterdir())

@@ -1,12 +1,12 @@
-#!/usr/bin/env python3
 """Benchmark 3: `embedstream upload` of the realistic file to a Python IngestDataStream receiver.
 
-    .venv-bench/bin/python scripts/bench_upload.py [--runs 3] [--modes count,parse]
+    PYTHONPATH=scripts .venv-bench/bin/python -m embedstream_py.bench.upload [--runs 3] [--modes count,parse]
 
 The file is the realistic 141,897 x 384 conversion (bench-data/serve-141897.arrow,
-made as in bench_serve.py). The receiver is scripts/bench/ingest_receiver.py
-(grpcio): mode `count` counts bytes and rows without parsing the JSON
-(occurrences of `"id":`), mode `parse` json.loads every chunk. For each mode:
+made as in bench.serve). The receiver is embedstream_py.ingest_receiver
+(grpcio, both package names) with `--rows MODE`: mode `count` counts bytes and
+rows without parsing the JSON (occurrences of `"id":`), mode `parse` json.loads
+every chunk. For each mode:
 one warm-up upload, then --runs uploads, each `embedstream upload FILE --to
 127.0.0.1:PORT` under /usr/bin/time -v; median wall time -> rows/s and MB/s of
 JSON, the upload's peak RSS, and the receiver's own view (rows, bytes, seconds
@@ -18,15 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
-import common as C  # noqa: E402
-import bench_serve  # noqa: E402
-
-PY = sys.executable
+from embedstream_py.bench import common as C
+from embedstream_py.bench.serve import ensure_converted, ensure_pickle
 
 
 def read_reports(server: C.Server, n_before: int) -> list[dict]:
@@ -44,16 +39,15 @@ def main() -> None:
     C.require_venv()
     info = C.machine_report()
     exe = C.embedstream_bin()
-    pkl = bench_serve.ensure_pickle()
-    arrow, how = bench_serve.ensure_converted(pkl, exe)
+    pkl = ensure_pickle()
+    arrow, how = ensure_converted(pkl, exe)
     print(f"uploaded file: {arrow} ({arrow.stat().st_size / 2**20:.0f} MiB, made by {how})")
     out = {"machine": info, "file_made_by": how}
     rows_t = []
     for mode in a.modes.split(","):
         port = C.free_port()
-        cmd = [PY, str(C.BENCH_DIR / "ingest_receiver.py"), "--port", str(port)]
-        if mode == "parse":
-            cmd.append("--parse-json")
+        cmd = C.py_m("ingest_receiver", "--port", port, "--rows", mode,
+                     "--package", "com.alpha.backend.grpc", "--package", "embedding")
         up = [str(exe), "upload", str(arrow), "--to", f"127.0.0.1:{port}"] + a.upload_arg
         with C.Server(f"ingest-{mode}", cmd, port) as s:
             C.time_v(up)  # warm-up

@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts (scripts/bench_*.py).
+"""Shared helpers of the benchmarks (embedstream_py.bench.convert, .serve, .upload).
 
 Everything here runs inside the benchmark venv (.venv-bench, see
 scripts/requirements-bench.txt). Nothing here has a timing threshold: the
@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -22,23 +21,22 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent.parent
-BENCH_DIR = Path(__file__).resolve().parent
+from embedstream_py import REPO, child_env, module_cmd
+
 DATA_DIR = REPO / "bench-data"
-PROTO = REPO / "proto" / "embedding_stream.proto"
 VENV = REPO / ".venv-bench"
 VENV_PY = VENV / "bin" / "python"
+PY = sys.executable
 
 # The realistic reference data set's shape (batch-server.md).
 REF_ROWS = 141_897
 REF_DIM = 384
 
-# The Batch Server's inbound message limit.
-MAX_MSG = 100 * 1024 * 1024
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MSG),
-    ("grpc.max_send_message_length", MAX_MSG),
-]
+
+def py_m(module: str, *args) -> list[str]:
+    """argv of `python -m embedstream_py.<module> ARGS` in this venv (the
+    helpers below run every child with scripts/ on PYTHONPATH)."""
+    return module_cmd(module, *args, python=PY)
 
 
 def require_venv() -> None:
@@ -51,7 +49,8 @@ def require_venv() -> None:
         sys.exit(
             f"missing Python package ({e}). Make the benchmark venv and run with it:\n"
             f"  python3 -m venv {VENV} && {VENV}/bin/pip install -r scripts/requirements-bench.txt\n"
-            f"  {VENV_PY} {sys.argv[0]}"
+            f"  PYTHONPATH=scripts {VENV_PY} -m "
+            f"{getattr(sys.modules['__main__'].__spec__, 'name', sys.argv[0])}"
         )
 
 
@@ -181,11 +180,8 @@ class Server:
         self.port = port
         self.log_path = log or Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
         self._log = open(self.log_path, "wb")
-        e = dict(os.environ)
-        if env:
-            e.update(env)
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=e,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=child_env(env), start_new_session=True)
         try:
             wait_port(port, self.proc, ready_timeout)
         except Exception:
@@ -267,14 +263,11 @@ class RssSampler:
 
 def time_v(cmd: list[str], env: dict | None = None, timeout: float = 1800) -> dict:
     """Run `cmd` under /usr/bin/time -v in a fresh process; wall s, peak RSS MiB, rc."""
-    e = dict(os.environ)
-    if env:
-        e.update(env)
     with tempfile.NamedTemporaryFile(prefix="bench-time-", suffix=".txt", delete=False) as tf:
         tpath = tf.name
     t0 = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-v", "-o", tpath] + cmd, capture_output=True,
-                       env=e, timeout=timeout)
+                       env=child_env(env), timeout=timeout)
     wall = time.perf_counter() - t0
     text = Path(tpath).read_text()
     os.unlink(tpath)
@@ -351,46 +344,3 @@ def save_results(name: str, data: dict) -> Path:
     p.write_text(json.dumps(data, indent=2, default=str))
     print(f"\nresults saved to {p}")
     return p
-
-
-# --------------------------------------------------------------------------
-# gRPC stubs, generated at run time from the project's .proto
-# --------------------------------------------------------------------------
-
-_STUBS = None
-
-
-def stubs():
-    """(embedding_stream_pb2, embedding_stream_pb2_grpc) generated with grpcio-tools
-    into bench-data/stubs from proto/embedding_stream.proto (regenerated when the
-    proto changes)."""
-    global _STUBS
-    if _STUBS is not None:
-        return _STUBS
-    out = DATA_DIR / "stubs"
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = out / "proto.stamp"
-    src = PROTO.read_bytes()
-    if not stamp.exists() or stamp.read_bytes() != src:
-        from grpc_tools import protoc
-        import importlib.resources
-
-        inc = str(importlib.resources.files("grpc_tools") / "_proto")
-        rc = protoc.main([
-            "protoc", f"-I{PROTO.parent}", f"-I{inc}", f"--python_out={out}",
-            f"--grpc_python_out={out}", str(PROTO),
-        ])
-        if rc != 0:
-            sys.exit(f"protoc failed on {PROTO}")
-        stamp.write_bytes(src)
-    if str(out) not in sys.path:
-        sys.path.insert(0, str(out))
-    import embedding_stream_pb2 as pb2
-    import embedding_stream_pb2_grpc as pb2_grpc
-
-    _STUBS = (pb2, pb2_grpc)
-    return _STUBS
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name)

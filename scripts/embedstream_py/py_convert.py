@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """A reference converter in Python: pandas.read_pickle + pyarrow -> a file in
 embedstream's format (src/format.rs). For testing the checkers and for
 side-by-side measurements only.
 
-    python scripts/py_convert.py SOURCE.pkl OUT.arrow [--format ipc|parquet]
+    python -m embedstream_py.py_convert SOURCE.pkl OUT.arrow [--format ipc|parquet]
         [--key-column uuid] [--keep-float64] [--batch-rows 65536]
 
 UNSAFE ON UNTRUSTED INPUT: pandas.read_pickle runs whatever the pickle names.
@@ -20,20 +19,27 @@ from pathlib import Path
 import numpy as np
 
 
-def uuid7_keys(n: int, seed: int = 0, start_ms: int | None = None) -> np.ndarray:
-    """n strictly increasing RFC 9562 version-7 UUIDs as an (n, 16) uint8 array:
-    48-bit ms timestamp, then a 12-bit counter in rand_a, then random bits."""
+def uuid7_array(ms: np.ndarray, rand_a: np.ndarray, rand_b: np.ndarray) -> np.ndarray:
+    """RFC 9562 version-7 UUIDs as an (n, 16) uint8 array, from uint64 arrays:
+    48-bit unix ms, 12 bits of rand_a, 62 bits of rand_b (version and variant
+    bits are set here)."""
+    hi = (ms << np.uint64(16)) | np.uint64(0x7000) | (rand_a & np.uint64(0xFFF))
+    lo = (rand_b & np.uint64(0x3FFFFFFFFFFFFFFF)) | np.uint64(0x8000000000000000)
+    words = np.empty((len(ms), 2), dtype=">u8")
+    words[:, 0] = hi
+    words[:, 1] = lo
+    return words.view(np.uint8).reshape(len(ms), 16)
+
+
+def uuid7_keys(n: int, seed: int | None = 0, start_ms: int | None = None) -> np.ndarray:
+    """n strictly increasing v7 UUIDs (uuid7_array): ms timestamp from now (or
+    start_ms), a 12-bit counter in rand_a (4096 keys a millisecond), random
+    rand_b (numpy's generator with `seed`; None = fresh entropy)."""
     rng = np.random.default_rng(seed)
     ms0 = int(time.time() * 1000) if start_ms is None else start_ms
     i = np.arange(n, dtype=np.uint64)
-    ms = np.uint64(ms0) + i // np.uint64(4096)
-    counter = i % np.uint64(4096)
-    hi = (ms << np.uint64(16)) | np.uint64(0x7000) | counter
-    lo = (rng.integers(0, 2**62, size=n, dtype=np.uint64)) | np.uint64(0x8000000000000000)
-    words = np.empty((n, 2), dtype=">u8")
-    words[:, 0] = hi
-    words[:, 1] = lo
-    return words.view(np.uint8).reshape(n, 16)
+    return uuid7_array(np.uint64(ms0) + i // np.uint64(4096), i % np.uint64(4096),
+                       rng.integers(0, 2**62, size=n, dtype=np.uint64))
 
 
 def to_table(obj, source_name: str, key: str, keep_float64: bool, keys: np.ndarray | None = None):

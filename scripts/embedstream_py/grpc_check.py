@@ -1,14 +1,13 @@
-#!/usr/bin/env python3
 """Check a running embedstream server's StreamEmbedding with a real grpcio client.
 
-    python scripts/grpc_check.py --server HOST:PORT --data CONVERTED.arrow
+    python -m embedstream_py.grpc_check --server HOST:PORT --data CONVERTED.arrow
         [--proto proto/embedding_stream.proto] [--key-column uuid]
         [--company-name-column "Company Name"] [--exp-years-column "Exp Years"]
         [--english-level-column "English Level"] [--primary-keyword-column "Primary Keyword"]
         [--vector-column NAME] [--max-chunk N] [--timeout 600]
 
-Python stubs are generated from the .proto with grpcio-tools into a temporary
-directory at run time. The file is read with pyarrow, and every check compares
+Python stubs are compiled from the .proto with grpcio-tools, once
+(embedstream_py.stubs). The file is read with pyarrow, and every check compares
 what the server sends with it, row by row:
   full stream, chunk_size 0 (server default: chunks of 300), 1, 7 and the
   server's maximum (i32::MAX first: accepted, or refused with INVALID_ARGUMENT
@@ -28,103 +27,20 @@ Prints one line per check; exits 1 if any check failed.
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
-import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checklib import Checks  # noqa: E402
+from embedstream_py import PROTO
+from embedstream_py.checklib import Checks
+from embedstream_py.datafile import (DEFAULT_CHUNK, GRPC_OPTIONS, I32_MAX, DefaultMapping,
+                                    Expected)
+from embedstream_py.stubs import stubs
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CHUNK = 300
-I32_MAX = 2**31 - 1
 ALIAS_PATH = "/com.alpha.backend.grpc.EmbeddingStreamService/StreamEmbedding"
-MAX_MESSAGE = 100 * 1024 * 1024  # what the Batch Server's channel accepts
-
-
-def load_stubs(proto: Path, out: Path):
-    """grpc_tools.protoc the .proto into `out`; import and return (pb2, pb2_grpc)."""
-    cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto.parent}",
-           f"--python_out={out}", f"--grpc_python_out={out}", str(proto)]
-    subprocess.run(cmd, check=True)
-    sys.path.insert(0, str(out))
-    stem = proto.stem
-    return importlib.import_module(f"{stem}_pb2"), importlib.import_module(f"{stem}_pb2_grpc")
-
-
-def parse_years(s) -> int:
-    if s is None:
-        return 0
-    if isinstance(s, (int, np.integer)):
-        return int(s)
-    m = re.match(r"[0-9]*", s.lstrip())
-    digits = m.group(0) if m else ""
-    return min(int(digits), I32_MAX) if digits else 0
-
-
-class DefaultMapping:
-    """The RecruitRow mapping `serve` and `upload` use when given no flags
-    (key and vector from the file's metadata)."""
-
-    key_column = vector_column = None
-    company_name_column = "Company Name"
-    exp_years_column = "Exp Years"
-    english_level_column = "English Level"
-    primary_keyword_column = "Primary Keyword"
-
-
-class Expected:
-    """The file's rows as the server must send them."""
-
-    def __init__(self, path: Path, a):
-        import pyarrow as pa
-
-        with pa.memory_map(str(path)) as src:
-            table = pa.ipc.open_file(src).read_all()
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        key = a.key_column or meta.get("embedstream.key_column", "uuid")
-        vec = a.vector_column or meta.get("embedstream.vector_column")
-        if vec is None:
-            vec = next((f.name for f in table.schema
-                        if pa.types.is_fixed_size_list(f.type)), None)
-        if vec is None:
-            raise SystemExit(f"{path}: no vector column")
-
-        def col(name):
-            if name not in table.schema.names:
-                raise SystemExit(f"{path}: no column {name!r} (columns: {table.schema.names})")
-            c = table.column(name).combine_chunks()
-            if isinstance(c.type, pa.BaseExtensionType):
-                c = c.storage
-            if pa.types.is_dictionary(c.type):
-                c = c.dictionary_decode()
-            return c
-
-        keys = col(key).to_pylist()
-        self.ids = [str(uuid.UUID(bytes=k)) for k in keys]
-        self.key_bytes = keys
-        self.company = [v or "" for v in col(a.company_name_column).to_pylist()]
-        self.exp = [parse_years(v) for v in col(a.exp_years_column).to_pylist()]
-        self.english = [v or "" for v in col(a.english_level_column).to_pylist()]
-        self.keyword = [v or "" for v in col(a.primary_keyword_column).to_pylist()]
-        v = col(vec)
-        self.dim = v.type.list_size
-        flat = v.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        self.vectors = flat.reshape(len(v), self.dim)
-        self.vector_null = v.is_null().to_numpy(zero_copy_only=False)
-        self.rows = len(keys)
-
-    def after(self, key_text: str) -> int:
-        """Index of the first row whose key is greater than `key_text`."""
-        import bisect
-
-        return bisect.bisect_right(self.key_bytes, uuid.UUID(key_text).bytes)
 
 
 class Failure(Exception):
@@ -146,7 +62,7 @@ def compare_stream(exp: Expected, chunks, start: int, chunk_size: int | None) ->
         for j, row in enumerate(chunk.rows):
             r = i + j
             got = (row.id, row.company_name, row.exp_years, row.english_level, row.primary_keyword)
-            want = (exp.ids[r], exp.company[r], exp.exp[r], exp.english[r], exp.keyword[r])
+            want = exp.fields(r)
             if got != want:
                 raise Failure(f"row {r}: server sent {got!r}, the file has {want!r}")
             if exp.vector_null[r]:
@@ -183,12 +99,13 @@ def main() -> int:
                                  epilog=__doc__)
     ap.add_argument("--server", required=True, help="HOST:PORT")
     ap.add_argument("--data", required=True, type=Path, help="the converted .arrow file served")
-    ap.add_argument("--proto", type=Path, default=REPO / "proto" / "embedding_stream.proto")
+    ap.add_argument("--proto", type=Path, default=PROTO)
     ap.add_argument("--key-column", default=None)
-    ap.add_argument("--company-name-column", default="Company Name")
-    ap.add_argument("--exp-years-column", default="Exp Years")
-    ap.add_argument("--english-level-column", default="English Level")
-    ap.add_argument("--primary-keyword-column", default="Primary Keyword")
+    ap.add_argument("--company-name-column", default=DefaultMapping.company_name_column)
+    ap.add_argument("--exp-years-column", default=DefaultMapping.exp_years_column)
+    ap.add_argument("--english-level-column", default=DefaultMapping.english_level_column)
+    ap.add_argument("--primary-keyword-column",
+                    default=DefaultMapping.primary_keyword_column)
     ap.add_argument("--vector-column", default=None)
     ap.add_argument("--max-chunk", type=int, default=None,
                     help="the server's maximum chunk size, if known")
@@ -198,10 +115,8 @@ def main() -> int:
     import grpc
 
     exp = Expected(a.data, a)
-    tmp = tempfile.TemporaryDirectory(prefix="embedstream-stubs-")
-    pb2, pb2_grpc = load_stubs(a.proto.resolve(), Path(tmp.name))
-    opts = [("grpc.max_receive_message_length", MAX_MESSAGE)]
-    channel = grpc.insecure_channel(a.server, options=opts)
+    pb2, pb2_grpc = stubs(a.proto)
+    channel = grpc.insecure_channel(a.server, options=GRPC_OPTIONS)
     try:
         grpc.channel_ready_future(channel).result(timeout=30)
     except grpc.FutureTimeoutError:
@@ -307,7 +222,6 @@ def main() -> int:
                7, n // 2 + 1, 7, call=alias)
 
     channel.close()
-    tmp.cleanup()
     return checks.finish("grpc_check", f"{a.server} ({n} rows, dim {exp.dim})")
 
 

@@ -1,6 +1,6 @@
 """Write a big embedstream-shaped Arrow IPC file without a pickle (for serve benchmarks).
 
-    python scripts/bench/make_arrow.py --rows 1418970 --dim 384 --out bench-data/x.arrow
+    python -m embedstream_py.bench.make_arrow --rows 1418970 --dim 384 --out bench-data/x.arrow
 
 The reference layout as `embedstream convert` writes it (src/format.rs):
 `id` (utf8, stand-in v5 strings), `Company Name`, `Exp Years` (`2y`),
@@ -8,7 +8,7 @@ The reference layout as `embedstream convert` writes it (src/format.rs):
 (FixedSizeList<float32 not null, dim>), and the key `uuid`
 (FixedSizeBinary(16) with the `arrow.uuid` extension) holding strictly
 increasing UUID v7 values: row i has unix_ms = 1_700_000_000_000 + i and
-pseudo-random rand_a/rand_b (tests/common/mod.rs uses the same rule). Schema
+pseudo-random rand_a/rand_b (tests/integration/common.rs uses the same rule). Schema
 metadata: embedstream.key_column, vector_column, vector_dim, rows,
 keys_sorted=true, source, version. Batches hold about 3 MiB, like convert's.
 The strings and vectors of one template batch are reused for every batch
@@ -24,6 +24,8 @@ import os
 import numpy as np
 import pyarrow as pa
 
+from embedstream_py.py_convert import uuid7_array
+
 LEVELS = ["No English", "Beginner/Elementary", "Pre-Intermediate", "Intermediate",
           "Upper-Intermediate", "Advanced/Fluent"]
 KEYWORDS = ["Java", "Python", "JavaScript", "Go", "Rust", "C++", "QA", "DevOps", "Data Science",
@@ -34,12 +36,7 @@ def keys_for(start: int, n: int) -> np.ndarray:
     i = np.arange(start, start + n, dtype=np.uint64)
     ms = np.uint64(1_700_000_000_000) + i
     r = i * np.uint64(0x9E3779B97F4A7C15)  # wraps: pseudo-random bits, like the Rust helper
-    hi = (ms << np.uint64(16)) | np.uint64(0x7000) | (r >> np.uint64(52))
-    lo = (r & np.uint64(0x3FFFFFFFFFFFFFFF)) | np.uint64(0x8000000000000000)
-    out = np.empty((n, 2), dtype=">u8")
-    out[:, 0] = hi
-    out[:, 1] = lo
-    return out.view(np.uint8).reshape(n, 16)
+    return uuid7_array(ms, r >> np.uint64(52), r)
 
 
 def main() -> None:
@@ -75,7 +72,7 @@ def main() -> None:
         "embedstream.vector_dim": str(a.dim),
         "embedstream.rows": str(a.rows),
         "embedstream.keys_sorted": "true",
-        "embedstream.source": "scripts/bench/make_arrow.py",
+        "embedstream.source": "embedstream_py.bench.make_arrow",
         "embedstream.version": "bench",
     })
     tmp = a.out + ".tmp"

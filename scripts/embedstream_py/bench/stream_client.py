@@ -1,7 +1,7 @@
 """The one grpcio StreamEmbedding client used against every server.
 
-    python scripts/bench/stream_client.py --addr 127.0.0.1:50051 full [--chunk 300] [--raw]
-    python scripts/bench/stream_client.py --addr ... ttfc --keys-file K.txt [--warmup 5]
+    python -m embedstream_py.bench.stream_client --addr 127.0.0.1:50051 full [--chunk 300] [--raw]
+    python -m embedstream_py.bench.stream_client --addr ... ttfc --keys-file K.txt [--warmup 5]
 
 `full`: pulls the whole stream once and prints JSON {rows, bytes, chunks,
 seconds}. Default decoding: every RowChunk is parsed by the generated
@@ -18,26 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+import grpc
 
-import grpc  # noqa: E402
+from embedstream_py.datafile import GRPC_OPTIONS
+from embedstream_py.stubs import stubs
 
 METHOD = "/embedding.EmbeddingStreamService/StreamEmbedding"
 
 
 def channel(addr: str) -> grpc.Channel:
-    ch = grpc.insecure_channel(addr, options=C.GRPC_OPTIONS)
+    ch = grpc.insecure_channel(addr, options=GRPC_OPTIONS)
     grpc.channel_ready_future(ch).result(timeout=30)
     return ch
 
 
 def full(addr: str, chunk: int, raw: bool, timeout: float) -> dict:
-    pb2, _ = C.stubs()
+    pb2, _ = stubs()
     ch = channel(addr)
     call = ch.unary_stream(METHOD, request_serializer=pb2.StreamEmbeddingRequest.SerializeToString,
                            response_deserializer=None if raw else pb2.RowChunk.FromString)
@@ -59,7 +58,7 @@ def full(addr: str, chunk: int, raw: bool, timeout: float) -> dict:
 
 
 def ttfc(addr: str, keys: list[str], chunk: int, warmup: int, timeout: float) -> dict:
-    pb2, _ = C.stubs()
+    pb2, _ = stubs()
     ch = channel(addr)
     call = ch.unary_stream(METHOD, request_serializer=pb2.StreamEmbeddingRequest.SerializeToString,
                            response_deserializer=pb2.RowChunk.FromString)

@@ -1,18 +1,16 @@
-#!/usr/bin/env python3
 """Benchmark 1: `embedstream convert` against pandas.read_pickle + pyarrow, same run.
 
 Run from the repository root, with the benchmark venv and a release build:
 
     python3 -m venv .venv-bench && .venv-bench/bin/pip install -r scripts/requirements-bench.txt
     cargo build --release          # CARGO_TARGET_DIR is honoured, or set EMBEDSTREAM_BIN
-    .venv-bench/bin/python scripts/bench_convert.py [--scales 1,10] [--runs 3]
+    PYTHONPATH=scripts .venv-bench/bin/python -m embedstream_py.bench.convert [--scales 1,10] [--runs 3]
 
 It builds (or reuses) in bench-data/ (gitignored) the realistic pickle
-(141,897 x 384 float64, reference layout: `scripts/create_test_data.py --large`,
-or scripts/bench/make_pickle.py when that is not available) and a 10x one
-(1,418,970 rows). Each is converted by
+(141,897 x 384 float64, reference layout: `create_test_data --large`, run
+with the system python3) and a 10x one (1,418,970 rows). Each is converted by
   - embedstream: `embedstream convert X.pkl -o Y.arrow --force --no-progress`
-  - the peer:    scripts/bench/peer_convert.py (pandas.read_pickle,
+  - the peer:    bench.peer_convert (pandas.read_pickle,
                  pa.Table.from_pandas, float32 FixedSizeList vectors, UUID v7
                  column, pa.ipc.new_file)
 each under `/usr/bin/time -v` in a fresh process: one warm-up run (page cache),
@@ -26,13 +24,10 @@ Memory: the peer needs ~3x the pickle at 10x (~13 GB); --scales 1 skips it.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
-import common as C  # noqa: E402
+from embedstream_py.bench import common as C
 
 
 def make_pickle(rows: int, dim: int, out: Path) -> None:
@@ -40,17 +35,11 @@ def make_pickle(rows: int, dim: int, out: Path) -> None:
         print(f"reusing {out} ({out.stat().st_size / 1e6:.1f} MB)")
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    ctd = C.REPO / "scripts" / "create_test_data.py"
-    if ctd.exists() and "--large" in ctd.read_text():
-        cmd = ["python3", str(ctd), "--large", "--rows", str(rows), "--dim", str(dim),
-               "--out", str(out)]
-    else:
-        print("scripts/create_test_data.py --large is not there (branch fixtures not merged):"
-              " using scripts/bench/make_pickle.py, same layout")
-        cmd = [sys.executable, str(C.BENCH_DIR / "make_pickle.py"), "--rows", str(rows),
-               "--dim", str(dim), "--out", str(out)]
+    # The system python3: create_test_data makes its own pandas 2.1.4 venv.
+    cmd = C.module_cmd("create_test_data", "--large", "--rows", rows, "--dim", dim,
+                       "--out", out, python="python3")
     print("building:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=C.REPO)
+    subprocess.run(cmd, check=True, cwd=C.REPO, env=C.child_env())
     print(f"built {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -109,8 +98,8 @@ def main() -> None:
             print(f"\n  embedstream convert FAILED: {str(e).strip()[-500:]}")
         if sc not in skip_peer:
             r["peer"] = measure(
-                "pandas+pyarrow", [sys.executable, str(C.BENCH_DIR / "peer_convert.py"),
-                                   str(pkl), str(peer_out)], runs_at.get(sc, a.runs), peer_out)
+                "pandas+pyarrow", C.py_m("bench.peer_convert", pkl, peer_out),
+                runs_at.get(sc, a.runs), peer_out)
         results[sc] = r
         # The outputs were measured; at 10x they are 2.2 GB each.
         for out in (es_out, peer_out):

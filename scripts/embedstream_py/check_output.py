@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Cross-check a converted embedstream file with four independent readers.
 
-    python scripts/check_output.py CONVERTED.arrow SOURCE.pkl [--expected X.expected.json]
+    python -m embedstream_py.check_output CONVERTED.arrow SOURCE.pkl [--expected X.expected.json]
         [--format ipc|parquet] [--key-column uuid] [--readers pyarrow,polars,duckdb,pandas]
 
 Run it in the venv made from scripts/requirements-check.txt. The source pickle

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Check a running embedstream server's Arrow Flight service with pyarrow.flight.
 
-    python scripts/flight_check.py --server HOST:PORT --data CONVERTED.arrow [--timeout 600]
+    python -m embedstream_py.flight_check --server HOST:PORT --data CONVERTED.arrow [--timeout 600]
 
 Tickets (src/serve/flight.rs): `all` = the whole file, `after:<uuid>` = the rows
 whose key is greater than <uuid> (it need not be in the file); anything else is
@@ -22,8 +21,9 @@ import sys
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checklib import Checks  # noqa: E402
+from embedstream_py.checklib import Checks
+from embedstream_py.datafile import key_bytes as read_keys
+from embedstream_py.datafile import read_table
 
 
 def main() -> int:
@@ -38,14 +38,8 @@ def main() -> int:
     import pyarrow as pa
     import pyarrow.flight as flight
 
-    with pa.memory_map(str(a.data)) as src:
-        table = pa.ipc.open_file(src).read_all()
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    key = meta.get("embedstream.key_column", "uuid")
-    keys = table.column(key).combine_chunks()
-    if isinstance(keys.type, pa.BaseExtensionType):
-        keys = keys.storage
-    key_bytes = keys.to_pylist()
+    table = read_table(a.data)
+    key_bytes = read_keys(table)
     n = table.num_rows
 
     client = flight.connect(f"grpc://{a.server}")

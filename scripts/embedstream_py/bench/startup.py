@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """How long `embedstream serve` takes to start, per file (standard library only).
 
-    python3 scripts/bench_startup.py FILE.arrow [FILE.arrow ...] [--runs 5] [--exe PATH]
+    PYTHONPATH=scripts python3 -m embedstream_py.bench.startup FILE.arrow [FILE.arrow ...] [--runs 5] [--exe PATH]
 
 For each file, --runs times (after one warm-up run that brings the file into
 the page cache): start `embedstream serve --data FILE --host 127.0.0.1 --port P`
@@ -29,11 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from embedstream_py.bench.common import free_port
 
 
 def one_run(exe: str, data: Path, timeout: float = 120.0) -> tuple[float, float | None]:

@@ -1,4 +1,4 @@
-"""What grpc_check.py and flight_check.py share: named checks that are run
+"""What grpc_check and flight_check share: named checks that are run
 one after another, printed as `ok` / `FAIL` lines, and summed up at the end.
 A failing check is recorded, never raised, so one run reports every fault."""
 

@@ -1,26 +1,26 @@
-#!/usr/bin/env python3
 """Benchmark 2: `embedstream serve` against its peers, same run, ratios printed.
 
 Run from the repository root, with the benchmark venv and a release build:
 
-    .venv-bench/bin/python scripts/bench_serve.py [--parts a,b,c,d] [--runs 3]
+    PYTHONPATH=scripts .venv-bench/bin/python -m embedstream_py.bench.serve [--parts a,b,c,d] [--runs 3]
 
 Data (made or reused in bench-data/, gitignored): the realistic pickle
-(bench-data/reference-141897x384.pkl, made by bench_convert.py or here) and its
-conversion by `embedstream convert` (falling back to scripts/bench/peer_convert.py,
-said in the output, when convert cannot read pickles yet); for (c) and (d)
-Arrow files written directly by scripts/bench/make_arrow.py (reference layout,
+(bench-data/reference-141897x384.pkl, made by bench.convert or here) and its
+conversion by `embedstream convert` (falling back to bench.peer_convert,
+said in the output, when convert fails); for (c) and (d)
+Arrow files written directly by bench.make_arrow (reference layout,
 sorted v7 keys, embedstream metadata).
 
-(a) Full stream, chunk 300, the same grpcio client (scripts/bench/stream_client.py,
-    stubs generated at run time from proto/embedding_stream.proto; every chunk
+(a) Full stream, chunk 300, the same grpcio client (bench.stream_client,
+    stubs compiled once from proto/embedding_stream.proto; every chunk
     decoded to messages and its rows counted) against
-      embedstream serve | replay server (pre-encoded bytes: the client's ceiling)
-      | Python data server stand-in (read_pickle per request, iterrows).
+      embedstream serve | `py_server replay` (pre-encoded bytes: the client's
+      ceiling) | `py_server legacy`, the Python data server stand-in
+      (read_pickle per request, iterrows).
     rows/s (median of --runs after a warm-up; the Python server: --python-runs,
     no warm-up) and ratios. Targets: serve >= 70% of replay, >= 40x Python.
 (b) pyarrow.flight do_get of the whole file from embedstream serve and from a
-    pyarrow Flight server (memory-mapped file). GB/s of Arrow buffers received,
+    pyarrow Flight server (`py_server flight`: the memory-mapped file's batches). GB/s of Arrow buffers received,
     ratio. Target >= 1.0x.
 (c) Time to first chunk on a resume: --ttfc-requests calls with
     last_processed_uuid = the key of a random row in the second half, timed
@@ -48,19 +48,14 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
-import common as C  # noqa: E402
-
-PY = sys.executable
+from embedstream_py.bench import common as C
+from embedstream_py.bench.convert import make_pickle
+from embedstream_py.datafile import key_bytes, read_table
 
 
 def ensure_pickle() -> Path:
     pkl = C.DATA_DIR / f"reference-{C.REF_ROWS}x{C.REF_DIM}.pkl"
-    if not pkl.exists():
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import bench_convert
-
-        bench_convert.make_pickle(C.REF_ROWS, C.REF_DIM, pkl)
+    make_pickle(C.REF_ROWS, C.REF_DIM, pkl)
     return pkl
 
 
@@ -77,9 +72,9 @@ def ensure_converted(pkl: Path, exe: Path) -> tuple[Path, str]:
         how = "embedstream convert"
     else:
         print(f"embedstream convert failed ({p.stderr.strip()[-300:]});"
-              " using scripts/bench/peer_convert.py for the served file")
-        subprocess.run([PY, str(C.BENCH_DIR / "peer_convert.py"), str(pkl), str(out)], check=True)
-        how = "peer_convert.py (embedstream convert unavailable)"
+              " using bench.peer_convert for the served file")
+        subprocess.run(C.py_m("bench.peer_convert", pkl, out), check=True, env=C.child_env())
+        how = "peer_convert (embedstream convert unavailable)"
     out.with_suffix(".how").write_text(how)
     return out, how
 
@@ -90,8 +85,8 @@ def ensure_arrow(rows: int, dim: int) -> Path:
         print(f"reusing {out} ({out.stat().st_size / 2**20:.0f} MiB)")
         return out
     print(f"generating {out} ...", flush=True)
-    subprocess.run([PY, str(C.BENCH_DIR / "make_arrow.py"), "--rows", str(rows), "--dim", str(dim),
-                    "--out", str(out)], check=True)
+    subprocess.run(C.py_m("bench.make_arrow", "--rows", rows, "--dim", dim, "--out", out),
+                   check=True, env=C.child_env())
     return out
 
 
@@ -106,9 +101,16 @@ def start_serve(exe: Path, data: Path, extra: list[str]) -> C.Server:
     return s
 
 
+def python_server(pkl: Path) -> C.Server:
+    """The Python data server stand-in (`py_server legacy`) on a free port."""
+    port = C.free_port()
+    return C.Server("python-data-server", C.py_m("py_server", "legacy"), port,
+                    env={"PKL_PATH": str(pkl), "GRPC_PORT": str(port)})
+
+
 def client(addr: str, *args: str, timeout: float = 1200) -> dict:
-    p = subprocess.run([PY, str(C.BENCH_DIR / "stream_client.py"), "--addr", addr] + list(args),
-                       capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(C.py_m("bench.stream_client", "--addr", addr, *args),
+                       capture_output=True, text=True, timeout=timeout, env=C.child_env())
     if p.returncode != 0:
         raise RuntimeError(f"client failed against {addr}: {p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -159,14 +161,12 @@ def part_a(exe, arrow, pkl, a, extra) -> dict:
 
     def replay():
         port = C.free_port()
-        with C.Server("replay", [PY, str(C.BENCH_DIR / "replay_server.py"), "--data", str(arrow),
-                                 "--port", str(port)], port, ready_timeout=600) as s:
+        with C.Server("replay", C.py_m("py_server", "replay", "--data", arrow, "--port", port),
+                      port, ready_timeout=600) as s:
             return pull_runs(s, a.runs, True, C.REF_ROWS)
 
     def python():
-        port = C.free_port()
-        with C.Server("python-data-server", [PY, str(C.BENCH_DIR / "python_data_server.py")], port,
-                      env={"PKL_PATH": str(pkl), "GRPC_PORT": str(port)}) as s:
+        with python_server(pkl) as s:
             return pull_runs(s, a.python_runs, False, C.REF_ROWS)
 
     attempt(out, "embedstream", es)
@@ -233,8 +233,8 @@ def part_b(exe, arrow, a, extra) -> dict:
 
     def pya():
         port = C.free_port()
-        with C.Server("pyarrow-flight", [PY, str(C.BENCH_DIR / "pyarrow_flight_server.py"), "--data",
-                                         str(arrow), "--port", str(port)], port) as s:
+        with C.Server("pyarrow-flight", C.py_m("py_server", "flight", "--data", arrow,
+                                                "--port", port), port) as s:
             return flight_runs("pyarrow Flight server", s.addr, b"all", a.runs)
 
     attempt(out, "embedstream", es)
@@ -252,17 +252,11 @@ def part_b(exe, arrow, a, extra) -> dict:
 
 
 def keys_of(arrow: Path, n_req: int, seed: int) -> list[str]:
-    import pyarrow as pa
-
-    r = pa.ipc.open_file(pa.memory_map(str(arrow)))
-    key = (r.schema.metadata or {}).get(b"embedstream.key_column", b"uuid").decode()
-    col = r.read_all().column(key).combine_chunks()
-    if isinstance(col, pa.ExtensionArray):
-        col = col.storage
-    n = len(col)
+    keys = key_bytes(read_table(arrow))
+    n = len(keys)
     rng = random.Random(seed)
     idx = [rng.randrange(n // 2, n - 1) for _ in range(n_req)]
-    return [str(uuid.UUID(bytes=col[i].as_py())) for i in idx]
+    return [str(uuid.UUID(bytes=keys[i])) for i in idx]
 
 
 def part_c(exe, arrow, pkl, a, extra) -> dict:
@@ -300,9 +294,7 @@ def part_c(exe, arrow, pkl, a, extra) -> dict:
         rng = random.Random(1)
         ks = [ids.iloc[rng.randrange(100_000, len(ids) - 1)] for _ in range(a.python_ttfc_requests)]
         kf.write_text("\n".join(ks))
-        port = C.free_port()
-        with C.Server("python-data-server", [PY, str(C.BENCH_DIR / "python_data_server.py")], port,
-                      env={"PKL_PATH": str(pkl), "GRPC_PORT": str(port)}) as s:
+        with python_server(pkl) as s:
             r = client(s.addr, "ttfc", "--keys-file", str(kf), "--warmup", "0")
         t = r["ttfc_ms"]
         out["python"] = {"n": len(t), "p50_ms": C.pct(t, 50), "max_ms": max(t) if t else None}
@@ -332,8 +324,8 @@ def part_d(exe, a, extra) -> dict:
         with C.RssSampler(s.proc.pid, 0.05) as rss:
             for _ in range(a.clients):
                 procs.append(subprocess.Popen(
-                    [PY, str(C.BENCH_DIR / "stream_client.py"), "--addr", s.addr, "full", "--raw"],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                    C.py_m("bench.stream_client", "--addr", s.addr, "full", "--raw"),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=C.child_env()))
             results = []
             for p in procs:
                 o, e = p.communicate(timeout=1800)

@@ -1,14 +1,14 @@
 """The peer of `embedstream convert`: pandas.read_pickle + pyarrow.
 
-    python scripts/bench/peer_convert.py IN.pkl OUT.arrow [--vector-column job_post_vectors]
+    python -m embedstream_py.bench.peer_convert IN.pkl OUT.arrow [--vector-column job_post_vectors]
 
 What a Python user writes to get the same file: read the pickle with pandas,
 `pa.Table.from_pandas`, narrow the vector column to FixedSizeList<float32, dim>
 (embedstream's default output type, so both files hold the same data), add a
 UUID v7 key column (`arrow.uuid` extension type, strictly increasing) and
 write an Arrow IPC file with `pa.ipc.new_file` in ~3 MiB record batches
-(as convert does). The v7 keys are generated
-vectorised with numpy (timestamp ms + 12-bit counter in rand_a + random
+(as convert does). The v7 keys are generated vectorised with numpy
+(py_convert.uuid7_keys: timestamp ms + 12-bit counter in rand_a + random
 rand_b), the fastest way Python offers, so the peer is not handicapped by a
 per-row Python loop.
 """
@@ -18,26 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-
-def uuid7_keys(n: int) -> np.ndarray:
-    """n strictly increasing UUID v7 values as an (n, 16) uint8 array."""
-    now_ms = int(time.time() * 1000)
-    i = np.arange(n, dtype=np.uint64)
-    ms = np.uint64(now_ms) + (i >> np.uint64(12))  # 4096 keys per millisecond
-    counter = (i & np.uint64(0xFFF))
-    rand = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) if n else np.zeros(0, np.uint64)
-    hi = (ms << np.uint64(16)) | np.uint64(0x7000) | counter
-    lo = (rand & np.uint64(0x3FFFFFFFFFFFFFFF)) | np.uint64(0x8000000000000000)
-    out = np.empty((n, 2), dtype=">u8")
-    out[:, 0] = hi
-    out[:, 1] = lo
-    return out.view(np.uint8).reshape(n, 16)
+from embedstream_py.py_convert import uuid7_keys
 
 
 def main() -> None:
@@ -56,7 +41,7 @@ def main() -> None:
         col = col.cast(pa.list_(pa.field("item", pa.float32(), nullable=False), dim))
         table = table.set_column(vi, pa.field(a.vector_column, col.type, nullable=False), col)
     del df
-    keys = uuid7_keys(table.num_rows)
+    keys = uuid7_keys(table.num_rows, seed=None)
     key_arr = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(16), table.num_rows, [None, pa.py_buffer(keys.tobytes())]
     )
