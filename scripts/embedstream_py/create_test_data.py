@@ -689,6 +689,10 @@ def hostile_pickles() -> dict[str, tuple[bytes, str, str]]:
     def add(name, data, err, why):
         H[name] = (data, err, why)
 
+    eval_src = _u(f"__import__('os').system('{PWN}')")  # an expression for eval
+    exec_src = _u(f"import os; os.system('{PWN}')")  # a statement for exec
+    argv = b"](" + _u("touch") + _u("/tmp/embedstream-pwned") + b"e"  # ['touch', path]
+
     add("os_system.pkl", P2 + _call1(_global("os", "system"), _u(PWN)) + b".",
         "os.system", "GLOBAL os.system + REDUCE('touch /tmp/embedstream-pwned'), protocol 2")
     add("os_system_stack_global.pkl", P4 + _call1(_stack_global("os", "system"), _u(PWN)) + b".",
@@ -699,25 +703,16 @@ def hostile_pickles() -> dict[str, tuple[bytes, str, str]]:
         "os.system", "INST opcode (protocol 0 style class call) naming os.system")
     add("os_system_obj.pkl", P2 + b"(" + _global("os", "system") + _u(PWN) + b"o.",
         "os.system", "OBJ opcode: MARK, callable, args, OBJ")
-    add("builtins_eval.pkl",
-        P2 + _call1(_global("builtins", "eval"),
-                    _u(f"__import__('os').system('{PWN}')")) + b".",
+    add("builtins_eval.pkl", P2 + _call1(_global("builtins", "eval"), eval_src) + b".",
         "builtins.eval", "builtins.eval of an os.system expression")
-    add("builtins_exec.pkl",
-        P4 + _call1(_stack_global("builtins", "exec"),
-                    _u(f"import os; os.system('{PWN}')")) + b".",
+    add("builtins_exec.pkl", P4 + _call1(_stack_global("builtins", "exec"), exec_src) + b".",
         "builtins.exec", "builtins.exec of a statement")
-    add("builtin_eval_py2_name.pkl",
-        P2 + _call1(_global("__builtin__", "eval"),
-                    _u(f"__import__('os').system('{PWN}')")) + b".",
+    add("builtin_eval_py2_name.pkl", P2 + _call1(_global("__builtin__", "eval"), eval_src) + b".",
         "__builtin__.eval", "Python 2 spelling __builtin__.eval (mapped to builtins by Python 3)")
-    add("subprocess_popen.pkl",
-        P2 + _call1(_global("subprocess", "Popen"),
-                    b"]" + b"(" + _u("touch") + _u("/tmp/embedstream-pwned") + b"e") + b".",
+    add("subprocess_popen.pkl", P2 + _call1(_global("subprocess", "Popen"), argv) + b".",
         "subprocess.Popen", "subprocess.Popen(['touch', '/tmp/embedstream-pwned'])")
     add("subprocess_check_output.pkl",
-        P4 + _call1(_stack_global("subprocess", "check_output"),
-                    b"]" + b"(" + _u("touch") + _u("/tmp/embedstream-pwned") + b"e") + b".",
+        P4 + _call1(_stack_global("subprocess", "check_output"), argv) + b".",
         "subprocess.check_output", "subprocess.check_output([...])")
     add("numpy_load.pkl",
         P2 + _call1(_global("numpy", "load"), _u("/tmp/embedstream-evil.npy")) + b".",
@@ -747,8 +742,7 @@ def hostile_pickles() -> dict[str, tuple[bytes, str, str]]:
         "pandas.io.pickle.pickle.loads",
         "protocol 4 dotted name walking from an allowed module to pickle.loads(os.system pickle)")
     add("dotted_name_builtins.pkl",
-        P4 + _call1(_stack_global("builtins", "getattr.__self__.exec"),
-                    _u(f"import os; os.system('{PWN}')")) + b".",
+        P4 + _call1(_stack_global("builtins", "getattr.__self__.exec"), exec_src) + b".",
         "builtins.getattr.__self__.exec",
         "dotted name getattr.__self__.exec (= builtins.exec)")
     add("copyreg_reconstructor_popen.pkl",

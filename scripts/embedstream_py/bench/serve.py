@@ -43,7 +43,6 @@ import argparse
 import json
 import random
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -77,6 +76,19 @@ def ensure_converted(pkl: Path, exe: Path) -> tuple[Path, str]:
         how = "peer_convert (embedstream convert unavailable)"
     out.with_suffix(".how").write_text(how)
     return out, how
+
+
+def prepare(what: str) -> tuple[dict, Path, Path, Path, str]:
+    """How bench.serve and bench.upload start: the venv checked, the machine
+    reported, the binary found, the realistic pickle and its conversion made
+    or reused. (info, binary, pickle, arrow file, how the file was made)"""
+    C.require_venv()
+    info = C.machine_report()
+    exe = C.embedstream_bin()
+    pkl = ensure_pickle()
+    arrow, how = ensure_converted(pkl, exe)
+    print(f"{what} file: {arrow} ({arrow.stat().st_size / 2**20:.0f} MiB, made by {how})")
+    return info, exe, pkl, arrow, how
 
 
 def ensure_arrow(rows: int, dim: int) -> Path:
@@ -363,13 +375,8 @@ def main() -> None:
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="extra argument for `embedstream serve` (repeatable)")
     a = ap.parse_args()
-    C.require_venv()
-    info = C.machine_report()
-    exe = C.embedstream_bin()
     parts = set(a.parts.split(","))
-    pkl = ensure_pickle()
-    arrow, how = ensure_converted(pkl, exe)
-    print(f"served file: {arrow} ({arrow.stat().st_size / 2**20:.0f} MiB, made by {how})")
+    info, exe, pkl, arrow, how = prepare("served")
     res = {"machine": info, "served_file_made_by": how}
     for part, fn in (("a", lambda: part_a(exe, arrow, pkl, a, a.serve_arg)),
                      ("b", lambda: part_b(exe, arrow, a, a.serve_arg)),

@@ -21,7 +21,7 @@ import json
 import time
 
 from embedstream_py.bench import common as C
-from embedstream_py.bench.serve import ensure_converted, ensure_pickle
+from embedstream_py.bench.serve import prepare
 
 
 def read_reports(server: C.Server, n_before: int) -> list[dict]:
@@ -36,12 +36,7 @@ def main() -> None:
     ap.add_argument("--upload-arg", action="append", default=[],
                     help="extra argument for `embedstream upload` (repeatable)")
     a = ap.parse_args()
-    C.require_venv()
-    info = C.machine_report()
-    exe = C.embedstream_bin()
-    pkl = ensure_pickle()
-    arrow, how = ensure_converted(pkl, exe)
-    print(f"uploaded file: {arrow} ({arrow.stat().st_size / 2**20:.0f} MiB, made by {how})")
+    info, exe, _pkl, arrow, how = prepare("uploaded")
     out = {"machine": info, "file_made_by": how}
     rows_t = []
     for mode in a.modes.split(","):
