@@ -64,7 +64,7 @@ serve() { # serve PORT FLAGS...: start `embedstream serve --port PORT FLAGS...`,
   local port=$1; shift
   "$BIN" serve "$@" --port "$port" >"$WORK/serve-$port.log" 2>&1 &
   PIDS+=($!)
-  wait_port "$port"
+  wait_port "$port" || { tail -20 "$WORK/serve-$port.log" >&2; return 1; }
 }
 
 step "the checkers themselves: each passes on a faithful file/server and fails on injected faults"
