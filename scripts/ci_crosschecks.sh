@@ -19,8 +19,8 @@
 # flags starts it first with `serve PORT FLAGS...` (see section 3).
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 BIN (the embedstream binary to check)" >&2; exit 2; }
+[ -x "$1" ] || { echo "$0: $1 is not an executable" >&2; exit 2; }
 BIN=$(realpath "$1")
-[ -x "$BIN" ] || { echo "$0: $1 is not an executable" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 WORK=$(mktemp -d)
