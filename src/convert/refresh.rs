@@ -126,7 +126,10 @@ impl RefreshSummary {
         let mut entries = vec![
             (format::META_GENERATION, self.generation.to_string()),
             (format::META_REFRESH_MATCH_ON, self.match_on.clone()),
-            (format::META_REFRESH_ON_CHANGE, self.on_change.as_str().into()),
+            (
+                format::META_REFRESH_ON_CHANGE,
+                self.on_change.as_str().into(),
+            ),
             (format::META_REFRESH_KEPT, self.kept.to_string()),
             (format::META_REFRESH_ADDED, self.added.to_string()),
             (format::META_REFRESH_REMOVED, self.removed.to_string()),
@@ -211,19 +214,20 @@ impl Previous {
         let match_index = store.schema().index_of(match_on).map_err(|_| {
             anyhow!("--match-on {match_on}: --previous {shown} has no column `{match_on}`")
         })?;
-        let generation = match meta.get(format::META_GENERATION) {
-            None => 1,
-            Some(g) => g.parse::<u64>().ok().filter(|&g| g >= 1).ok_or_else(|| {
-                not_ours(format!("its `{}` is `{g}`", format::META_GENERATION))
-            })?,
-        };
+        let generation =
+            match meta.get(format::META_GENERATION) {
+                None => 1,
+                Some(g) => g.parse::<u64>().ok().filter(|&g| g >= 1).ok_or_else(|| {
+                    not_ours(format!("its `{}` is `{g}`", format::META_GENERATION))
+                })?,
+            };
         let identity = PreviousIdentity {
             file: path
                 .file_name()
                 .map_or_else(|| shown.to_string(), |n| n.to_string_lossy().into_owned()),
             rows: store.num_rows(),
             last_key: store.key_range().map(|(_, last)| format_uuid(last)),
-            footer_xxh3: format!("{:016x}", footer_hash(path).map_err(|e| not_ours(e))?),
+            footer_xxh3: format!("{:016x}", footer_hash(path).map_err(not_ours)?),
             generation,
         };
         Ok(Previous {
@@ -352,6 +356,7 @@ pub fn plan(
     }
 
     // Probe with OLD, batch by batch.
+    let old_pages = OldPages::find(store);
     let mut old_of_new = vec![NONE; n];
     let mut kept_in_old_order: Vec<u32> = Vec::new();
     let mut changed = vec![false; n];
@@ -382,7 +387,12 @@ pub fn plan(
                     let ju = j as usize;
                     if old_of_new[ju] != NONE {
                         let rows = old_rows_with(store, previous.match_index, value, &old_path)?;
-                        bail!(duplicate_message(&old_path, match_on, value, rows.into_iter()));
+                        bail!(duplicate_message(
+                            &old_path,
+                            match_on,
+                            value,
+                            rows.into_iter()
+                        ));
                     }
                     old_of_new[ju] = row as u32;
                     kept_in_old_order.push(j);
@@ -391,28 +401,41 @@ pub fn plan(
                 None => removed.push((hash, row as u32)),
             }
         }
-        if pairs.is_empty() {
-            continue;
-        }
         if !same_columns {
             for &(_, j) in &pairs {
                 changed[j as usize] = true;
             }
-            continue;
-        }
-        let new_rows: Vec<u32> = pairs.iter().map(|&(_, j)| j).collect();
-        for &(old_index, new_data) in &compared {
-            let old_array = decode(store, b, old_index, &old_path)?;
-            let new_array = gather(new_data, &new_rows)?;
-            let differs = row_differs(&old_array, &new_array)?;
-            for (k, &(i, j)) in pairs.iter().enumerate() {
-                if differs(i, k) {
-                    changed[j as usize] = true;
+        } else if !pairs.is_empty() {
+            let new_rows: Vec<u32> = pairs.iter().map(|&(_, j)| j).collect();
+            for &(old_index, new_data) in &compared {
+                let old_array = decode(store, b, old_index, &old_path)?;
+                let new_array = gather(new_data, &new_rows)?;
+                let differs = row_differs(&old_array, &new_array)?;
+                for (k, &(i, j)) in pairs.iter().enumerate() {
+                    if differs(i, k) {
+                        changed[j as usize] = true;
+                    }
                 }
             }
         }
+        old_pages.release(store, b);
     }
-    check_removed_duplicates(store, previous.match_index, &mut removed, match_on, &old_path)?;
+    // The comparison built NEW's vectors once, releasing the pickle's pages
+    // behind it; the writer builds them again from the start.
+    for column in &frame.columns {
+        if let ColumnData::Vectors(cells) = &column.data {
+            if let Some(source) = &cells.source {
+                source.rewind_release();
+            }
+        }
+    }
+    check_removed_duplicates(
+        store,
+        previous.match_index,
+        &mut removed,
+        match_on,
+        &old_path,
+    )?;
 
     // Keys: kept rows OLD's (in OLD's order), then fresh ones in pickle order.
     let renew = on_change == OnChange::Renew;
@@ -432,6 +455,19 @@ pub fn plan(
             keys.extend_from_slice(&fresh.next(new_hashes[j])?);
         }
     }
+    // The file records `keys_sorted = true`: OLD's keys in OLD's order, then
+    // fresh ones after OLD's last, are increasing by construction; checked
+    // here once (16 bytes a row) rather than trusted.
+    if let Some(at) = keys
+        .chunks_exact(16)
+        .zip(keys.chunks_exact(16).skip(1))
+        .position(|(a, b)| a >= b)
+    {
+        bail!(
+            "internal error: refreshed keys are not increasing at output row {}",
+            at + 1
+        );
+    }
     let kept = kept_in_old_order.len();
     let summary = RefreshSummary {
         previous: previous.identity.clone(),
@@ -450,6 +486,79 @@ pub fn plan(
     })
 }
 
+/// OLD's pages, released batch by batch once compared, so reading OLD's
+/// vectors does not grow the resident set by OLD's size.
+struct OldPages {
+    /// The read-only, file-backed mapping holding OLD's batches (from
+    /// `/proc/self/maps`); `None` when it cannot be found, and nothing is released.
+    mapping: Option<(usize, usize)>,
+}
+
+impl OldPages {
+    const PAGE: usize = 4096;
+
+    fn find(store: &Store) -> Self {
+        let probe = store
+            .file()
+            .record_batch_block(0)
+            .and_then(Result::ok)
+            .map(|block| block.body.as_ptr() as usize);
+        OldPages {
+            mapping: probe.and_then(read_only_file_mapping_containing),
+        }
+    }
+
+    /// Drop batch `b`'s body pages from this process's resident set.
+    fn release(&self, store: &Store, b: usize) {
+        let (Some((map_start, map_end)), Some(Ok(block))) =
+            (self.mapping, store.file().record_batch_block(b))
+        else {
+            return;
+        };
+        let body_start = block.body.as_ptr() as usize;
+        let start = body_start.div_ceil(Self::PAGE) * Self::PAGE;
+        let end = (body_start + block.body.len()) / Self::PAGE * Self::PAGE;
+        if start >= end || start < map_start || end > map_end {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: [start, end) is page-aligned and lies inside one mapping
+            // that /proc/self/maps lists as not writable and backed by a file
+            // (OLD, mapped read-only by `Store::open`), kept alive by
+            // `block.body`, a view of it. MADV_DONTNEED on such a mapping only
+            // drops page-table entries: later reads fault the same file
+            // contents back in from the page cache, so no reference into the
+            // range (decoded arrays, the store's key columns) sees a change.
+            // A failure (EINVAL on another page size) leaves the pages as they were.
+            let _ = unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+            };
+        }
+    }
+}
+
+/// The `[start, end)` of the mapping containing `addr`, if `/proc/self/maps`
+/// lists it as readable, not writable and backed by a file.
+fn read_only_file_mapping_containing(addr: usize) -> Option<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        let (start, end) = parts.next()?.split_once('-')?;
+        let (start, end) = (
+            usize::from_str_radix(start, 16).ok()?,
+            usize::from_str_radix(end, 16).ok()?,
+        );
+        if !(start..end).contains(&addr) {
+            return None;
+        }
+        let perms = parts.next()?;
+        let inode = parts.nth(2)?;
+        let path = parts.next()?;
+        (perms.starts_with("r-") && inode != "0" && path.starts_with('/')).then_some((start, end))
+    })
+}
+
 /// Column `column` of OLD's batch `b`, decoded alone.
 fn decode(store: &Store, b: usize, column: usize, path: &str) -> anyhow::Result<ArrayRef> {
     store
@@ -462,9 +571,11 @@ fn decode(store: &Store, b: usize, column: usize, path: &str) -> anyhow::Result<
 /// consecutive rows are sliced, so a stable export order costs one slice per run.
 pub(crate) fn gather(column: &ColumnData, rows: &[u32]) -> anyhow::Result<ArrayRef> {
     match column {
-        ColumnData::Array(array) => {
-            Ok(take(array.as_ref(), &UInt32Array::from(rows.to_vec()), None)?)
-        }
+        ColumnData::Array(array) => Ok(take(
+            array.as_ref(),
+            &UInt32Array::from(rows.to_vec()),
+            None,
+        )?),
         ColumnData::Vectors(_) => {
             let mut pieces: Vec<ArrayRef> = Vec::new();
             let mut k = 0;
@@ -497,10 +608,7 @@ fn row_differs<'a>(
     old: &'a ArrayRef,
     new: &'a ArrayRef,
 ) -> anyhow::Result<Box<dyn Fn(usize, usize) -> bool + 'a>> {
-    if let (Some(o), Some(n)) = (
-        old.as_fixed_size_list_opt(),
-        new.as_fixed_size_list_opt(),
-    ) {
+    if let (Some(o), Some(n)) = (old.as_fixed_size_list_opt(), new.as_fixed_size_list_opt()) {
         if let (Some((ob, width)), Some((nb, _))) = (float_bytes(o), float_bytes(n)) {
             let row = o.value_length() as usize * width;
             return Ok(Box::new(move |i, k| {
@@ -521,11 +629,19 @@ fn float_bytes(list: &FixedSizeListArray) -> Option<(&[u8], usize)> {
     let values = list.values();
     let (bytes, width) = match values.data_type() {
         DataType::Float32 => (
-            values.as_primitive::<arrow_array::types::Float32Type>().values().inner().as_slice(),
+            values
+                .as_primitive::<arrow_array::types::Float32Type>()
+                .values()
+                .inner()
+                .as_slice(),
             4,
         ),
         DataType::Float64 => (
-            values.as_primitive::<arrow_array::types::Float64Type>().values().inner().as_slice(),
+            values
+                .as_primitive::<arrow_array::types::Float64Type>()
+                .values()
+                .inner()
+                .as_slice(),
             8,
         ),
         _ => return None,
@@ -553,12 +669,18 @@ fn check_removed_duplicates(
         if end - k > 1 {
             for a in k..end {
                 let (batch_a, i_a) = store.locate(removed[a].1 as usize);
-                let col_a = MatchColumn::new(decode(store, batch_a, match_index, path)?, match_on, path)?;
-                let Some(value) = col_a.get(i_a) else { continue };
+                let col_a =
+                    MatchColumn::new(decode(store, batch_a, match_index, path)?, match_on, path)?;
+                let Some(value) = col_a.get(i_a) else {
+                    continue;
+                };
                 for other in &removed[a + 1..end] {
                     let (batch_b, i_b) = store.locate(other.1 as usize);
-                    let col_b =
-                        MatchColumn::new(decode(store, batch_b, match_index, path)?, match_on, path)?;
+                    let col_b = MatchColumn::new(
+                        decode(store, batch_b, match_index, path)?,
+                        match_on,
+                        path,
+                    )?;
                     if col_b.get(i_b) == Some(value) {
                         let rows = old_rows_with(store, match_index, value, path)?;
                         bail!(duplicate_message(path, match_on, value, rows.into_iter()));
@@ -582,7 +704,11 @@ fn old_rows_with(
     for b in 0..store.num_batches() {
         let col = MatchColumn::new(decode(store, b, match_index, path)?, "", path)?;
         let start = store.batch_start(b);
-        rows.extend((0..col.len()).filter(|&i| col.get(i) == Some(value)).map(|i| start + i));
+        rows.extend(
+            (0..col.len())
+                .filter(|&i| col.get(i) == Some(value))
+                .map(|i| start + i),
+        );
     }
     Ok(rows)
 }
@@ -722,10 +848,22 @@ impl MatchColumn {
         };
         use DataType as T;
         let (typed, kind) = match array.data_type() {
-            T::Utf8 => (Typed::Utf8(array.as_string::<i32>().clone()), MatchKind::Text),
-            T::LargeUtf8 => (Typed::LargeUtf8(array.as_string::<i64>().clone()), MatchKind::Text),
-            T::Utf8View => (Typed::Utf8View(array.as_string_view().clone()), MatchKind::Text),
-            T::Binary => (Typed::Binary(array.as_binary::<i32>().clone()), MatchKind::Binary),
+            T::Utf8 => (
+                Typed::Utf8(array.as_string::<i32>().clone()),
+                MatchKind::Text,
+            ),
+            T::LargeUtf8 => (
+                Typed::LargeUtf8(array.as_string::<i64>().clone()),
+                MatchKind::Text,
+            ),
+            T::Utf8View => (
+                Typed::Utf8View(array.as_string_view().clone()),
+                MatchKind::Text,
+            ),
+            T::Binary => (
+                Typed::Binary(array.as_binary::<i32>().clone()),
+                MatchKind::Binary,
+            ),
             T::LargeBinary => (
                 Typed::LargeBinary(array.as_binary::<i64>().clone()),
                 MatchKind::Binary,
@@ -790,19 +928,45 @@ mod tests {
         let keys: Vec<[u8; 16]> = (0..4).map(|t| fresh.next(t).unwrap()).collect();
         let mut previous = last;
         for k in &keys {
-            assert!(previous < *k, "{} !< {}", format_uuid(&previous), format_uuid(k));
+            assert!(
+                previous < *k,
+                "{} !< {}",
+                format_uuid(&previous),
+                format_uuid(k)
+            );
             let u = uuid::Uuid::from_bytes(*k);
             assert_eq!(u.get_version_num(), 7);
             assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
             previous = *k;
         }
-        assert_eq!(key::split_v7(&keys[0]), (1_700_000_000_000, key::COUNTER_LIMIT - 1));
+        assert_eq!(
+            key::split_v7(&keys[0]),
+            (1_700_000_000_000, key::COUNTER_LIMIT - 1)
+        );
         assert_eq!(key::split_v7(&keys[1]), (1_700_000_000_001, 0));
         assert_eq!(&keys[3][12..], &3u32.to_be_bytes());
         // The end of v7 time: refused, no panic.
         let end = key::compose_v7((1 << 48) - 1, key::COUNTER_LIMIT - 1, 0);
         let err = FreshKeys::after(Some(&end)).next(0).unwrap_err();
         assert!(err.to_string().contains("end of UUID v7 time"), "{err}");
+    }
+
+    #[test]
+    fn only_read_only_file_mappings_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 3 * 4096]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a private temp file nobody else writes, read-only map.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let addr = map.as_ptr() as usize + 5000;
+        let (start, end) = read_only_file_mapping_containing(addr).expect("found");
+        assert!(start <= map.as_ptr() as usize && addr < end);
+        let heap = vec![0u8; 1 << 20];
+        assert_eq!(
+            read_only_file_mapping_containing(heap.as_ptr() as usize + 4096),
+            None
+        );
     }
 
     #[test]

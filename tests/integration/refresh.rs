@@ -205,7 +205,10 @@ fn kept_added_removed_and_changed_rows_every_key_and_value_checked() {
     assert_eq!(old_meta[format::META_GENERATION], "1");
     // OLD as written: the pickle's rows in order.
     let old_ids: Vec<&str> = old_file.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(old_ids, (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        old_ids,
+        (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>()
+    );
     for (file_row, row) in old_file.iter().zip(&f.old_rows) {
         assert_eq!(file_row.vector, narrowed(row));
     }
@@ -271,7 +274,9 @@ fn kept_added_removed_and_changed_rows_every_key_and_value_checked() {
     assert_eq!(meta[format::META_PREVIOUS_FOOTER_XXH3].len(), 16);
     let line = summary.to_string();
     assert!(
-        line.contains("8 kept (2 changed, keeping their keys), 2 added, 2 removed; this is generation 2."),
+        line.contains(
+            "8 kept (2 changed, keeping their keys), 2 added, 2 removed; this is generation 2."
+        ),
         "{line}"
     );
 
@@ -409,19 +414,37 @@ fn every_refusal_names_the_problem_and_writes_nothing() {
 
     // Duplicate and null match values in OLD: a kept value, and a removed one.
     for (name, twice, needle) in [
-        ("dupkept", "a1", "dupkept.arrow has the value \"a1\" 2 times, at rows 1, 4"),
-        ("dupgone", "a2", "dupgone.arrow has the value \"a2\" 2 times, at rows 2, 4"),
+        (
+            "dupkept",
+            "a1",
+            "dupkept.arrow has the value \"a1\" 2 times, at rows 1, 4",
+        ),
+        (
+            "dupgone",
+            "a2",
+            "dupgone.arrow has the value \"a2\" 2 times, at rows 2, 4",
+        ),
     ] {
         let mut rows = old_rows.clone();
         rows[4].id = Some(twice.into());
         let old = f.dir.join(format!("{name}.arrow"));
-        convert(&args(&write_pickle(&f.dir, &format!("{name}.pkl"), &rows), &old, None)).unwrap();
+        convert(&args(
+            &write_pickle(&f.dir, &format!("{name}.pkl"), &rows),
+            &old,
+            None,
+        ))
+        .unwrap();
         refused(&args(&f.new_pkl, &out, Some(&old)), needle);
     }
     let mut rows = old_rows.clone();
     rows[6].id = None;
     let old_null = f.dir.join("oldnull.arrow");
-    convert(&args(&write_pickle(&f.dir, "oldnull.pkl", &rows), &old_null, None)).unwrap();
+    convert(&args(
+        &write_pickle(&f.dir, "oldnull.pkl", &rows),
+        &old_null,
+        None,
+    ))
+    .unwrap();
     refused(
         &args(&f.new_pkl, &out, Some(&old_null)),
         "oldnull.arrow has a null `id` at row 6",
@@ -467,7 +490,10 @@ fn every_refusal_names_the_problem_and_writes_nothing() {
         let batch = arrow_array::RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(arrow_array::FixedSizeBinaryArray::try_from_iter([[7u8; 16]].into_iter()).unwrap()),
+                Arc::new(
+                    arrow_array::FixedSizeBinaryArray::try_from_iter([[7u8; 16]].into_iter())
+                        .unwrap(),
+                ),
                 Arc::new(arrow_array::StringArray::from(vec!["a0"])),
             ],
         )
@@ -517,7 +543,14 @@ fn the_cli_prints_the_refresh_summary_and_refuses_half_given_flags() {
             .unwrap()
     };
     let old = f.old.to_str().unwrap();
-    let o = run(&["--previous", old, "--match-on", "id", "--on-change", "renew"]);
+    let o = run(&[
+        "--previous",
+        old,
+        "--match-on",
+        "id",
+        "--on-change",
+        "renew",
+    ]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
