@@ -42,37 +42,57 @@ fn unicode(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// `pickle.dumps({"id": [...], "Company Name": [...], "vec": [[...], ...]}, protocol=5)`.
-fn pickle(rows: &[Row]) -> Vec<u8> {
+/// One cell of a dict-of-lists pickle.
+enum Cell<'a> {
+    Str(&'a str),
+    Int(i32),
+    None,
+    Floats(&'a [f64]),
+}
+
+/// `pickle.dumps({name: [cells...], ...}, protocol=5)`, opcode by opcode.
+fn pickle_columns(columns: &[(&str, Vec<Cell<'_>>)]) -> Vec<u8> {
     let mut p = vec![0x80, 5, b'}', b'(']; // PROTO 5, EMPTY_DICT, MARK
-    unicode(&mut p, "id");
-    p.extend_from_slice(b"](");
-    for r in rows {
-        match &r.id {
-            Some(id) => unicode(&mut p, id),
-            None => p.push(b'N'),
-        }
-    }
-    p.push(b'e'); // APPENDS
-    unicode(&mut p, "Company Name");
-    p.extend_from_slice(b"](");
-    for r in rows {
-        unicode(&mut p, &r.company);
-    }
-    p.push(b'e');
-    unicode(&mut p, "vec");
-    p.extend_from_slice(b"](");
-    for r in rows {
-        p.extend_from_slice(b"](");
-        for x in &r.vector {
-            p.push(b'G'); // BINFLOAT, big-endian
-            p.extend_from_slice(&x.to_be_bytes());
+    for (name, cells) in columns {
+        unicode(&mut p, name);
+        p.extend_from_slice(b"]("); // EMPTY_LIST, MARK
+        for cell in cells {
+            match cell {
+                Cell::Str(s) => unicode(&mut p, s),
+                Cell::Int(i) => {
+                    p.push(b'J'); // BININT
+                    p.extend_from_slice(&i.to_le_bytes());
+                }
+                Cell::None => p.push(b'N'),
+                Cell::Floats(xs) => {
+                    p.extend_from_slice(b"](");
+                    for x in *xs {
+                        p.push(b'G'); // BINFLOAT, big-endian
+                        p.extend_from_slice(&x.to_be_bytes());
+                    }
+                    p.push(b'e'); // APPENDS
+                }
+            }
         }
         p.push(b'e');
     }
-    p.push(b'e');
     p.extend_from_slice(b"u."); // SETITEMS, STOP
     p
+}
+
+/// `pickle.dumps({"id": [...], "Company Name": [...], "vec": [[...], ...]}, protocol=5)`.
+fn pickle(rows: &[Row]) -> Vec<u8> {
+    pickle_named(rows, ["id", "Company Name", "vec"])
+}
+
+fn pickle_named(rows: &[Row], names: [&str; 3]) -> Vec<u8> {
+    let ids = rows
+        .iter()
+        .map(|r| r.id.as_deref().map_or(Cell::None, Cell::Str))
+        .collect();
+    let companies = rows.iter().map(|r| Cell::Str(&r.company)).collect();
+    let vectors = rows.iter().map(|r| Cell::Floats(&r.vector)).collect();
+    pickle_columns(&[(names[0], ids), (names[1], companies), (names[2], vectors)])
 }
 
 fn write_pickle(dir: &Path, name: &str, rows: &[Row]) -> PathBuf {
@@ -456,16 +476,10 @@ fn every_refusal_names_the_problem_and_writes_nothing() {
     refused(&a, "--match-on nope: --previous");
     refused(&a, "has no column `nope`");
     let other = f.dir.join("other.arrow");
-    {
-        // OLD with the id column under another name.
-        let (mut o, _) = exports();
-        o.truncate(3);
-        let mut p = pickle(&o);
-        let at = p.windows(4).position(|w| w == b"\x02\0\0\0").unwrap(); // len("id")
-        p[at + 4..at + 6].copy_from_slice(b"ID");
-        std::fs::write(f.dir.join("other.pkl"), p).unwrap();
-        convert(&args(&f.dir.join("other.pkl"), &other, None)).unwrap();
-    }
+    // OLD with the id column under another name.
+    let p = pickle_named(&old_rows[..3], ["ID", "Company Name", "vec"]);
+    std::fs::write(f.dir.join("other.pkl"), p).unwrap();
+    convert(&args(&f.dir.join("other.pkl"), &other, None)).unwrap();
     refused(
         &args(&f.new_pkl, &out, Some(&other)),
         "--match-on id: --previous",
@@ -473,6 +487,28 @@ fn every_refusal_names_the_problem_and_writes_nothing() {
     let mut a2 = args(&f.dir.join("other.pkl"), &out, Some(&f.old));
     a2.match_on = Some("id".into());
     refused(&a2, "other.pkl has no column `id`");
+
+    // NEW already carrying a key column.
+    let p = pickle_named(&new_rows, ["id", "uuid", "vec"]);
+    std::fs::write(f.dir.join("keyed.pkl"), p).unwrap();
+    refused(
+        &args(&f.dir.join("keyed.pkl"), &out, Some(&f.old)),
+        "keyed.pkl: the input already has a key column `uuid`; with --previous the keys come from",
+    );
+
+    // Integer ids in NEW against text ids in OLD.
+    let ints = (0..3).map(Cell::Int).collect();
+    let companies = (0..3).map(|_| Cell::Str("c")).collect();
+    let p = pickle_columns(&[("id", ints), ("Company Name", companies)]);
+    std::fs::write(f.dir.join("ints.pkl"), p).unwrap();
+    refused(
+        &args(&f.dir.join("ints.pkl"), &out, Some(&f.old)),
+        "the column holds text in",
+    );
+    refused(
+        &args(&f.dir.join("ints.pkl"), &out, Some(&f.old)),
+        "but integers in",
+    );
 
     // OLD not an embedstream file: a pickle, and an Arrow file without our metadata.
     refused(
