@@ -311,6 +311,12 @@ pub fn plan(
         .iter()
         .find(|c| c.name == match_on)
         .ok_or_else(|| anyhow!("--match-on {match_on}: {new_path} has no column `{match_on}`"))?;
+    if let ColumnData::Vectors(cells) = &new_match_col.data {
+        bail!(
+            "--match-on {match_on}: {new_path} holds {} in `{match_on}`; match on text, binary or integer ids",
+            cells.data_type()
+        );
+    }
     let new_match = MatchColumn::new(new_match_col.data.to_array()?, match_on, &new_path)?;
 
     // NEW's index: row numbers, hashed by value; nulls and duplicates refused.
@@ -603,7 +609,6 @@ pub(crate) fn gather(column: &ColumnData, rows: &[u32]) -> anyhow::Result<ArrayR
 /// `differs(i, k)`: whether row `i` of `old` and row `k` of `new` (same type)
 /// differ. Float vectors compare their bytes; other types arrow's comparator
 /// (floats by total order, i.e. by bits; nulls equal only to nulls).
-#[allow(clippy::type_complexity)]
 fn row_differs<'a>(
     old: &'a ArrayRef,
     new: &'a ArrayRef,
@@ -619,8 +624,13 @@ fn row_differs<'a>(
             }));
         }
     }
-    let cmp = make_comparator(old.as_ref(), new.as_ref(), SortOptions::default())?;
-    Ok(Box::new(move |i, k| cmp(i, k).is_ne()))
+    match make_comparator(old.as_ref(), new.as_ref(), SortOptions::default()) {
+        Ok(cmp) => Ok(Box::new(move |i, k| cmp(i, k).is_ne())),
+        // A type arrow cannot order (e.g. Null): its logical equality, row by row.
+        Err(_) => Ok(Box::new(move |i, k| {
+            old.slice(i, 1).to_data() != new.slice(k, 1).to_data()
+        })),
+    }
 }
 
 /// The value bytes of a fixed-size list of floats, row-major from its first
