@@ -186,7 +186,9 @@ impl fmt::Display for ConvertSummary {
             Some((name, dim, ty)) => write!(f, "; vectors `{name}`: {dim} × {ty}")?,
             None => write!(f, "; no vector column")?,
         }
-        let how = if self.key_adopted {
+        let how = if self.refresh.is_some() {
+            "kept from --previous, fresh after it"
+        } else if self.key_adopted {
             "kept from the input"
         } else {
             "added"

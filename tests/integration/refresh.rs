@@ -605,3 +605,65 @@ fn the_cli_prints_the_refresh_summary_and_refuses_half_given_flags() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--previous <OLD.arrow>"));
     assert!(!out.exists());
 }
+
+/// The same resume as the Batch Server does it: StreamEmbedding on the new
+/// file with a checkpoint from the old one sends exactly the rows after it.
+#[tokio::test]
+async fn a_served_stream_resumes_on_new_from_a_checkpoint_taken_on_old() {
+    use embedstream::{
+        proto::{
+            embedding_stream_service_client::EmbeddingStreamServiceClient, StreamEmbeddingRequest,
+        },
+        serve::{Server, ServerConfig},
+    };
+    let f = fixture();
+    let (old_file, _) = read_file(&f.old);
+    let out = f.dir.join("served.arrow");
+    convert(&args(&f.new_pkl, &out, Some(&f.old))).unwrap();
+    let (new_file, _) = read_file(&out);
+    // The test export has one text column: it feeds every RecruitRow text field.
+    let mut config = ServerConfig::new(&out, "127.0.0.1:0".parse().unwrap());
+    for column in [
+        &mut config.mapping.company_name,
+        &mut config.mapping.exp_years,
+        &mut config.mapping.english_level,
+        &mut config.mapping.primary_keyword,
+    ] {
+        *column = "Company Name".into();
+    }
+    let server = Server::spawn(config).await.unwrap();
+    let mut client =
+        EmbeddingStreamServiceClient::connect(format!("http://{}", server.local_addr()))
+            .await
+            .unwrap();
+    for id in ["a3", "a5", "a9"] {
+        let checkpoint = key_of(&old_file, id);
+        let mut stream = client
+            .stream_embedding(StreamEmbeddingRequest {
+                last_processed_uuid: format::format_uuid(&checkpoint),
+                chunk_size: 2,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            for r in chunk.rows {
+                got.push((r.id, r.company_name, r.vector));
+            }
+        }
+        let expected: Vec<_> = new_file
+            .iter()
+            .filter(|r| r.key > checkpoint)
+            .map(|r| {
+                (
+                    format::format_uuid(&r.key),
+                    r.company.clone(),
+                    r.vector.clone(),
+                )
+            })
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(got, expected, "checkpoint at {id}");
+    }
+}
