@@ -88,8 +88,9 @@ impl Default for KeyGenerator {
 
 /// A v7 key from its parts: 48 bits of Unix milliseconds, the 42-bit counter
 /// (the 12 bits of `rand_a`, then the top 30 bits of `rand_b` after the
-/// variant, as RFC 9562 §6.2 method 1 allows), then 32 tail bits. Keys with a greater (millis, counter) are
-/// greater as big-endian bytes, whatever their tails.
+/// variant, as RFC 9562 §6.2 method 1 allows), then 32 tail bits. Keys with
+/// a greater (millis, counter) are greater as big-endian bytes, whatever
+/// their tails.
 pub fn compose_v7(millis: u64, counter: u64, tail: u32) -> [u8; 16] {
     let c = counter;
     let mut b = [0u8; 16];
