@@ -156,6 +156,36 @@ pub fn format_uuid(bytes: &[u8]) -> String {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Refresh (`convert --previous`): generation and lineage metadata.
+// ---------------------------------------------------------------------------
+
+/// Schema metadata: generation of the file's keys. A plain conversion is
+/// generation 1; a refresh against OLD is OLD's generation + 1 (a file
+/// without this entry counts as generation 1).
+pub const META_GENERATION: &str = "embedstream.generation";
+/// Schema metadata (refresh): the column rows were matched on.
+pub const META_REFRESH_MATCH_ON: &str = "embedstream.refresh.match_on";
+/// Schema metadata (refresh): `keep` or `renew`, what changed rows got.
+pub const META_REFRESH_ON_CHANGE: &str = "embedstream.refresh.on_change";
+/// Schema metadata (refresh): rows found in OLD (their match value), changed or not.
+pub const META_REFRESH_KEPT: &str = "embedstream.refresh.kept";
+/// Schema metadata (refresh): rows new to this export.
+pub const META_REFRESH_ADDED: &str = "embedstream.refresh.added";
+/// Schema metadata (refresh): OLD rows no longer exported.
+pub const META_REFRESH_REMOVED: &str = "embedstream.refresh.removed";
+/// Schema metadata (refresh): kept rows whose other columns differ from OLD's.
+pub const META_REFRESH_CHANGED: &str = "embedstream.refresh.changed";
+/// Schema metadata (refresh): OLD's file name.
+pub const META_PREVIOUS_FILE: &str = "embedstream.previous.file";
+/// Schema metadata (refresh): OLD's row count.
+pub const META_PREVIOUS_ROWS: &str = "embedstream.previous.rows";
+/// Schema metadata (refresh): OLD's last key, hyphenated (absent if OLD had no rows).
+pub const META_PREVIOUS_LAST_KEY: &str = "embedstream.previous.last_key";
+/// Schema metadata (refresh): XXH3-64 of OLD's IPC footer (schema, metadata
+/// and block offsets), 16 hex digits.
+pub const META_PREVIOUS_FOOTER_XXH3: &str = "embedstream.previous.footer_xxh3";
+
 #[cfg(test)]
 mod tests {
     use super::*;

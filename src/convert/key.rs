@@ -24,7 +24,8 @@ use arrow_schema::DataType;
 use crate::format::format_uuid;
 
 const COUNTER_BITS: u32 = 42;
-const COUNTER_LIMIT: u64 = 1 << COUNTER_BITS;
+/// The counter's exclusive upper bound.
+pub const COUNTER_LIMIT: u64 = 1 << COUNTER_BITS;
 
 /// Generates strictly increasing UUID v7 keys.
 #[derive(Debug)]
@@ -65,18 +66,8 @@ impl KeyGenerator {
             self.millis += 1;
             self.counter = self.rng.next() >> (64 - (COUNTER_BITS - 1));
         }
-        let c = self.counter;
         let tail = self.rng.next() as u32;
-        let mut b = [0u8; 16];
-        b[..6].copy_from_slice(&self.millis.to_be_bytes()[2..]);
-        b[6] = 0x70 | ((c >> 38) & 0x0f) as u8; // version 7 + counter bits 41..38
-        b[7] = (c >> 30) as u8; // counter bits 37..30
-        b[8] = 0x80 | ((c >> 24) & 0x3f) as u8; // variant 10 + counter bits 29..24
-        b[9] = (c >> 16) as u8;
-        b[10] = (c >> 8) as u8;
-        b[11] = c as u8;
-        b[12..].copy_from_slice(&tail.to_be_bytes());
-        b
+        compose_v7(self.millis, self.counter, tail)
     }
 
     /// A key column of `rows` fresh keys.
@@ -93,6 +84,39 @@ impl Default for KeyGenerator {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A v7 key from its parts: 48 bits of Unix milliseconds, the 42-bit counter
+/// (the 12 bits of `rand_a`, then the top 30 bits of `rand_b` after the
+/// variant, as RFC 9562 §6.2 method 1 allows), then 32 tail bits. Keys with
+/// a greater (millis, counter) are greater as big-endian bytes, whatever
+/// their tails.
+pub fn compose_v7(millis: u64, counter: u64, tail: u32) -> [u8; 16] {
+    let c = counter;
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&(millis & 0xFFFF_FFFF_FFFF).to_be_bytes()[2..]);
+    b[6] = 0x70 | ((c >> 38) & 0x0f) as u8; // version 7 + counter bits 41..38
+    b[7] = (c >> 30) as u8; // counter bits 37..30
+    b[8] = 0x80 | ((c >> 24) & 0x3f) as u8; // variant 10 + counter bits 29..24
+    b[9] = (c >> 16) as u8;
+    b[10] = (c >> 8) as u8;
+    b[11] = c as u8;
+    b[12..].copy_from_slice(&tail.to_be_bytes());
+    b
+}
+
+/// The (millis, counter) of a key laid out as [`compose_v7`] does; for any
+/// other v7 key, the same bits read as if it were (bytewise order is kept:
+/// a key composed from a greater pair is greater).
+pub fn split_v7(key: &[u8; 16]) -> (u64, u64) {
+    let millis = u64::from_be_bytes([0, 0, key[0], key[1], key[2], key[3], key[4], key[5]]);
+    let counter = (u64::from(key[6] & 0x0f) << 38)
+        | (u64::from(key[7]) << 30)
+        | (u64::from(key[8] & 0x3f) << 24)
+        | (u64::from(key[9]) << 16)
+        | (u64::from(key[10]) << 8)
+        | u64::from(key[11]);
+    (millis, counter)
 }
 
 /// splitmix64: tiny, fast, good enough for the random tail of a key.

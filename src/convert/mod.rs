@@ -1,6 +1,7 @@
 //! `embedstream convert`: pickle → columns ([`crate::frame`]) → key column
 //! ([`key`]) → Arrow IPC or Parquet file ([`write`]), written atomically
-//! ([`atomic`]).
+//! ([`atomic`]). With `--previous OLD.arrow`, [`refresh`] joins the pickle
+//! with OLD first, so rows still exported keep OLD's keys.
 //!
 //! Memory: the frame's columns are the only copy of the data; batches written
 //! to the file are slices of them, except vector columns, which stay views of
@@ -8,6 +9,7 @@
 
 pub mod atomic;
 pub mod key;
+pub mod refresh;
 pub mod write;
 
 use std::{
@@ -79,6 +81,21 @@ pub struct ConvertArgs {
     /// No progress bar or progress log lines.
     #[arg(long)]
     pub no_progress: bool,
+
+    /// Refresh: an earlier conversion of this data. Rows whose --match-on value is in OLD keep
+    /// OLD's key; new rows get fresh keys after every key in OLD; rows no longer exported are
+    /// dropped. OUTPUT may be OLD itself (with --force): it is replaced atomically.
+    #[arg(long, value_name = "OLD.arrow", requires = "match_on")]
+    pub previous: Option<PathBuf>,
+
+    /// Refresh: the column that identifies a row in both exports (for the reference data, `id`).
+    #[arg(long, value_name = "COLUMN", requires = "previous")]
+    pub match_on: Option<String>,
+
+    /// Refresh: what a kept row whose other columns changed gets: `keep` its key, or `renew`
+    /// it (a fresh key after OLD's, so consumers pulling only new rows see it again).
+    #[arg(long, value_enum, default_value_t = refresh::OnChange::Keep, requires = "previous")]
+    pub on_change: refresh::OnChange,
 }
 
 impl ConvertArgs {
@@ -94,6 +111,9 @@ impl ConvertArgs {
             vector_column: None,
             keep_float64: false,
             no_progress: true,
+            previous: None,
+            match_on: None,
+            on_change: refresh::OnChange::Keep,
         }
     }
 
@@ -142,6 +162,8 @@ pub struct ConvertSummary {
     pub bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// What a refresh (`--previous`) did.
+    pub refresh: Option<refresh::RefreshSummary>,
 }
 
 impl fmt::Display for ConvertSummary {
@@ -164,7 +186,9 @@ impl fmt::Display for ConvertSummary {
             Some((name, dim, ty)) => write!(f, "; vectors `{name}`: {dim} × {ty}")?,
             None => write!(f, "; no vector column")?,
         }
-        let how = if self.key_adopted {
+        let how = if self.refresh.is_some() {
+            "kept from --previous, fresh after it"
+        } else if self.key_adopted {
             "kept from the input"
         } else {
             "added"
@@ -178,7 +202,11 @@ impl fmt::Display for ConvertSummary {
             ". Wrote {} in {:.2} s.",
             human_bytes(self.bytes),
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        if let Some(refresh) = &self.refresh {
+            write!(f, " {refresh}")?;
+        }
+        Ok(())
     }
 }
 
@@ -240,6 +268,18 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
             output.display()
         );
     }
+    let previous = match (&args.previous, &args.match_on) {
+        (None, _) => None,
+        (Some(_), _) if args.format == OutputFormat::Parquet => bail!(
+            "--previous: a refresh writes Arrow IPC only (the file `serve` maps); drop --format parquet"
+        ),
+        (Some(_), None) => bail!("--previous needs --match-on COLUMN"),
+        (Some(old), Some(match_on)) => Some(refresh::Previous::open(
+            old,
+            &args.key_column,
+            match_on,
+        )?),
+    };
 
     let reading = Arc::new(Progress::new(
         "reading",
@@ -261,12 +301,37 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         "pickle read"
     );
 
-    let table = write::Table::from_frame(
-        frame,
-        &args.key_column,
-        args.vector_column.as_deref(),
-        input,
-    )?;
+    let (table, refresh) = match (&previous, &args.match_on) {
+        (Some(previous), Some(match_on)) => {
+            let plan = refresh::plan(
+                &frame,
+                previous,
+                match_on,
+                &args.key_column,
+                args.on_change,
+                input,
+            )?;
+            let summary = plan.summary.clone();
+            let table = write::Table::refreshed(
+                frame,
+                &args.key_column,
+                args.vector_column.as_deref(),
+                input,
+                plan,
+            )?;
+            (table, Some(summary))
+        }
+        _ => (
+            write::Table::from_frame(
+                frame,
+                &args.key_column,
+                args.vector_column.as_deref(),
+                input,
+            )?,
+            None,
+        ),
+    };
+    drop(previous);
     let writing = Progress::new(
         "writing",
         Some(table.rows() as u64),
@@ -292,6 +357,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         batches: written.batches,
         bytes: written.bytes,
         elapsed: started.elapsed(),
+        refresh,
     })
 }
 

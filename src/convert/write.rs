@@ -11,6 +11,7 @@ use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterPr
 use super::{
     atomic::AtomicFile,
     key::{self, KeyGenerator},
+    refresh::{self, Plan},
     ConvertArgs, OutputFormat,
 };
 use crate::{
@@ -35,6 +36,9 @@ pub struct Table {
     key_index: usize,
     key_adopted: bool,
     vector: Option<(usize, usize, DataType)>,
+    /// A refresh's row order: output row `i` is frame row `order[i]` (the key
+    /// column is already in output order).
+    order: Option<Vec<u32>>,
 }
 
 impl Table {
@@ -44,6 +48,32 @@ impl Table {
         key_column: &str,
         vector_column: Option<&str>,
         source: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::build(frame, key_column, vector_column, source, None)
+    }
+
+    /// A refresh's table: the frame's rows in the plan's order, with the
+    /// plan's keys and its lineage in the metadata ([`refresh::plan`] has
+    /// refused an input that carries its own key column).
+    pub fn refreshed(
+        frame: Frame,
+        key_column: &str,
+        vector_column: Option<&str>,
+        source: &Path,
+        plan: Plan,
+    ) -> anyhow::Result<Self> {
+        if plan.order.len() != frame.rows || plan.keys.len() != frame.rows {
+            bail!("internal error: the refresh plan does not cover every row");
+        }
+        Self::build(frame, key_column, vector_column, source, Some(plan))
+    }
+
+    fn build(
+        frame: Frame,
+        key_column: &str,
+        vector_column: Option<&str>,
+        source: &Path,
+        plan: Option<Plan>,
     ) -> anyhow::Result<Self> {
         let rows = frame.rows;
         let mut fields = Vec::with_capacity(frame.columns.len() + 1);
@@ -63,7 +93,7 @@ impl Table {
                     column.name
                 );
             }
-            if column.name == key_column {
+            if column.name == key_column && plan.is_none() {
                 let keys = key::adopt_existing(key_column, &column.data.to_array()?)?;
                 key_index = Some(fields.len());
                 fields.push(format::key_field(key_column));
@@ -76,13 +106,19 @@ impl Table {
             }
         }
         let key_adopted = key_index.is_some();
+        let (order, refresh_keys, refresh_meta) = match plan {
+            Some(plan) => {
+                let meta = plan.summary.metadata();
+                (Some(plan.order), Some(plan.keys), meta)
+            }
+            None => (None, None, Vec::new()),
+        };
         let key_index = match key_index {
             Some(i) => i,
             None => {
                 fields.push(format::key_field(key_column));
-                columns.push(ColumnData::Array(key::as_array(
-                    KeyGenerator::new().column(rows),
-                )));
+                let keys = refresh_keys.unwrap_or_else(|| KeyGenerator::new().column(rows));
+                columns.push(ColumnData::Array(key::as_array(keys)));
                 fields.len() - 1
             }
         };
@@ -116,9 +152,12 @@ impl Table {
                 format::META_VERSION.to_string(),
                 env!("CARGO_PKG_VERSION").to_string(),
             ),
-            // Generated keys are increasing by construction; adopted ones were checked.
+            // Generated keys are increasing by construction; adopted ones were checked;
+            // a refresh's are OLD's (increasing in OLD's order), then fresh ones after them.
             (format::META_KEYS_SORTED.to_string(), "true".to_string()),
+            (format::META_GENERATION.to_string(), "1".to_string()),
         ]);
+        metadata.extend(refresh_meta);
         if let Some(name) = source.file_name() {
             metadata.insert(
                 format::META_SOURCE.to_string(),
@@ -140,6 +179,7 @@ impl Table {
             key_index,
             key_adopted,
             vector,
+            order,
         })
     }
 
@@ -153,11 +193,27 @@ impl Table {
     pub fn batch(&self, start: usize, len: usize) -> anyhow::Result<RecordBatch> {
         let start = start.min(self.rows);
         let len = len.min(self.rows - start);
-        let arrays = self
-            .columns
-            .iter()
-            .map(|c| c.slice(start, len))
-            .collect::<Result<Vec<_>, _>>()?;
+        let arrays = match &self.order {
+            None => self
+                .columns
+                .iter()
+                .map(|c| c.slice(start, len))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(order) => {
+                let rows = &order[start..start + len];
+                self.columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if i == self.key_index {
+                            Ok(c.slice(start, len)?)
+                        } else {
+                            refresh::gather(c, rows)
+                        }
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            }
+        };
         RecordBatch::try_new_with_options(
             self.schema.clone(),
             arrays,

@@ -13,5 +13,6 @@ mod convert_cli;
 mod convert_write;
 mod frame_fixtures;
 mod pickle_machine;
+mod refresh;
 mod serve_e2e;
 mod store;
