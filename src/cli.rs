@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{client, convert, inspect, logging, serve};
+use crate::{client, commands, convert, inspect, logging, serve};
 
 /// Convert pandas embedding pickles to Arrow once, then serve them over gRPC.
 ///
@@ -56,7 +56,7 @@ pub fn main() -> ExitCode {
     logging::init(&cli.log_level);
     let result = match cli.command {
         Command::Convert(args) => convert::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => commands::serve(args),
         Command::Stream(args) => client::stream::run(args),
         Command::Upload(args) => client::upload::run(args),
         Command::Inspect(args) => inspect::run(args),

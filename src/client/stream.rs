@@ -39,11 +39,9 @@ use crate::{
         embedding_stream_service_client::EmbeddingStreamServiceClient, RowChunk,
         StreamEmbeddingRequest,
     },
+    wire,
 };
 
-/// The Batch Server's inbound message limit; a stream this client accepts
-/// fits the Batch Server too.
-pub const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
 /// Name of the vector column in files written by `--out`.
 pub const OUT_VECTOR_COLUMN: &str = "job_post_vectors";
 
@@ -63,7 +61,7 @@ pub struct StreamArgs {
     /// Rows per chunk to ask for (the Batch Server asks for 300). Every chunk
     /// must have exactly this many rows but the last. Not used with --flight,
     /// which sends the file's own batches.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64), conflicts_with = "flight")]
+    #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE as u32, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64), conflicts_with = "flight")]
     pub chunk_size: u32,
 
     /// Save the rows as an Arrow IPC file that `embedstream serve` can serve.
@@ -688,8 +686,8 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
     } else {
         let asked = opts.chunk_size as usize;
         checker = Checker::new(Some(asked), checkpoint);
-        let mut client =
-            EmbeddingStreamServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = EmbeddingStreamServiceClient::new(channel)
+            .max_decoding_message_size(wire::MAX_MESSAGE_BYTES);
         let request = StreamEmbeddingRequest {
             last_processed_uuid: checkpoint.map(|k| format_uuid(&k)).unwrap_or_default(),
             chunk_size: i32::try_from(opts.chunk_size).unwrap_or(i32::MAX),
@@ -742,7 +740,7 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
             "GRPC_PORT",
             None,
             std::env::var("GRPC_PORT").ok().as_deref(),
-            50051,
+            wire::DEFAULT_SERVE_PORT,
         )?,
     };
     let opts = StreamOptions {

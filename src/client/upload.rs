@@ -24,13 +24,15 @@ use super::{
     local_address, AddressError,
 };
 use crate::{
+    dataset::{Dataset, DatasetError, DatasetOptions},
     progress::{Progress, ProgressMode, Unit},
     proto::{
         ingest_data_request::RequestType, IngestDataRequest, IngestDataResponse, IngestMetadata,
         ALIAS_PACKAGE, SERVICE,
     },
-    rows::{RecruitTable, RowMapping, RowsError},
-    store::{BatchError, Store, StoreError},
+    rows::RowMapping,
+    store::BatchError,
+    wire,
 };
 
 /// Encoded chunks allowed to wait for the network.
@@ -59,7 +61,7 @@ pub struct UploadArgs {
     /// Rows per JSON data chunk. grpc-java refuses messages over 4 MiB by
     /// default: 300 rows of 384-d vectors are about 1.3 MB, of 1536-d about
     /// 5 MB, so lower it for wide vectors unless the server raised its limit.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_size: u32,
 
     /// Attempts in total, counting the first one (like the Python tool,
@@ -138,17 +140,9 @@ pub struct UploadReport {
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    /// The file cannot be opened as a converted file.
+    /// The file cannot be opened as a converted file, or lacks a RecruitRow column.
     #[error(transparent)]
-    Open(#[from] StoreError),
-    /// The file lacks a RecruitRow column.
-    #[error("{path}: {source}")]
-    Rows {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: RowsError,
-    },
+    Open(#[from] DatasetError),
     /// A record batch cannot be decoded (found when its rows are first read,
     /// before anything is sent).
     #[error("{path}: {source}; the file is damaged: convert the source again with `embedstream convert`")]
@@ -259,15 +253,15 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
     let path = ingest_path(&opts.service_package)?;
     let endpoint = endpoint(&opts.to)?;
     let shown = opts.file.display().to_string();
-    let store = Arc::new(Store::open(&opts.file, opts.key_column.as_deref())?);
-    let rows = Arc::new(
-        UploadRows::new(store.clone(), &opts.mapping, shown.clone()).map_err(|source| {
-            UploadError::Rows {
-                path: shown.clone(),
-                source,
-            }
-        })?,
-    );
+    let dataset = Arc::new(Dataset::open(
+        &opts.file,
+        &DatasetOptions {
+            key_column: opts.key_column.clone(),
+            mapping: opts.mapping.clone(),
+            ..DatasetOptions::default()
+        },
+    )?);
+    let rows = Arc::new(UploadRows::new(dataset.clone(), shown));
     // Refuse values JSON cannot carry before sending anything: once the call
     // is open there is no way to abort it that a receiver is sure to see as
     // a failure (with tonic, dropping a client-streaming call was observed to
@@ -280,7 +274,7 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
         vector_dimension: i32::try_from(rows.dim).unwrap_or(i32::MAX),
     };
 
-    let total_rows = store.num_rows();
+    let total_rows = dataset.num_rows();
     let progress = Progress::new("upload", Some(total_rows as u64), Unit::Rows, opts.progress);
     let started = Instant::now();
     let mut backoff = opts.initial_backoff;
@@ -352,23 +346,21 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
     }
 }
 
-/// The file's rows as RecruitRow views (the same table `serve` encodes from).
+/// The file's rows as RecruitRow views (the same data set handle `serve` encodes from).
 struct UploadRows {
-    table: RecruitTable,
+    dataset: Arc<Dataset>,
     dim: usize,
     /// The file, as shown in errors.
     path: String,
 }
 
 impl UploadRows {
-    fn new(store: Arc<Store>, mapping: &RowMapping, path: String) -> Result<Self, RowsError> {
-        let layout = mapping.resolve(store.schema(), store.layout())?;
-        let dim = layout.vector_dim();
-        Ok(UploadRows {
-            table: RecruitTable::new(store, layout),
-            dim,
+    fn new(dataset: Arc<Dataset>, path: String) -> Self {
+        UploadRows {
+            dim: dataset.vector_dim(),
+            dataset,
             path,
-        })
+        }
     }
 
     fn json_error(&self, source: JsonError) -> UploadError {
@@ -390,8 +382,9 @@ impl UploadRows {
     fn check_finite(&self) -> Result<(), UploadError> {
         let mut found = None;
         let mut row = 0usize;
-        self.table
-            .for_segments(0, self.table.num_rows(), |columns, first, stop| {
+        let table = self.dataset.table();
+        table
+            .for_segments(0, table.num_rows(), |columns, first, stop| {
                 for i in first..stop {
                     if found.is_some() {
                         return;
@@ -427,7 +420,8 @@ impl UploadRows {
         let mut row = start;
         let mut id = [0u8; 36];
         let mut result = Ok(());
-        self.table
+        self.dataset
+            .table()
             .for_segments(start, end, |columns, first, stop| {
                 for i in first..stop {
                     if result.is_err() {
@@ -498,9 +492,9 @@ async fn attempt_once(
     // error through `failed`, and dropping the call cancels the RPC.
     let (tx, rx) = mpsc::channel::<Result<(Vec<u8>, usize), UploadError>>(CHANNEL_CHUNKS);
     let (failed_tx, failed_rx) = oneshot::channel::<UploadError>();
-    let total_rows = rows.table.num_rows();
+    let total_rows = rows.dataset.num_rows();
     let encoder = tokio::task::spawn_blocking(move || {
-        let total = rows.table.num_rows();
+        let total = rows.dataset.num_rows();
         let mut start = 0usize;
         let mut warned = false;
         while start < total {
@@ -611,7 +605,7 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
             "BATCH_SERVER_PORT",
             std::env::var("BATCH_SERVER_HOST").ok().as_deref(),
             std::env::var("BATCH_SERVER_PORT").ok().as_deref(),
-            50052,
+            wire::DEFAULT_BATCH_SERVER_PORT,
         )?,
     };
     let opts = UploadOptions {

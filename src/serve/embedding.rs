@@ -21,9 +21,13 @@ use tonic::{
     Request, Response, Status,
 };
 
-use super::encode::{damaged, row_size_bound, ChunkCodec, ChunkPlan};
-use crate::proto::StreamEmbeddingRequest;
-use crate::rows::RecruitTable;
+use super::encode::{ChunkCodec, ChunkPlan};
+pub use crate::dataset::ChunkLimits;
+use crate::{
+    dataset::{Dataset, LiveDataset},
+    proto::StreamEmbeddingRequest,
+    wire::{self, damaged, row_size_bound},
+};
 
 /// Full name of the canonical service.
 pub const SERVICE_NAME: &str = "embedding.EmbeddingStreamService";
@@ -32,18 +36,6 @@ const INGEST_PATH: &str = "/embedding.EmbeddingStreamService/IngestDataStream";
 
 /// Longest `last_processed_uuid` echoed back in an error message.
 const ECHO_LIMIT: usize = 64;
-
-/// Chunk sizes accepted by the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkLimits {
-    /// Rows per chunk when the request says 0.
-    pub default: usize,
-    /// Largest `chunk_size` accepted (a chunk of that many rows fits the
-    /// Batch Server's inbound message limit).
-    pub max: usize,
-    /// The message size limit the chunks must fit, in bytes.
-    pub max_message_bytes: usize,
-}
 
 /// Counters shared by all streams, readable by tests and the shutdown path.
 #[derive(Debug, Default)]
@@ -82,31 +74,25 @@ impl StreamStats {
 /// State shared by every request.
 #[derive(Debug)]
 struct Shared {
-    table: Arc<RecruitTable>,
-    limits: ChunkLimits,
+    /// The served data set; each request takes one snapshot at its start.
+    dataset: Arc<LiveDataset>,
     stats: Arc<StreamStats>,
     /// Set when the grace period is over: open streams end at their next chunk.
     stop: Arc<AtomicBool>,
 }
 
-/// The StreamEmbedding service: a small struct over the shared table.
+/// The StreamEmbedding service: a small struct over the live data set.
 #[derive(Debug, Clone)]
 pub struct EmbeddingService {
     shared: Arc<Shared>,
 }
 
 impl EmbeddingService {
-    /// A service over `table`; `stop` ends open streams when set.
-    pub fn new(
-        table: Arc<RecruitTable>,
-        limits: ChunkLimits,
-        stats: Arc<StreamStats>,
-        stop: Arc<AtomicBool>,
-    ) -> Self {
+    /// A service over `dataset`; `stop` ends open streams when set.
+    pub fn new(dataset: Arc<LiveDataset>, stats: Arc<StreamStats>, stop: Arc<AtomicBool>) -> Self {
         EmbeddingService {
             shared: Arc::new(Shared {
-                table,
-                limits,
+                dataset,
                 stats,
                 stop,
             }),
@@ -115,16 +101,13 @@ impl EmbeddingService {
 
     /// Resolve a request into (first row, rows per chunk), or the status to refuse it with.
     pub fn plan(&self, req: &StreamEmbeddingRequest) -> Result<(usize, usize), Status> {
-        plan(&self.shared.table, self.shared.limits, req)
+        plan(&self.shared.dataset.current(), req)
     }
 }
 
-/// Validate a request: resume row and chunk size.
-fn plan(
-    table: &RecruitTable,
-    limits: ChunkLimits,
-    req: &StreamEmbeddingRequest,
-) -> Result<(usize, usize), Status> {
+/// Validate a request against one snapshot of the data set: resume row and chunk size.
+fn plan(dataset: &Dataset, req: &StreamEmbeddingRequest) -> Result<(usize, usize), Status> {
+    let limits = dataset.limits();
     let chunk = match req.chunk_size {
         0 => limits.default,
         n => match usize::try_from(n) {
@@ -144,7 +127,7 @@ fn plan(
     } else {
         let text = &req.last_processed_uuid;
         match uuid::Uuid::try_parse(text) {
-            Ok(id) => table.store().position_after(id.as_bytes()),
+            Ok(id) => dataset.store().position_after(id.as_bytes()),
             Err(e) => {
                 let shown: String = text.chars().take(ECHO_LIMIT).collect();
                 let more = if shown.len() < text.len() { "…" } else { "" };
@@ -162,6 +145,8 @@ fn plan(
 #[derive(Debug)]
 pub struct RowStream {
     shared: Arc<Shared>,
+    /// The generation this stream reads, from its first chunk to its last.
+    dataset: Arc<Dataset>,
     peer: String,
     first: usize,
     next: usize,
@@ -175,11 +160,18 @@ pub struct RowStream {
 }
 
 impl RowStream {
-    fn new(shared: Arc<Shared>, peer: String, first: usize, chunk: usize) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        dataset: Arc<Dataset>,
+        peer: String,
+        first: usize,
+        chunk: usize,
+    ) -> Self {
         shared.stats.active.fetch_add(1, Ordering::SeqCst);
         shared.stats.started.fetch_add(1, Ordering::SeqCst);
         RowStream {
             shared,
+            dataset,
             peer,
             first,
             next: first,
@@ -208,7 +200,7 @@ impl Stream for RowStream {
                 this.next
             )))));
         }
-        let total = this.shared.table.num_rows();
+        let total = this.dataset.num_rows();
         if this.next >= total {
             this.finished = true;
             return Poll::Ready(None);
@@ -217,13 +209,17 @@ impl Stream for RowStream {
         // Decode the chunk's batches here (a no-op once cached), so that a
         // damaged one ends the stream with DATA_LOSS after every chunk before
         // it has gone out, rather than failing inside the encoder.
-        if let Err(e) = this.shared.table.for_segments(this.next, end, |_, _, _| ()) {
+        if let Err(e) = this
+            .dataset
+            .table()
+            .for_segments(this.next, end, |_, _, _| ())
+        {
             this.failed = true;
             tracing::error!(peer = %this.peer, next_row = this.next, "StreamEmbedding ended: {e}");
             return Poll::Ready(Some(Err(damaged(&e))));
         }
         let plan = ChunkPlan {
-            table: this.shared.table.clone(),
+            dataset: this.dataset.clone(),
             start: this.next,
             end,
         };
@@ -267,8 +263,9 @@ impl Drop for RowStream {
     }
 }
 
-/// The `ServerStreamingService` tonic's `Grpc` drives.
-struct StreamEmbeddingMethod(Arc<Shared>);
+/// The `ServerStreamingService` tonic's `Grpc` drives: one call, over the
+/// snapshot taken when the call arrived.
+struct StreamEmbeddingMethod(Arc<Shared>, Arc<Dataset>);
 
 impl ServerStreamingService<StreamEmbeddingRequest> for StreamEmbeddingMethod {
     type Response = ChunkPlan;
@@ -277,17 +274,19 @@ impl ServerStreamingService<StreamEmbeddingRequest> for StreamEmbeddingMethod {
 
     fn call(&mut self, request: Request<StreamEmbeddingRequest>) -> Self::Future {
         let shared = self.0.clone();
+        let dataset = self.1.clone();
         Box::pin(async move {
             let peer = request
                 .remote_addr()
                 .map_or_else(|| "unknown".to_string(), |a| a.to_string());
             let req = request.into_inner();
-            let (first, chunk) =
-                plan(&shared.table, shared.limits, &req).inspect_err(|status| {
-                    tracing::info!(%peer, message = status.message(), "StreamEmbedding refused");
-                })?;
+            let (first, chunk) = plan(&dataset, &req).inspect_err(|status| {
+                tracing::info!(%peer, message = status.message(), "StreamEmbedding refused");
+            })?;
             tracing::debug!(%peer, first, chunk, "StreamEmbedding started");
-            Ok(Response::new(RowStream::new(shared, peer, first, chunk)))
+            Ok(Response::new(RowStream::new(
+                shared, dataset, peer, first, chunk,
+            )))
         })
     }
 }
@@ -309,21 +308,22 @@ where
         match req.uri().path() {
             STREAM_PATH => {
                 let shared = self.shared.clone();
+                // The one snapshot this call uses, from its request to its last chunk.
+                let dataset = shared.dataset.current();
                 Box::pin(async move {
-                    let limits = shared.limits;
+                    let limits = dataset.limits();
                     // Room for one chunk of the default size: tonic reuses the buffer.
                     let buffer_size = limits
                         .default
-                        .saturating_mul(row_size_bound(&shared.table, 64))
+                        .saturating_mul(row_size_bound(dataset.vector_dim(), 64))
                         .min(limits.max_message_bytes);
                     let mut grpc = Grpc::new(ChunkCodec { buffer_size })
                         .apply_max_message_size_config(
-                            // The request is two small fields.
-                            Some(64 * 1024),
+                            Some(wire::MAX_REQUEST_BYTES),
                             Some(limits.max_message_bytes),
                         );
                     Ok(grpc
-                        .server_streaming(StreamEmbeddingMethod(shared), req)
+                        .server_streaming(StreamEmbeddingMethod(shared, dataset), req)
                         .await)
                 })
             }

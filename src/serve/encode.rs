@@ -1,7 +1,7 @@
 //! Hand-written protobuf encoding of `RowChunk` straight from the mapped file.
 //!
-//! A chunk is described by a [`ChunkPlan`] (a row range over the shared
-//! [`RecruitTable`]); [`ChunkCodec`]'s encoder writes it directly into
+//! A chunk is described by a [`ChunkPlan`] (a row range of one snapshot of
+//! the served [`Dataset`]); [`ChunkCodec`]'s encoder writes it directly into
 //! tonic's reused output buffer: field tags, varint lengths, the 36 id
 //! characters, the strings, and the vector bytes of each row copied once from
 //! the map into the packed `repeated float` field. No prost structs, no
@@ -19,9 +19,11 @@ use tonic::{
 };
 
 use crate::{
+    dataset::Dataset,
     proto::StreamEmbeddingRequest,
     rows::{RecruitColumns, RecruitTable, VectorRef},
     store::BatchError,
+    wire::{damaged, ID_LEN},
 };
 
 /// Wire type 2 (length-delimited) tags of the fields we write.
@@ -32,16 +34,6 @@ const TAG_EXP: u8 = 3 << 3; // varint
 const TAG_ENGLISH: u8 = (4 << 3) | 2;
 const TAG_KEYWORD: u8 = (5 << 3) | 2;
 const TAG_VECTOR: u8 = (6 << 3) | 2;
-/// Length of a hyphenated UUID.
-const ID_LEN: usize = 36;
-
-/// Upper bound of one encoded row's size when every string is at most
-/// `max_string` bytes: used to bound `chunk_size` below a message limit.
-pub fn row_size_bound(table: &RecruitTable, max_string: usize) -> usize {
-    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
-    let body = field(ID_LEN) + 3 * field(max_string) + 11 + field(table.layout().vector_dim() * 4);
-    1 + encoded_len_varint(body as u64) + body
-}
 
 /// Length of the `RecruitRow` message of row `i` (without its own tag/length).
 fn row_body_len(c: &RecruitColumns, i: usize) -> usize {
@@ -110,13 +102,6 @@ pub fn encode_chunk(
     Ok(written)
 }
 
-/// The status that ends a stream reaching a batch that cannot be decoded.
-pub fn damaged(e: &BatchError) -> Status {
-    Status::data_loss(format!(
-        "the served file is damaged: {e}; the rows before it were sent: rebuild the file with `embedstream convert`, then resume after the last id you stored"
-    ))
-}
-
 /// Write row `i` as one `RowChunk.rows` entry (tag, length, `RecruitRow`);
 /// the bytes written.
 fn encode_row(c: &RecruitColumns, i: usize, dst: &mut impl BufMut) -> usize {
@@ -163,12 +148,12 @@ fn put_string(dst: &mut impl BufMut, tag: u8, s: &str) {
     }
 }
 
-/// One `RowChunk` to send: global rows `start..end` of the table. Cheap to
-/// create; encoded only when tonic polls the response body.
+/// One `RowChunk` to send: global rows `start..end` of one generation of the
+/// data set. Cheap to create; encoded only when tonic polls the response body.
 #[derive(Debug, Clone)]
 pub struct ChunkPlan {
-    /// The shared table.
-    pub table: Arc<RecruitTable>,
+    /// The snapshot of the data set the stream reads.
+    pub dataset: Arc<Dataset>,
     /// First global row.
     pub start: usize,
     /// One past the last global row.
@@ -222,8 +207,8 @@ impl Encoder for ChunkEncoder {
         // Sized from the previous chunk rather than by a first pass over the
         // rows: that pass cost as much as a tenth of the encoding.
         dst.reserve(self.last_len + self.last_len / 8);
-        self.last_len =
-            encode_chunk(&item.table, item.start, item.end, dst).map_err(|e| damaged(&e))?;
+        self.last_len = encode_chunk(item.dataset.table(), item.start, item.end, dst)
+            .map_err(|e| damaged(&e))?;
         Ok(())
     }
 
@@ -409,7 +394,10 @@ mod tests {
     fn row_bound_covers_rows() {
         let (_dir, t) = table(false, false);
         for i in 0..5 {
-            assert!(chunk_len(&t, i, i + 1).unwrap() <= row_size_bound(&t, 16));
+            assert!(
+                chunk_len(&t, i, i + 1).unwrap()
+                    <= crate::wire::row_size_bound(t.layout().vector_dim(), 16)
+            );
         }
     }
 }

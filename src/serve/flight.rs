@@ -64,7 +64,10 @@ use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
 use futures::{stream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::store::Store;
+use crate::{
+    dataset::{Dataset, LiveDataset},
+    wire::damaged,
+};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -108,28 +111,31 @@ pub fn parse_ticket(ticket: &[u8]) -> Result<TicketRequest, Status> {
     }
 }
 
-/// The Flight service: a small struct over the shared store.
+/// The Flight service: a small struct over the live data set. Each call
+/// takes one snapshot of it ([`LiveDataset::current`]) and uses only that.
 #[derive(Debug, Clone)]
 pub struct FlightEndpointService {
-    store: Arc<Store>,
+    dataset: Arc<LiveDataset>,
     /// Name of the dataset in `ListFlights` (the file's stem).
     name: String,
 }
 
 impl FlightEndpointService {
-    /// A Flight service over `store`, listed as `name`.
-    pub fn new(store: Arc<Store>, name: String) -> Self {
-        FlightEndpointService { store, name }
+    /// A Flight service over `dataset`, listed as `name`.
+    pub fn new(dataset: Arc<LiveDataset>, name: String) -> Self {
+        FlightEndpointService { dataset, name }
     }
 
     fn info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+        let dataset = self.dataset.current();
+        let store = dataset.store();
         let info = FlightInfo::new()
-            .try_with_schema(self.store.schema())
+            .try_with_schema(store.schema())
             .map_err(|e| Status::internal(format!("encoding the schema: {e}")))?
             .with_descriptor(descriptor)
             .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(TICKET_ALL)))
-            .with_total_records(i64::try_from(self.store.num_rows()).unwrap_or(-1))
-            .with_total_bytes(i64::try_from(self.store.file().len()).unwrap_or(-1))
+            .with_total_records(i64::try_from(store.num_rows()).unwrap_or(-1))
+            .with_total_bytes(i64::try_from(store.file().len()).unwrap_or(-1))
             .with_ordered(true);
         Ok(info)
     }
@@ -147,7 +153,8 @@ impl FlightEndpointService {
     /// dictionaries and any re-encoded head slice are made now; the record
     /// batches as stored, one at a time, as the iterator is advanced.
     pub fn do_get_messages(&self, request: TicketRequest) -> Result<DoGetMessages, Status> {
-        let store = self.store.clone();
+        let dataset = self.dataset.current();
+        let store = dataset.store();
         let options = IpcWriteOptions::default();
         let schema = FlightData::from(SchemaAsIpc::new(store.schema(), &options));
         let mut head: Vec<Result<FlightData, Status>> = vec![Ok(schema)];
@@ -155,7 +162,7 @@ impl FlightEndpointService {
             store
                 .file()
                 .dictionary_blocks()
-                .map(|b| b.map(raw_flight_data).map_err(damaged)),
+                .map(|b| b.map(raw_flight_data).map_err(|e| damaged(&e))),
         );
         let start_row = match request {
             TicketRequest::All => 0,
@@ -171,13 +178,13 @@ impl FlightEndpointService {
             if i == 0 {
                 b
             } else {
-                head.extend(encode_slice(&store, b, i)?.into_iter().map(Ok));
+                head.extend(encode_slice(&dataset, b, i)?.into_iter().map(Ok));
                 b + 1
             }
         };
         Ok(DoGetMessages {
             head: head.into_iter(),
-            store,
+            dataset,
             next_raw: first_raw,
             end: batches,
         })
@@ -190,7 +197,8 @@ impl FlightEndpointService {
 #[derive(Debug)]
 pub struct DoGetMessages {
     head: std::vec::IntoIter<Result<FlightData, Status>>,
-    store: Arc<Store>,
+    /// The generation this call reads.
+    dataset: Arc<Dataset>,
     next_raw: usize,
     end: usize,
 }
@@ -204,9 +212,9 @@ impl Iterator for DoGetMessages {
             None if self.next_raw < self.end => {
                 let i = self.next_raw;
                 self.next_raw += 1;
-                match self.store.file().record_batch_block(i) {
+                match self.dataset.store().file().record_batch_block(i) {
                     Some(Ok(block)) => Ok(raw_flight_data(block)),
-                    Some(Err(e)) => Err(damaged(e)),
+                    Some(Err(e)) => Err(damaged(&e)),
                     None => Err(Status::internal(format!(
                         "record batch {i} vanished from the file footer"
                     ))),
@@ -231,13 +239,9 @@ fn raw_flight_data(block: crate::store::IpcBlock) -> FlightData {
     }
 }
 
-fn damaged(e: String) -> Status {
-    Status::data_loss(format!("the served file is damaged: {e}"))
-}
-
 /// Re-encode rows `from..` of batch `b` (with any dictionaries they need).
-fn encode_slice(store: &Store, b: usize, from: usize) -> Result<Vec<FlightData>, Status> {
-    let batch = store.batch(b).map_err(|e| damaged(e.to_string()))?;
+fn encode_slice(dataset: &Dataset, b: usize, from: usize) -> Result<Vec<FlightData>, Status> {
+    let batch = dataset.store().batch(b).map_err(|e| damaged(&e))?;
     let len = batch.num_rows().saturating_sub(from);
     let slice = batch.slice(from.min(batch.num_rows()), len);
     let generator = IpcDataGenerator::default();
@@ -305,7 +309,8 @@ impl FlightService for FlightEndpointService {
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         let options = IpcWriteOptions::default();
-        SchemaResult::try_from(SchemaAsIpc::new(self.store.schema(), &options))
+        let dataset = self.dataset.current();
+        SchemaResult::try_from(SchemaAsIpc::new(dataset.store().schema(), &options))
             .map(Response::new)
             .map_err(|e| Status::internal(format!("encoding the schema: {e}")))
     }

@@ -42,15 +42,14 @@ use tonic::{
 };
 
 use super::flight::{DoGetMessages, FlightEndpointService};
+use crate::wire::GRPC_PREFIX;
 
 /// The path of `DoGet`, answered by [`FlightServer`] itself.
 pub const DO_GET_PATH: &str = "/arrow.flight.protocol.FlightService/DoGet";
 
 /// Largest `Ticket` message accepted (tickets are `all` or `after:<uuid>`).
-pub const MAX_TICKET_BYTES: usize = 64 * 1024;
+pub const MAX_TICKET_BYTES: usize = crate::wire::MAX_REQUEST_BYTES;
 
-/// Length of the gRPC message prefix: compressed flag and big-endian length.
-const GRPC_PREFIX: usize = 5;
 /// Key of field 1000 (`data_body`), wire type 2: the varint of 8002.
 const DATA_BODY_KEY: [u8; 2] = [0xC2, 0x3E];
 /// Keys of fields 2 (`data_header`) and 3 (`app_metadata`), wire type 2.

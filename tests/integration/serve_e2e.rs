@@ -752,8 +752,11 @@ async fn flight_do_get_body_frames_are_the_mapped_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sample.arrow");
     common::write_sample_file(&path, 5000, 64, 700);
-    let store = Arc::new(embedstream::store::Store::open(&path, None).unwrap());
-    let service = FlightEndpointService::new(store.clone(), "sample".into());
+    let dataset =
+        Arc::new(embedstream::dataset::Dataset::open(&path, &Default::default()).unwrap());
+    let live = Arc::new(embedstream::dataset::LiveDataset::new(dataset.clone()));
+    let service = FlightEndpointService::new(live, "sample".into());
+    let store = dataset.store();
     let mut body = DoGetBody::new(None, service.do_get_messages(TicketRequest::All).unwrap());
     let mut data = Vec::new();
     let mut pointers = Vec::new();
