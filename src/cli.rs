@@ -26,6 +26,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "LOG_LEVEL", default_value = "INFO")]
     pub log_level: String,
 
+    /// Log line format: `text`, or `json` (one object per line) for log shippers.
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text)]
+    pub log_format: logging::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,7 +57,7 @@ pub fn main() -> ExitCode {
     // already set in the environment win over the file.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    logging::init(&cli.log_level);
+    logging::init(&cli.log_level, cli.log_format);
     let result = match cli.command {
         Command::Convert(args) => convert::run(args),
         Command::Serve(args) => commands::serve(args),

@@ -37,6 +37,46 @@ pub fn row_size_bound(vector_dim: usize, max_string: usize) -> usize {
     1 + encoded_len_varint(body as u64) + body
 }
 
+/// Why a checkpoint (`last_processed_uuid`, a Flight `after:` ticket,
+/// `stream --checkpoint`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    /// A UUID, but not in the hyphenated form.
+    #[error("a UUID in the {form} form; send the hyphenated form (8-4-4-4-12 hex digits, any case, e.g. 01890a5d-ac96-774b-bcce-b302099a8057), as the Batch Server does")]
+    Form {
+        /// `braced`, `urn` or `simple`.
+        form: &'static str,
+    },
+    /// Not a UUID at all.
+    #[error("not a UUID ({0})")]
+    Invalid(String),
+}
+
+/// A checkpoint in the one accepted text form: the hyphenated UUID
+/// (`8-4-4-4-12` hex digits, upper or lower case), which the Batch Server
+/// sends. The braced (`{…}`), `urn:uuid:` and simple (32 digits) forms are
+/// refused with a message naming the form to send.
+pub fn parse_checkpoint(text: &str) -> Result<uuid::Uuid, CheckpointError> {
+    let hyphenated = text.len() == ID_LEN
+        && text
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| matches!(i, 8 | 13 | 18 | 23) == (b == b'-'));
+    match uuid::Uuid::try_parse(text) {
+        Ok(id) if hyphenated => Ok(id),
+        Ok(_) => Err(CheckpointError::Form {
+            form: if text.starts_with('{') {
+                "braced"
+            } else if text.len() > 4 && text[..4].eq_ignore_ascii_case("urn:") {
+                "urn"
+            } else {
+                "simple"
+            },
+        }),
+        Err(e) => Err(CheckpointError::Invalid(e.to_string())),
+    }
+}
+
 /// The DATA_LOSS status that ends a stream (StreamEmbedding or Flight DoGet)
 /// reaching a record batch that cannot be decoded; `e` names the batch.
 pub fn damaged(e: &impl std::fmt::Display) -> Status {
@@ -56,6 +96,32 @@ mod tests {
         assert!(status
             .message()
             .starts_with("the served file is damaged: record batch 3 cannot be decoded (x); "));
+    }
+
+    #[test]
+    fn checkpoints_only_hyphenated() {
+        let id = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let want = uuid::Uuid::try_parse(id).unwrap();
+        assert_eq!(parse_checkpoint(id), Ok(want));
+        assert_eq!(parse_checkpoint(&id.to_uppercase()), Ok(want));
+        for (text, form) in [
+            (format!("{{{id}}}"), "braced"),
+            (format!("urn:uuid:{id}"), "urn"),
+            (format!("URN:UUID:{id}"), "urn"),
+            (id.replace('-', ""), "simple"),
+        ] {
+            let err = parse_checkpoint(&text).unwrap_err();
+            assert_eq!(err, CheckpointError::Form { form }, "{text}");
+            assert!(err.to_string().starts_with(&format!(
+                "a UUID in the {form} form; send the hyphenated form"
+            )));
+        }
+        assert!(matches!(
+            parse_checkpoint("nope"),
+            Err(CheckpointError::Invalid(_))
+        ));
+        assert!(parse_checkpoint("01890a5d-ac96-774b-bcce-b302099a805").is_err());
+        assert!(parse_checkpoint("01890a5dac96-774b-bcce-b302099a8057-").is_err());
     }
 
     #[test]

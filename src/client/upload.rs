@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::codegen::http::uri::PathAndQuery;
 
 use super::{
+    deadline::{TimeoutArgs, Timeouts, KEEPALIVE_UPLOAD},
     endpoint, is_transient,
     json::{self, JsonError},
     local_address, AddressError,
@@ -88,6 +89,10 @@ pub struct UploadArgs {
     #[command(flatten)]
     pub mapping: RowMapping,
 
+    /// Deadlines of each attempt.
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+
     /// First backoff before a retry (doubles each time); for tests.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, hide = true)]
     pub initial_backoff: Duration,
@@ -116,6 +121,8 @@ pub struct UploadOptions {
     pub initial_backoff: Duration,
     /// Progress display.
     pub progress: ProgressMode,
+    /// Connect timeout and idle deadline of each attempt.
+    pub timeouts: Timeouts,
 }
 
 /// A successful upload.
@@ -251,7 +258,7 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
         return Err(UploadError::Zero("--max-retries"));
     }
     let path = ingest_path(&opts.service_package)?;
-    let endpoint = endpoint(&opts.to)?;
+    let endpoint = opts.timeouts.apply(endpoint(&opts.to)?, KEEPALIVE_UPLOAD);
     let shown = opts.file.display().to_string();
     let dataset = Arc::new(Dataset::open(
         &opts.file,
@@ -292,32 +299,49 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
             rows.clone(),
             opts.chunk_size,
             &progress,
+            &opts.timeouts,
         )
         .await;
-        let status = match outcome {
+        let (status, transient) = match outcome {
             Attempt::Done(response, sent) => {
-                progress.finish();
                 if !response.success {
+                    progress.finish();
                     return Err(UploadError::ServerFailure {
                         to: opts.to.clone(),
                         received_chunks: response.received_chunks,
                         message: response.message,
                     });
                 }
-                return Ok(UploadReport {
-                    response,
-                    attempts: attempt,
-                    rows: sent.rows,
-                    chunks: sent.chunks,
-                    json_bytes: sent.bytes,
-                    elapsed: attempt_started.elapsed(),
-                    total_elapsed: started.elapsed(),
-                });
+                if usize::try_from(response.received_chunks).ok() != Some(sent.chunks) {
+                    // Success with a count that differs from what was sent:
+                    // data was lost on the way. Never report it as done;
+                    // retry it as a transient failure (every attempt sends
+                    // the whole file).
+                    let lost = tonic::Status::data_loss(format!(
+                        "the receiver answered success but counted {} data chunk(s) of the {} sent: the upload is incomplete",
+                        response.received_chunks, sent.chunks
+                    ));
+                    (lost, true)
+                } else {
+                    progress.finish();
+                        return Ok(UploadReport {
+                        response,
+                        attempts: attempt,
+                        rows: sent.rows,
+                        chunks: sent.chunks,
+                        json_bytes: sent.bytes,
+                        elapsed: attempt_started.elapsed(),
+                        total_elapsed: started.elapsed(),
+                    });
+                }
             }
             Attempt::Encode(err) => return Err(err),
-            Attempt::Status(status) => status,
+            Attempt::Status(status) => {
+                let transient = is_transient(&status);
+                (status, transient)
+            }
         };
-        if !is_transient(&status) {
+        if !transient {
             return Err(UploadError::Rejected {
                 to: opts.to.clone(),
                 code: status.code(),
@@ -475,14 +499,20 @@ async fn attempt_once(
     rows: Arc<UploadRows>,
     chunk_size: usize,
     progress: &Progress,
+    timeouts: &Timeouts,
 ) -> Attempt {
-    let channel = match endpoint.connect().await {
+    let channel = match timeouts.connect(endpoint).await {
         Ok(channel) => channel,
-        Err(e) => return Attempt::Status(tonic::Status::from_error(Box::new(e))),
+        Err(status) => return Attempt::Status(status),
     };
     let mut grpc = tonic::client::Grpc::new(channel);
-    if let Err(e) = grpc.ready().await {
-        return Attempt::Status(tonic::Status::from_error(Box::new(e)));
+    let ready = async {
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::from_error(Box::new(e)))
+    };
+    if let Err(status) = timeouts.idle("waiting for the connection", ready).await {
+        return Attempt::Status(status);
     }
 
     // The encoder: a blocking task filling a bounded channel. It stops when
@@ -556,8 +586,19 @@ async fn attempt_once(
     let mut failed_rx = failed_rx;
     let mut sent = Sent::default();
     let mut failure_possible = true;
+    // The idle deadline: moved on each message the receiver takes.
+    let idle = tokio::time::sleep(timeouts.idle);
+    tokio::pin!(idle);
     let outcome = loop {
         tokio::select! {
+            () = &mut idle => {
+                let waiting = if sent.rows == total_rows {
+                    format!("every row was sent ({} chunks); waiting for the receiver's response", sent.chunks)
+                } else {
+                    format!("the receiver took {} of {total_rows} rows, then stopped taking data", sent.rows)
+                };
+                break Attempt::Status(timeouts.idle_status(&waiting));
+            }
             result = &mut call => {
                 break match result {
                     Ok(response) => {
@@ -577,6 +618,7 @@ async fn attempt_once(
                 sent.chunks += 1;
                 sent.bytes += bytes;
                 progress.inc(n as u64);
+                idle.as_mut().reset(tokio::time::Instant::now() + timeouts.idle);
             }
             err = &mut failed_rx, if failure_possible => {
                 match err {
@@ -619,6 +661,7 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         mapping: args.mapping,
         initial_backoff: args.initial_backoff,
         progress: ProgressMode::Auto,
+        timeouts: Timeouts::from(&args.timeouts),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,8 +1,10 @@
-//! `embedding.EmbeddingStreamService/StreamEmbedding`, hand-written over
-//! `tonic::server::Grpc` with [`ChunkCodec`]: the response is a lazy
-//! [`RowStream`] of [`ChunkPlan`]s, encoded only when hyper asks for more
-//! body (so HTTP/2 flow control bounds what is buffered), and dropped — which
-//! stops all work — as soon as the client cancels.
+//! `embedding.EmbeddingStreamService/StreamEmbedding`, answered below
+//! tonic's codec: the request is read by [`super::grpc_http::read_request`],
+//! the response is a lazy [`RowStream`] of [`ChunkPlan`]s that
+//! [`RowChunkBody`] encodes only when hyper asks for more body (so HTTP/2
+//! flow control bounds what is buffered) and within the server's send
+//! budget, and that is dropped — which stops all work — as soon as the
+//! client cancels.
 
 use std::{
     pin::Pin,
@@ -17,11 +19,17 @@ use std::{
 use futures::Stream;
 use tonic::{
     codegen::{http, Body, BoxFuture, Service, StdError},
-    server::{Grpc, NamedService, ServerStreamingService},
-    Request, Response, Status,
+    server::NamedService,
+    transport::server::TcpConnectInfo,
+    Status,
 };
 
-use super::encode::{ChunkCodec, ChunkPlan};
+use super::{
+    encode::ChunkPlan,
+    grpc_http::{grpc_response, read_request, RequestKind},
+    limits::{SendBudget, StreamSlots},
+    row_body::{RowChunkBody, Stalls},
+};
 pub use crate::dataset::ChunkLimits;
 use crate::{
     dataset::{Dataset, LiveDataset},
@@ -79,6 +87,19 @@ struct Shared {
     stats: Arc<StreamStats>,
     /// Set when the grace period is over: open streams end at their next chunk.
     stop: Arc<AtomicBool>,
+    limits: StreamLimits,
+}
+
+/// What bounds the service's streams: shared with the server (and, for the
+/// slots, with Flight DoGet).
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// `--max-concurrent-streams`.
+    pub slots: StreamSlots,
+    /// `--send-budget`.
+    pub budget: Arc<SendBudget>,
+    /// `--stall-timeout`.
+    pub stalls: Arc<Stalls>,
 }
 
 /// The StreamEmbedding service: a small struct over the live data set.
@@ -88,13 +109,19 @@ pub struct EmbeddingService {
 }
 
 impl EmbeddingService {
-    /// A service over `dataset`; `stop` ends open streams when set.
-    pub fn new(dataset: Arc<LiveDataset>, stats: Arc<StreamStats>, stop: Arc<AtomicBool>) -> Self {
+    /// A service over `dataset` within `limits`; `stop` ends open streams when set.
+    pub fn new(
+        dataset: Arc<LiveDataset>,
+        stats: Arc<StreamStats>,
+        stop: Arc<AtomicBool>,
+        limits: StreamLimits,
+    ) -> Self {
         EmbeddingService {
             shared: Arc::new(Shared {
                 dataset,
                 stats,
                 stop,
+                limits,
             }),
         }
     }
@@ -126,13 +153,13 @@ fn plan(dataset: &Dataset, req: &StreamEmbeddingRequest) -> Result<(usize, usize
         0
     } else {
         let text = &req.last_processed_uuid;
-        match uuid::Uuid::try_parse(text) {
+        match wire::parse_checkpoint(text) {
             Ok(id) => dataset.store().position_after(id.as_bytes()),
             Err(e) => {
                 let shown: String = text.chars().take(ECHO_LIMIT).collect();
                 let more = if shown.len() < text.len() { "…" } else { "" };
                 return Err(Status::invalid_argument(format!(
-                    "last_processed_uuid `{shown}{more}` is not a UUID ({e}); send the id of the last row you stored, or an empty string to start from the first row"
+                    "last_processed_uuid `{shown}{more}` is {e}; send the id of the last row you stored, or an empty string to start from the first row"
                 )));
             }
         }
@@ -157,6 +184,8 @@ pub struct RowStream {
     stopped: bool,
     /// Set when the stream reached a batch that cannot be decoded.
     failed: bool,
+    /// Set when the stall watchdog ended the stream.
+    stalled: bool,
 }
 
 impl RowStream {
@@ -181,6 +210,7 @@ impl RowStream {
             finished: false,
             stopped: false,
             failed: false,
+            stalled: false,
         }
     }
 }
@@ -244,6 +274,8 @@ impl Drop for RowStream {
             stats.cancelled.fetch_add(1, Ordering::SeqCst);
             if self.failed {
                 "ended by a damaged batch"
+            } else if self.stalled {
+                "ended: stalled past --stall-timeout"
             } else if self.stopped {
                 "stopped by shutdown"
             } else {
@@ -263,32 +295,71 @@ impl Drop for RowStream {
     }
 }
 
-/// The `ServerStreamingService` tonic's `Grpc` drives: one call, over the
-/// snapshot taken when the call arrived.
-struct StreamEmbeddingMethod(Arc<Shared>, Arc<Dataset>);
-
-impl ServerStreamingService<StreamEmbeddingRequest> for StreamEmbeddingMethod {
-    type Response = ChunkPlan;
-    type ResponseStream = RowStream;
-    type Future = BoxFuture<Response<RowStream>, Status>;
-
-    fn call(&mut self, request: Request<StreamEmbeddingRequest>) -> Self::Future {
-        let shared = self.0.clone();
-        let dataset = self.1.clone();
-        Box::pin(async move {
-            let peer = request
-                .remote_addr()
-                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-            let req = request.into_inner();
-            let (first, chunk) = plan(&dataset, &req).inspect_err(|status| {
-                tracing::info!(%peer, message = status.message(), "StreamEmbedding refused");
-            })?;
-            tracing::debug!(%peer, first, chunk, "StreamEmbedding started");
-            Ok(Response::new(RowStream::new(
-                shared, dataset, peer, first, chunk,
-            )))
-        })
+impl RowStream {
+    /// Log this stream as ended by the stall watchdog.
+    pub(super) fn mark_stalled(&mut self) {
+        self.stalled = true;
     }
+}
+
+/// How StreamEmbedding refusals name the call and its message.
+const REQUEST: RequestKind = RequestKind {
+    rpc: "StreamEmbedding",
+    message: "StreamEmbeddingRequest",
+};
+
+/// Answer one StreamEmbedding call over `dataset` (the snapshot taken when
+/// it arrived): read and check the request, then stream its chunks in a
+/// [`RowChunkBody`]. Refusals are trailers-only responses.
+async fn stream_embedding<B>(
+    shared: Arc<Shared>,
+    dataset: Arc<Dataset>,
+    req: http::Request<B>,
+) -> http::Response<tonic::body::Body>
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let peer_addr = req
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(|i| i.remote_addr());
+    let peer = peer_addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let refuse = |status: Status| {
+        tracing::info!(%peer, code = ?status.code(), message = status.message(), "StreamEmbedding refused");
+        status.into_http()
+    };
+    let slot = match shared.limits.slots.try_acquire("StreamEmbedding") {
+        Ok(slot) => slot,
+        Err(status) => return refuse(status),
+    };
+    let body = Box::pin(req.into_body());
+    let request = match read_request::<StreamEmbeddingRequest, _>(body, REQUEST).await {
+        Ok(request) => request,
+        Err(status) => return refuse(status),
+    };
+    let (first, chunk) = match plan(&dataset, &request) {
+        Ok(planned) => planned,
+        Err(status) => return refuse(status),
+    };
+    tracing::debug!(%peer, first, chunk, "StreamEmbedding started");
+    let limits = dataset.limits();
+    // The first chunk's budget: a bound for rows whose strings are short;
+    // later chunks ask for the previous one's size plus an eighth.
+    let first_estimate = chunk
+        .saturating_mul(row_size_bound(dataset.vector_dim(), 64))
+        .min(limits.max_message_bytes)
+        .saturating_add(wire::GRPC_PREFIX);
+    let rows = RowStream::new(shared.clone(), dataset, peer, first, chunk);
+    let body = RowChunkBody::new(
+        rows,
+        shared.limits.budget.clone(),
+        shared.limits.stalls.clone(),
+        peer_addr,
+        first_estimate,
+        slot,
+    );
+    grpc_response(tonic::body::Body::new(body))
 }
 
 impl<B> Service<http::Request<B>> for EmbeddingService
@@ -310,22 +381,7 @@ where
                 let shared = self.shared.clone();
                 // The one snapshot this call uses, from its request to its last chunk.
                 let dataset = shared.dataset.current();
-                Box::pin(async move {
-                    let limits = dataset.limits();
-                    // Room for one chunk of the default size: tonic reuses the buffer.
-                    let buffer_size = limits
-                        .default
-                        .saturating_mul(row_size_bound(dataset.vector_dim(), 64))
-                        .min(limits.max_message_bytes);
-                    let mut grpc = Grpc::new(ChunkCodec { buffer_size })
-                        .apply_max_message_size_config(
-                            Some(wire::MAX_REQUEST_BYTES),
-                            Some(limits.max_message_bytes),
-                        );
-                    Ok(grpc
-                        .server_streaming(StreamEmbeddingMethod(shared, dataset), req)
-                        .await)
-                })
+                Box::pin(async move { Ok(stream_embedding(shared, dataset, req).await) })
             }
             INGEST_PATH => Box::pin(async {
                 Ok(Status::unimplemented(

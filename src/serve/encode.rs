@@ -1,8 +1,8 @@
 //! Hand-written protobuf encoding of `RowChunk` straight from the mapped file.
 //!
 //! A chunk is described by a [`ChunkPlan`] (a row range of one snapshot of
-//! the served [`Dataset`]); [`ChunkCodec`]'s encoder writes it directly into
-//! tonic's reused output buffer: field tags, varint lengths, the 36 id
+//! the served [`Dataset`]); [`encode_chunk`] writes it directly into the
+//! chunk's output buffer ([`super::row_body`] sizes and budgets it): field tags, varint lengths, the 36 id
 //! characters, the strings, and the vector bytes of each row copied once from
 //! the map into the packed `repeated float` field. No prost structs, no
 //! per-row `Vec<f32>`. Values equal to the proto3 default (empty string, 0,
@@ -13,17 +13,12 @@ use std::sync::Arc;
 
 use bytes::BufMut;
 use prost::encoding::{encode_varint, encoded_len_varint};
-use tonic::{
-    codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    Status,
-};
 
 use crate::{
     dataset::Dataset,
-    proto::StreamEmbeddingRequest,
     rows::{RecruitColumns, RecruitTable, VectorRef},
     store::BatchError,
-    wire::{damaged, ID_LEN},
+    wire::ID_LEN,
 };
 
 /// Wire type 2 (length-delimited) tags of the fields we write.
@@ -158,81 +153,6 @@ pub struct ChunkPlan {
     pub start: usize,
     /// One past the last global row.
     pub end: usize,
-}
-
-/// tonic codec of `StreamEmbedding`: encodes [`ChunkPlan`]s by hand, decodes
-/// the request with prost.
-#[derive(Debug, Clone, Default)]
-pub struct ChunkCodec {
-    /// Expected size of a chunk, to size tonic's reused buffer once.
-    pub buffer_size: usize,
-}
-
-impl Codec for ChunkCodec {
-    type Encode = ChunkPlan;
-    type Decode = StreamEmbeddingRequest;
-    type Encoder = ChunkEncoder;
-    type Decoder = RequestDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ChunkEncoder {
-            buffer_size: self.buffer_size,
-            last_len: self.buffer_size,
-        }
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RequestDecoder
-    }
-}
-
-/// Writes a [`ChunkPlan`] into tonic's output buffer.
-#[derive(Debug, Clone)]
-pub struct ChunkEncoder {
-    buffer_size: usize,
-    /// Encoded size of the previous chunk: the room reserved for the next
-    /// one (rows of a file are alike; a larger chunk just grows the buffer).
-    last_len: usize,
-}
-
-impl Encoder for ChunkEncoder {
-    type Item = ChunkPlan;
-    type Error = Status;
-
-    fn encode(&mut self, item: ChunkPlan, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // RowStream decodes a chunk's batches before handing the chunk over
-        // (and ends the stream with DATA_LOSS itself if one is damaged), so
-        // these cannot fail for its chunks. If they did, tonic would end the
-        // stream with INTERNAL and drop what it had buffered.
-        // Sized from the previous chunk rather than by a first pass over the
-        // rows: that pass cost as much as a tenth of the encoding.
-        dst.reserve(self.last_len + self.last_len / 8);
-        self.last_len = encode_chunk(item.dataset.table(), item.start, item.end, dst)
-            .map_err(|e| damaged(&e))?;
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        // Start with room for one chunk; yield each chunk to hyper as soon as
-        // it is encoded once it passes 32 KiB (tonic's default threshold), so
-        // at most about one chunk is buffered above HTTP/2 flow control.
-        BufferSettings::new(self.buffer_size.max(8 * 1024), 32 * 1024)
-    }
-}
-
-/// Decodes `StreamEmbeddingRequest` with prost.
-#[derive(Debug, Clone, Default)]
-pub struct RequestDecoder;
-
-impl Decoder for RequestDecoder {
-    type Item = StreamEmbeddingRequest;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        <StreamEmbeddingRequest as prost::Message>::decode(buf)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("malformed StreamEmbeddingRequest: {e}")))
-    }
 }
 
 #[cfg(test)]

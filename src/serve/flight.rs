@@ -1,17 +1,20 @@
 //! Arrow Flight over the mapped file, on the same port as StreamEmbedding.
 //!
-//! The server holds one dataset: the served file. Any `FlightDescriptor`
-//! (path or command) names it. Supported: `ListFlights`, `GetFlightInfo`,
-//! `GetSchema`, `DoGet`; every other call answers `UNIMPLEMENTED`.
+//! The server holds one dataset: the served file, named by its file stem
+//! (`ListFlights` shows it). `GetFlightInfo` and `GetSchema` take the path
+//! descriptor `[<stem>]` (or the command `<stem>`); any other descriptor is
+//! `NOT_FOUND`. Supported: `ListFlights`, `GetFlightInfo`, `GetSchema`,
+//! `DoGet`; every other call answers `UNIMPLEMENTED`.
 //!
 //! # Tickets
 //! A `DoGet` ticket is UTF-8 text:
-//! - empty or `all`: the whole file;
+//! - `all`: the whole file;
 //! - `after:<uuid>`: every row whose key is greater than `<uuid>` (a
-//!   checkpoint: the `uuid` column value of the last row you stored, in any
-//!   standard text form, e.g. `after:01890a5d-ac96-774b-bcce-b302099a8057`);
+//!   checkpoint: the `uuid` column value of the last row you stored, in the
+//!   hyphenated form, any case, e.g.
+//!   `after:01890a5d-ac96-774b-bcce-b302099a8057`; see [`crate::wire::parse_checkpoint`]);
 //!   the UUID does not have to be in the file;
-//! - anything else: `INVALID_ARGUMENT` with a message.
+//! - anything else, the empty ticket included: `INVALID_ARGUMENT` with a message.
 //!
 //! The ticket in `GetFlightInfo`'s endpoint is `all`.
 //!
@@ -64,9 +67,10 @@ use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
 use futures::{stream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::limits::StreamSlots;
 use crate::{
     dataset::{Dataset, LiveDataset},
-    wire::damaged,
+    wire::{self, damaged},
 };
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -90,16 +94,21 @@ pub fn parse_ticket(ticket: &[u8]) -> Result<TicketRequest, Status> {
     let text = std::str::from_utf8(ticket).map_err(|_| {
         Status::invalid_argument("the ticket is not UTF-8; use `all` or `after:<uuid>`")
     })?;
-    if text.is_empty() || text == TICKET_ALL {
+    if text.is_empty() {
+        return Err(Status::invalid_argument(
+            "the ticket is empty; use `all` (whole file) or `after:<uuid>` (resume)",
+        ));
+    }
+    if text == TICKET_ALL {
         return Ok(TicketRequest::All);
     }
     match text.strip_prefix(TICKET_AFTER) {
-        Some(id) => uuid::Uuid::try_parse(id)
+        Some(id) => wire::parse_checkpoint(id)
             .map(TicketRequest::After)
             .map_err(|e| {
                 let shown: String = id.chars().take(64).collect();
                 Status::invalid_argument(format!(
-                    "ticket `after:{shown}`: not a UUID ({e}); use `after:<uuid of the last row stored>`"
+                    "ticket `after:{shown}`: {e}; use `after:<uuid of the last row stored>`"
                 ))
             }),
         None => {
@@ -118,12 +127,51 @@ pub struct FlightEndpointService {
     dataset: Arc<LiveDataset>,
     /// Name of the dataset in `ListFlights` (the file's stem).
     name: String,
+    /// Places under `--max-concurrent-streams`, shared with StreamEmbedding.
+    slots: StreamSlots,
 }
 
 impl FlightEndpointService {
-    /// A Flight service over `dataset`, listed as `name`.
-    pub fn new(dataset: Arc<LiveDataset>, name: String) -> Self {
-        FlightEndpointService { dataset, name }
+    /// A Flight service over `dataset`, listed as `name`, whose DoGet calls
+    /// take a place in `slots`.
+    pub fn new(dataset: Arc<LiveDataset>, name: String, slots: StreamSlots) -> Self {
+        FlightEndpointService {
+            dataset,
+            name,
+            slots,
+        }
+    }
+
+    /// The concurrency limit DoGet calls obey.
+    pub fn slots(&self) -> &StreamSlots {
+        &self.slots
+    }
+
+    /// Refuse a descriptor that does not name the served data set.
+    fn check_descriptor(&self, descriptor: &FlightDescriptor) -> Result<(), Status> {
+        let named = descriptor.path == [self.name.as_str()]
+            || (descriptor.path.is_empty() && descriptor.cmd == self.name.as_bytes());
+        if named {
+            return Ok(());
+        }
+        let shown = if descriptor.path.is_empty() {
+            format!(
+                "command `{}`",
+                String::from_utf8_lossy(&descriptor.cmd[..descriptor.cmd.len().min(64)])
+            )
+        } else {
+            let path: Vec<String> = descriptor
+                .path
+                .iter()
+                .take(8)
+                .map(|p| p.chars().take(64).collect())
+                .collect();
+            format!("path {path:?}")
+        };
+        Err(Status::not_found(format!(
+            "no flight for the descriptor {shown}; this server serves one: path [\"{}\"] (see ListFlights)",
+            self.name
+        )))
     }
 
     fn info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
@@ -292,7 +340,9 @@ impl FlightService for FlightEndpointService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.info(request.into_inner()).map(Response::new)
+        let descriptor = request.into_inner();
+        self.check_descriptor(&descriptor)?;
+        self.info(descriptor).map(Response::new)
     }
 
     async fn poll_flight_info(
@@ -306,8 +356,9 @@ impl FlightService for FlightEndpointService {
 
     async fn get_schema(
         &self,
-        _request: Request<FlightDescriptor>,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
+        self.check_descriptor(request.get_ref())?;
         let options = IpcWriteOptions::default();
         let dataset = self.dataset.current();
         SchemaResult::try_from(SchemaAsIpc::new(dataset.store().schema(), &options))
@@ -366,7 +417,12 @@ mod tests {
 
     #[test]
     fn tickets() {
-        assert_eq!(parse_ticket(b"").unwrap(), TicketRequest::All);
+        let empty = parse_ticket(b"").unwrap_err();
+        assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            empty.message(),
+            "the ticket is empty; use `all` (whole file) or `after:<uuid>` (resume)"
+        );
         assert_eq!(parse_ticket(b"all").unwrap(), TicketRequest::All);
         let id = "01890a5d-ac96-774b-bcce-b302099a8057";
         assert_eq!(
@@ -375,7 +431,13 @@ mod tests {
         );
         let err = parse_ticket(b"after:nope").unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.message().starts_with("ticket `after:nope`: not a UUID"));
+        assert!(err.message().starts_with("ticket `after:nope`: "));
+        let braced = parse_ticket(format!("after:{{{id}}}").as_bytes()).unwrap_err();
+        assert!(
+            braced.message().contains("send the hyphenated form"),
+            "{}",
+            braced.message()
+        );
         let err = parse_ticket(b"everything").unwrap_err();
         assert_eq!(
             err.message(),

@@ -9,11 +9,15 @@
 //! takes one snapshot of it. Tests start
 //! servers in-process with [`Server::spawn`] on port 0.
 
+pub mod conn;
 pub mod embedding;
 pub mod encode;
 pub mod flight;
 pub mod flight_do_get;
+pub mod grpc_http;
+pub mod limits;
 pub mod package_alias;
+pub mod row_body;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -23,7 +27,6 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -31,7 +34,8 @@ use crate::{
     rows::RowMapping,
     wire,
 };
-use embedding::{EmbeddingService, StreamStats};
+use embedding::{EmbeddingService, StreamLimits, StreamStats};
+use limits::{LimitArgs, SendBudget, StreamSlots};
 use package_alias::{PackageAlias, ALIAS_SERVICE_NAME};
 
 /// Flags of `embedstream serve` (each also read from the environment or `.env`).
@@ -69,6 +73,9 @@ pub struct ServeArgs {
     /// Which columns feed RecruitRow.
     #[command(flatten)]
     pub mapping: RowMapping,
+    /// Limits under load.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Why the server cannot start or stopped with an error.
@@ -121,6 +128,8 @@ pub struct ServerConfig {
     pub key_column: Option<String>,
     /// Column mapping.
     pub mapping: RowMapping,
+    /// Limits under load (streams, send budget, deadlines).
+    pub limits: LimitArgs,
 }
 
 impl ServerConfig {
@@ -135,6 +144,7 @@ impl ServerConfig {
             grace_period: Duration::from_secs(5),
             key_column: None,
             mapping: RowMapping::default(),
+            limits: LimitArgs::default(),
         }
     }
 
@@ -149,6 +159,7 @@ impl ServerConfig {
             grace_period: args.grace_period,
             key_column: args.key_column.clone(),
             mapping: args.mapping.clone(),
+            limits: args.limits.clone(),
         }
     }
 }
@@ -164,6 +175,8 @@ pub struct Server {
     grace: Duration,
     health: tonic_health::server::HealthReporter,
     dataset: Arc<LiveDataset>,
+    budget: Arc<SendBudget>,
+    slots: StreamSlots,
 }
 
 impl ServerConfig {
@@ -206,8 +219,17 @@ impl Server {
 
         let stats = Arc::new(StreamStats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let embedding = EmbeddingService::new(live.clone(), stats.clone(), stop.clone());
-        let flight = flight::FlightEndpointService::new(live.clone(), dataset.name());
+        let connections = Arc::new(conn::Connections::default());
+        let stream_limits = StreamLimits {
+            slots: StreamSlots::new(config.limits.max_concurrent_streams),
+            budget: Arc::new(SendBudget::new(config.limits.send_budget)),
+            stalls: row_body::Stalls::start(config.limits.stall_timeout, connections.clone()),
+        };
+        let (budget, slots) = (stream_limits.budget.clone(), stream_limits.slots.clone());
+        let embedding =
+            EmbeddingService::new(live.clone(), stats.clone(), stop.clone(), stream_limits);
+        let flight =
+            flight::FlightEndpointService::new(live.clone(), dataset.name(), slots.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in [
@@ -241,14 +263,17 @@ impl Server {
             // only when hyper has room for it.
             .initial_stream_window_size(Some(1 << 20))
             .initial_connection_window_size(Some(2 << 20))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_interval(Some(config.limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.limits.keepalive_timeout))
+            .max_concurrent_streams(Some(config.limits.max_streams_per_connection))
             .add_service(embedding.clone())
             .add_service(PackageAlias::new(embedding))
             .add_service(flight_do_get::FlightServer::new(flight))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let incoming = TcpListenerStream::new(listener);
+        let incoming =
+            conn::incoming(listener, connections, config.limits.handshake_timeout);
         let task = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async {
@@ -279,6 +304,8 @@ impl Server {
             grace: config.grace_period,
             health,
             dataset: live,
+            budget,
+            slots,
         })
     }
 
@@ -290,6 +317,17 @@ impl Server {
     /// Stream counters.
     pub fn stats(&self) -> &Arc<StreamStats> {
         &self.stats
+    }
+
+    /// The send budget: [`SendBudget::pinned`] is what unsent chunks hold now.
+    pub fn send_budget(&self) -> &Arc<SendBudget> {
+        &self.budget
+    }
+
+    /// Data streams (StreamEmbedding and DoGet) running now, as counted by
+    /// `--max-concurrent-streams`.
+    pub fn streams_in_use(&self) -> usize {
+        self.slots.in_use()
     }
 
     /// Rows in the file served now.
