@@ -9,6 +9,7 @@ use std::{
 };
 
 use embedstream::{
+    client::deadline::Timeouts,
     client::stream::{pull, StreamError, StreamOptions, StreamReport, Violation},
     format::format_uuid,
     progress::ProgressMode,
@@ -34,6 +35,7 @@ fn options(server: SocketAddr) -> StreamOptions {
         force: false,
         flight: false,
         progress: ProgressMode::Hidden,
+        timeouts: Timeouts::default(),
     }
 }
 

@@ -7,6 +7,7 @@
 mod common;
 
 mod cli;
+mod client_deadlines;
 mod client_stream;
 mod client_upload;
 mod convert_cli;
@@ -15,4 +16,5 @@ mod dataset;
 mod frame_fixtures;
 mod pickle_machine;
 mod serve_e2e;
+mod serve_limits;
 mod store;
