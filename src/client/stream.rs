@@ -553,7 +553,9 @@ fn chunk_columns(chunk: &RowChunk, keys: &[[u8; 16]], dim: usize) -> Result<Vec<
 
 /// Pull the stream described by `opts`, check it, save it if asked.
 pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
-    let endpoint = opts.timeouts.apply(endpoint(&opts.server)?, KEEPALIVE_STREAM);
+    let endpoint = opts
+        .timeouts
+        .apply(endpoint(&opts.server)?, KEEPALIVE_STREAM);
     let timeouts = opts.timeouts;
     let checkpoint = match opts
         .checkpoint
@@ -623,7 +625,12 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
         .await
         {
             Ok(started) => started.map_err(|e| flight_err(0, e))?,
-            Err(_) => return Err(rpc(0, timeouts.idle_status("waiting for the DoGet response"))),
+            Err(_) => {
+                return Err(rpc(
+                    0,
+                    timeouts.idle_status("waiting for the DoGet response"),
+                ))
+            }
         };
         let mut layout: Option<(FileLayout, SchemaRef)> = None;
         loop {

@@ -324,7 +324,7 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
                     (lost, true)
                 } else {
                     progress.finish();
-                        return Ok(UploadReport {
+                    return Ok(UploadReport {
                         response,
                         attempts: attempt,
                         rows: sent.rows,

@@ -6,6 +6,10 @@
 //! a stream stalled past its deadline can have its connection closed (the
 //! only way to drop data HTTP/2 queued for a peer that does not read: hyper
 //! gives a response body no handle on its stream).
+//!
+//! [`ActivityLayer`] counts each connection's open requests; a connection
+//! with none for `--idle-connection-timeout` is closed
+//! ([`Connections::close_idle_after`]).
 
 use std::{
     collections::HashMap,
@@ -13,11 +17,11 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::task::AtomicWaker;
@@ -27,7 +31,11 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::{
+    body::Body,
+    codegen::{http, BoxFuture, Service},
+    transport::server::{Connected, TcpConnectInfo},
+};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -35,18 +43,94 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const TLS_HANDSHAKE: u8 = 0x16;
 
 /// The open connections, by peer address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Connections {
     open: Mutex<HashMap<SocketAddr, Arc<ConnState>>>,
+    began: Instant,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            open: Mutex::new(HashMap::new()),
+            began: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct ConnState {
     killed: AtomicBool,
     waker: AtomicWaker,
+    /// Requests open on the connection.
+    active: AtomicUsize,
+    /// When the last request ended (ms since [`Connections::began`]).
+    idle_since: AtomicU64,
+}
+
+/// One open request on a connection; the connection is idle again when the
+/// last one is dropped.
+#[derive(Debug)]
+pub struct ActiveRequest {
+    state: Arc<ConnState>,
+    connections: Arc<Connections>,
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.state
+            .idle_since
+            .store(self.connections.now_ms(), Ordering::SeqCst);
+        self.state.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Connections {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Count a request on the connection from `peer` until the guard drops.
+    pub fn enter(self: &Arc<Self>, peer: SocketAddr) -> Option<ActiveRequest> {
+        let state = self.lock().get(&peer).cloned()?;
+        state.active.fetch_add(1, Ordering::SeqCst);
+        Some(ActiveRequest {
+            state,
+            connections: self.clone(),
+        })
+    }
+
+    /// Close, from now on, every connection without a request for `timeout`.
+    pub fn close_idle_after(self: &Arc<Self>, timeout: Duration) {
+        let weak = Arc::downgrade(self);
+        let tick = (timeout / 4).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(connections) = Weak::upgrade(&weak) else {
+                    return;
+                };
+                let now = connections.now_ms();
+                let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                let idle: Vec<SocketAddr> = connections
+                    .lock()
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.active.load(Ordering::SeqCst) == 0
+                            && now.saturating_sub(s.idle_since.load(Ordering::SeqCst)) >= limit
+                    })
+                    .map(|(peer, _)| *peer)
+                    .collect();
+                for peer in idle {
+                    tracing::debug!(%peer, "closing a connection idle for --idle-connection-timeout");
+                    connections.close(peer);
+                }
+            }
+        });
+    }
+
     /// Close the connection from `peer`, if open: its next read or write
     /// fails, so the HTTP/2 server drops it with all its streams and their
     /// queued bytes. Whether it was open.
@@ -91,6 +175,7 @@ impl ConnIo {
     fn new(inner: TcpStream, registry: Arc<Connections>) -> Self {
         let peer = inner.peer_addr().ok();
         let state = Arc::new(ConnState::default());
+        state.idle_since.store(registry.now_ms(), Ordering::SeqCst);
         if let Some(peer) = peer {
             registry.lock().insert(peer, state.clone());
         }
@@ -105,7 +190,7 @@ impl ConnIo {
     fn closed(&self) -> io::Error {
         io::Error::new(
             io::ErrorKind::ConnectionAborted,
-            "closed by the server: a stream on it stalled past --stall-timeout",
+            "closed by the server (a stream stalled past --stall-timeout, or the connection was idle past --idle-connection-timeout)",
         )
     }
 }
@@ -249,4 +334,97 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Counts each connection's open requests (see [`Connections::enter`]):
+/// a request is open from its arrival until its response body is dropped.
+#[derive(Debug, Clone)]
+pub struct ActivityLayer {
+    connections: Arc<Connections>,
+}
+
+impl ActivityLayer {
+    /// Count requests on `connections`.
+    pub fn new(connections: Arc<Connections>) -> Self {
+        ActivityLayer { connections }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ActivityLayer {
+    type Service = Activity<S>;
+
+    fn layer(&self, inner: S) -> Activity<S> {
+        Activity {
+            inner,
+            connections: self.connections.clone(),
+        }
+    }
+}
+
+/// The service [`ActivityLayer`] wraps around the server's routes.
+#[derive(Debug, Clone)]
+pub struct Activity<S> {
+    inner: S,
+    connections: Arc<Connections>,
+}
+
+impl<S, B> Service<http::Request<B>> for Activity<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let guard = req
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(|i| i.remote_addr())
+            .and_then(|peer| self.connections.enter(peer));
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(match guard {
+                Some(guard) => response.map(|body| {
+                    Body::new(Counted {
+                        inner: body,
+                        _guard: guard,
+                    })
+                }),
+                None => response,
+            })
+        })
+    }
+}
+
+/// A response body that keeps its request counted until dropped.
+struct Counted {
+    inner: Body,
+    _guard: ActiveRequest,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -40,6 +40,9 @@ pub struct LimitArgs {
     /// within this time is closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+    /// A connection with no request open for this long is closed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_connection_timeout: Duration,
     /// HTTP/2 keepalive: PING a connection silent for this long, and close
     /// it if the PING is not answered within --keepalive-timeout.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -57,6 +60,7 @@ impl Default for LimitArgs {
             send_budget: DEFAULT_SEND_BUDGET,
             stall_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
         }
@@ -66,9 +70,7 @@ impl Default for LimitArgs {
 /// `256MiB`, `1GiB`, `64KiB`, `1GB`, `500MB`, `4096` (bytes).
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     let n: u64 = digits
         .parse()
@@ -81,7 +83,11 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => return Err(format!("`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }
     };
     let bytes = n
         .checked_mul(scale)
@@ -225,14 +231,20 @@ mod tests {
         drop(a);
         assert!(slots.try_acquire("StreamEmbedding").is_ok());
         let unlimited = StreamSlots::new(0);
-        let held: Vec<_> = (0..1000).map(|_| unlimited.try_acquire("x").unwrap()).collect();
+        let held: Vec<_> = (0..1000)
+            .map(|_| unlimited.try_acquire("x").unwrap())
+            .collect();
         assert_eq!(held.len(), 1000);
     }
 
     #[test]
     fn budget_counts_pinned_bytes() {
         let budget = SendBudget::new(100);
-        assert_eq!(budget.request(1_000), 100, "a chunk never asks for more than the budget");
+        assert_eq!(
+            budget.request(1_000),
+            100,
+            "a chunk never asks for more than the budget"
+        );
         let a = budget.try_acquire(60).unwrap();
         assert_eq!(budget.pinned(), 60);
         assert!(budget.try_acquire(50).is_none());

@@ -177,6 +177,7 @@ pub struct Server {
     dataset: Arc<LiveDataset>,
     budget: Arc<SendBudget>,
     slots: StreamSlots,
+    connections: Arc<conn::Connections>,
 }
 
 impl ServerConfig {
@@ -220,6 +221,7 @@ impl Server {
         let stats = Arc::new(StreamStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(conn::Connections::default());
+        connections.close_idle_after(config.limits.idle_connection_timeout);
         let stream_limits = StreamLimits {
             slots: StreamSlots::new(config.limits.max_concurrent_streams),
             budget: Arc::new(SendBudget::new(config.limits.send_budget)),
@@ -266,14 +268,18 @@ impl Server {
             .http2_keepalive_interval(Some(config.limits.keepalive_interval))
             .http2_keepalive_timeout(Some(config.limits.keepalive_timeout))
             .max_concurrent_streams(Some(config.limits.max_streams_per_connection))
+            .layer(conn::ActivityLayer::new(connections.clone()))
             .add_service(embedding.clone())
             .add_service(PackageAlias::new(embedding))
             .add_service(flight_do_get::FlightServer::new(flight))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let incoming =
-            conn::incoming(listener, connections, config.limits.handshake_timeout);
+        let incoming = conn::incoming(
+            listener,
+            connections.clone(),
+            config.limits.handshake_timeout,
+        );
         let task = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async {
@@ -306,6 +312,7 @@ impl Server {
             dataset: live,
             budget,
             slots,
+            connections,
         })
     }
 
@@ -328,6 +335,11 @@ impl Server {
     /// `--max-concurrent-streams`.
     pub fn streams_in_use(&self) -> usize {
         self.slots.in_use()
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
     }
 
     /// Rows in the file served now.

@@ -193,7 +193,10 @@ async fn stream_times_out(server: SocketAddr, flight: bool) -> String {
         .expect("stream returns");
     match result {
         Err(StreamError::Rpc {
-            code, message, rows, ..
+            code,
+            message,
+            rows,
+            ..
         }) => {
             assert_eq!(code, tonic::Code::DeadlineExceeded, "{message}");
             assert_eq!(rows, 0);

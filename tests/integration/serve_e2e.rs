@@ -645,7 +645,10 @@ async fn flight_do_get_info_schema_and_resume() {
     ] {
         let errors = [
             flight.get_schema(descriptor.clone()).await.unwrap_err(),
-            flight.get_flight_info(descriptor.clone()).await.unwrap_err(),
+            flight
+                .get_flight_info(descriptor.clone())
+                .await
+                .unwrap_err(),
         ];
         for err in errors {
             let arrow_flight::error::FlightError::Tonic(status) = err else {
@@ -653,7 +656,9 @@ async fn flight_do_get_info_schema_and_resume() {
             };
             assert_eq!(status.code(), Code::NotFound, "{descriptor:?}");
             assert!(
-                status.message().starts_with("no flight for the descriptor ")
+                status
+                    .message()
+                    .starts_with("no flight for the descriptor ")
                     && status
                         .message()
                         .ends_with("this server serves one: path [\"sample\"] (see ListFlights)"),

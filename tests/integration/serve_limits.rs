@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use arrow_flight::{FlightClient, Ticket};
 use embedstream::{
-    proto::{embedding_stream_service_client::EmbeddingStreamServiceClient, StreamEmbeddingRequest},
+    proto::{
+        embedding_stream_service_client::EmbeddingStreamServiceClient, StreamEmbeddingRequest,
+    },
     serve::Server,
 };
 use futures::TryStreamExt;
@@ -68,7 +70,12 @@ async fn stream_embedding_request_contract() {
         assert!(data.is_empty(), "{what}");
     }
     // A well-formed raw request streams every row and ends with status 0.
-    let (status, data) = raw_call(&server, STREAM_PATH, grpc_message(&request(7).encode_to_vec())).await;
+    let (status, data) = raw_call(
+        &server,
+        STREAM_PATH,
+        grpc_message(&request(7).encode_to_vec()),
+    )
+    .await;
     assert_eq!(status.code(), Code::Ok, "{status:?}");
     assert!(data.len() > 100 * 4 * 4);
 
@@ -118,7 +125,9 @@ async fn the_concurrency_limit_refuses_at_once() {
         panic!("{err:?}")
     };
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(status.message().starts_with("Flight DoGet refused: 2 data streams"));
+    assert!(status
+        .message()
+        .starts_with("Flight DoGet refused: 2 data streams"));
     // Ending one stream frees its place.
     held.pop();
     eventually("the dropped stream frees its place", || {
@@ -209,7 +218,11 @@ async fn the_send_budget_bounds_streams_that_never_read() {
     // One full read first, so that the decoded batches (cached for the
     // server's life) are in the baseline.
     let mut warm = client(channel(&server).await).await;
-    let mut s = warm.stream_embedding(request(0)).await.unwrap().into_inner();
+    let mut s = warm
+        .stream_embedding(request(0))
+        .await
+        .unwrap()
+        .into_inner();
     while s.message().await.unwrap().is_some() {}
     drop((s, warm));
     let before = rss_anon();
@@ -249,15 +262,23 @@ async fn the_send_budget_bounds_streams_that_never_read() {
     let mut max_rss = 0;
     let deadline = tokio::time::Instant::now() + HANG_GUARD;
     while stats.active() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "streams never ended");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streams never ended"
+        );
         let pinned = budget.pinned();
         assert!(pinned <= BUDGET, "{pinned} bytes pinned, budget {BUDGET}");
         max_pinned = max_pinned.max(pinned);
         max_rss = max_rss.max(rss_anon().saturating_sub(before));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    eprintln!("budget {BUDGET}: at most {max_pinned} bytes pinned, RssAnon grew by at most {max_rss}");
-    assert!(max_pinned > MESSAGE / 2, "chunks were budgeted: {max_pinned}");
+    eprintln!(
+        "budget {BUDGET}: at most {max_pinned} bytes pinned, RssAnon grew by at most {max_rss}"
+    );
+    assert!(
+        max_pinned > MESSAGE / 2,
+        "chunks were budgeted: {max_pinned}"
+    );
     assert!(
         max_rss < BUDGET + (16 << 20),
         "RssAnon grew by {max_rss} bytes with a {BUDGET}-byte budget (20 unbudgeted chunks would be about 300 MB)"
@@ -295,5 +316,41 @@ async fn pinned_bytes_are_zero_at_rest() {
     assert_eq!(rows, 500);
     let budget = server.send_budget().clone();
     eventually("sent chunks release their budget", || budget.pinned() == 0).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_busy_ones_kept() {
+    let (_dir, server) = start_with(20_000, 64, 1000, |config| {
+        config.limits.idle_connection_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // A connection with a stream open (not being read) is busy.
+    let mut busy = client(channel(&server).await).await;
+    let mut held = busy
+        .stream_embedding(request(1))
+        .await
+        .unwrap()
+        .into_inner();
+    // Another finishes its call and falls idle.
+    let mut idle = client(channel(&server).await).await;
+    let mut s = idle
+        .stream_embedding(request(0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rows = 0;
+    while let Some(chunk) = s.message().await.unwrap() {
+        rows += chunk.rows.len();
+    }
+    assert_eq!(rows, 20_000);
+    drop(s);
+    eventually("the idle connection is closed", || {
+        server.open_connections() == 1
+    })
+    .await;
+    // The busy one is still served.
+    assert_eq!(held.message().await.unwrap().unwrap().rows.len(), 1);
+    drop(held);
     server.shutdown().await.unwrap();
 }
