@@ -67,6 +67,21 @@ impl Default for LimitArgs {
     }
 }
 
+impl LimitArgs {
+    /// Refuse settings that cannot work together: a RowChunk (up to
+    /// `max_message_bytes`) must fit the send budget, or its bytes would be
+    /// held beyond what the budget accounts.
+    pub fn check(&self, max_message_bytes: usize) -> Result<(), String> {
+        if self.send_budget < max_message_bytes {
+            return Err(format!(
+                "--send-budget {} is smaller than the largest RowChunk (--max-message-bytes {max_message_bytes}); raise the budget or lower the message limit",
+                self.send_budget
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `256MiB`, `1GiB`, `64KiB`, `1GB`, `500MB`, `4096` (bytes).
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();

@@ -201,6 +201,10 @@ impl Server {
     /// here, before any client can connect.
     pub async fn spawn(config: ServerConfig) -> Result<Server, ServeError> {
         let began = Instant::now();
+        config
+            .limits
+            .check(config.max_message_bytes)
+            .map_err(ServeError::Settings)?;
         let dataset = Arc::new(Dataset::open(&config.data, &config.dataset_options())?);
         let live = Arc::new(LiveDataset::new(dataset.clone()));
         let listener = TcpListener::bind(config.addr).await.map_err(|source| {

@@ -354,3 +354,18 @@ async fn idle_connections_are_closed_busy_ones_kept() {
     drop(held);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_send_budget_below_one_chunk_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sample.arrow");
+    crate::common::write_sample_file(&path, 10, 4, 10);
+    let mut config = embedstream::serve::ServerConfig::new(&path, "127.0.0.1:0".parse().unwrap());
+    config.max_message_bytes = 8 << 20;
+    config.limits.send_budget = 4 << 20;
+    let err = Server::spawn(config).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--send-budget 4194304 is smaller than the largest RowChunk (--max-message-bytes 8388608); raise the budget or lower the message limit"
+    );
+}
