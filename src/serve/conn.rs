@@ -382,11 +382,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let guard = req
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(|i| i.remote_addr())
-            .and_then(|peer| self.connections.enter(peer));
+        let guard = super::grpc_http::peer_addr(&req).and_then(|peer| self.connections.enter(peer));
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;

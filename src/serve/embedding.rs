@@ -20,13 +20,12 @@ use futures::Stream;
 use tonic::{
     codegen::{http, Body, BoxFuture, Service, StdError},
     server::NamedService,
-    transport::server::TcpConnectInfo,
     Status,
 };
 
 use super::{
     encode::ChunkPlan,
-    grpc_http::{grpc_response, read_request, RequestKind},
+    grpc_http::{grpc_response, peer_addr, read_request, RequestKind},
     limits::{SendBudget, StreamSlots},
     row_body::{RowChunkBody, Stalls},
 };
@@ -320,10 +319,7 @@ where
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
-    let peer_addr = req
-        .extensions()
-        .get::<TcpConnectInfo>()
-        .and_then(|i| i.remote_addr());
+    let peer_addr = peer_addr(&req);
     let peer = peer_addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
     let refuse = |status: Status| {
         tracing::info!(%peer, code = ?status.code(), message = status.message(), "StreamEmbedding refused");

@@ -32,12 +32,17 @@ pub struct RequestKind {
     pub message: &'static str,
 }
 
-/// The peer of a request, as logged (`unknown` when the transport gives none).
-pub fn peer<B>(req: &http::Request<B>) -> String {
+/// The peer address of a request: the one place that reads it from the
+/// transport's connection info (a TLS layer adds its own wrapper type here).
+pub fn peer_addr<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
     req.extensions()
         .get::<TcpConnectInfo>()
         .and_then(|i| i.remote_addr())
-        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+/// The peer of a request, as logged (`unknown` when the transport gives none).
+pub fn peer<B>(req: &http::Request<B>) -> String {
+    peer_addr(req).map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }
 
 /// Read a request body: exactly one uncompressed gRPC message of at most
