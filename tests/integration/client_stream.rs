@@ -194,6 +194,15 @@ async fn bad_checkpoint_and_missing_server() {
             .starts_with("--checkpoint `yesterday` is not a UUID ("),
         "{err}"
     );
+    let braced = "{01890a5d-ac96-774b-bcce-b302099a8057}";
+    opts.checkpoint = Some(braced.into());
+    let err = pull(&opts).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "--checkpoint `{braced}` is a UUID in the braced form; send the hyphenated form"
+        )),
+        "{err}"
+    );
     opts.checkpoint = None;
     let err = pull(&opts).await.unwrap_err();
     assert!(
