@@ -176,12 +176,12 @@ enum State {
     Next,
     /// Waiting for budget to encode `plan`.
     Budget { plan: ChunkPlan, acquire: Acquire },
-    /// Encoded, larger than estimated: waiting for the rest of its budget.
-    TopUp {
-        data: BytesMut,
-        permit: OwnedSemaphorePermit,
-        acquire: Acquire,
-    },
+    /// Encoded, larger than estimated, and the difference was not free:
+    /// waiting for its whole size. The permit it had was given back first,
+    /// so that no stream holds budget while waiting for more (two such
+    /// streams could otherwise wait for each other forever); until then
+    /// this one chunk is not counted.
+    TopUp { data: BytesMut, acquire: Acquire },
     /// Trailers sent.
     Done,
 }
@@ -264,11 +264,16 @@ impl RowChunkBody {
             match self.budget.try_acquire(missing) {
                 Some(more) => permit.merge(more),
                 None => {
+                    drop(permit);
+                    tracing::debug!(
+                        size,
+                        held,
+                        "chunk larger than its estimate: waiting for its whole size"
+                    );
                     return Ok(Err(State::TopUp {
                         data,
-                        permit,
-                        acquire: Box::pin(self.budget.acquire(missing)),
-                    }))
+                        acquire: Box::pin(self.budget.acquire(self.budget.request(size))),
+                    }));
                 }
             }
         }
@@ -308,26 +313,15 @@ impl http_body::Body for RowChunkBody {
                     this.state = State::Done;
                     return Poll::Ready(None);
                 }
-                State::TopUp {
-                    data,
-                    mut permit,
-                    mut acquire,
-                } => match acquire.as_mut().poll(cx) {
+                State::TopUp { data, mut acquire } => match acquire.as_mut().poll(cx) {
                     Poll::Pending => {
-                        this.state = State::TopUp {
-                            data,
-                            permit,
-                            acquire,
-                        };
+                        this.state = State::TopUp { data, acquire };
                         return Poll::Pending;
                     }
                     Poll::Ready(None) => {
                         return this.end(&Status::internal("the send budget was closed"))
                     }
-                    Poll::Ready(Some(more)) => {
-                        permit.merge(more);
-                        this.settle(data, permit)
-                    }
+                    Poll::Ready(Some(permit)) => this.settle(data, permit),
                 },
                 State::Budget { plan, mut acquire } => match acquire.as_mut().poll(cx) {
                     Poll::Pending => {

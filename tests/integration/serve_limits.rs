@@ -369,3 +369,64 @@ async fn a_send_budget_below_one_chunk_is_refused_at_start() {
         "--send-budget 4194304 is smaller than the largest RowChunk (--max-message-bytes 8388608); raise the budget or lower the message limit"
     );
 }
+
+/// A chunk larger than its estimate (strings far longer than the first
+/// estimate assumes) that finds no room for the difference gives its permit
+/// back and waits for its whole size; it goes out once room is made, and the
+/// accounted bytes never pass the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_larger_than_estimated_wait_for_their_size() {
+    const ROWS: usize = 2_000;
+    const BUDGET: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.arrow");
+    // Rows of about 2.1 kB: a chunk of 300 is about 630 kB, estimated at 85 kB.
+    crate::common::write_long_names_file(&path, ROWS, 8, 500, 2_000);
+    let mut config = embedstream::serve::ServerConfig::new(&path, "127.0.0.1:0".parse().unwrap());
+    config.max_message_bytes = BUDGET;
+    config.limits.send_budget = BUDGET;
+    let server = Server::spawn(config).await.unwrap();
+    let budget = server.send_budget().clone();
+    // A stream that does not read pins its first chunk (its client's window
+    // is 64 KiB), leaving less room than the next stream's chunk needs.
+    let small_window = Channel::from_shared(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled_client = client(small_window).await;
+    let stalled = stalled_client
+        .stream_embedding(request(300))
+        .await
+        .unwrap()
+        .into_inner();
+    eventually("the first chunk is pinned", || budget.pinned() > 600_000).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let ch = channel(&server).await;
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(ch).await;
+            let mut s = c.stream_embedding(request(300)).await.unwrap().into_inner();
+            let mut rows = 0;
+            while let Some(chunk) = s.message().await.unwrap() {
+                assert_eq!(chunk.rows[0].company_name.len(), 2_000);
+                rows += chunk.rows.len();
+            }
+            rows
+        }));
+    }
+    let stats = server.stats().clone();
+    eventually("the readers start", || stats.started() == 4).await;
+    assert!(budget.pinned() <= BUDGET);
+    // The stalled client goes away; the others get their chunks.
+    drop(stalled);
+    for t in tasks {
+        let rows = tokio::time::timeout(HANG_GUARD, t).await.unwrap().unwrap();
+        assert_eq!(rows, ROWS);
+        assert!(budget.pinned() <= BUDGET);
+    }
+    eventually("every chunk released its budget", || budget.pinned() == 0).await;
+    server.shutdown().await.unwrap();
+}
