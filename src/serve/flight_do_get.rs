@@ -62,7 +62,9 @@ impl FlightServer {
     /// Serve `service`.
     pub fn new(service: FlightEndpointService) -> Self {
         FlightServer {
-            inner: FlightServiceServer::new(service.clone()),
+            // Requests are small (descriptors, criteria): the same limit as DoGet.
+            inner: FlightServiceServer::new(service.clone())
+                .max_decoding_message_size(crate::wire::MAX_REQUEST_BYTES),
             service,
         }
     }
@@ -82,8 +84,42 @@ impl Service<http::Request<Body>> for FlightServer {
             let service = self.service.clone();
             Box::pin(async move { Ok(do_get(&service, req).await) })
         } else {
-            self.inner.call(req)
+            let method = req
+                .uri()
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let response = self.inner.call(req);
+            Box::pin(async move {
+                let mut response = response.await?;
+                over_limit_is_resource_exhausted(&method, &mut response);
+                Ok(response)
+            })
         }
+    }
+}
+
+/// tonic's generated server refuses a request over its limit with
+/// OUT_OF_RANGE; answer RESOURCE_EXHAUSTED instead, as DoGet and
+/// StreamEmbedding do and as gRPC specifies for a message over the limit.
+fn over_limit_is_resource_exhausted<B>(method: &str, response: &mut http::Response<B>) {
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v == (tonic::Code::OutOfRange as i32).to_string().as_str());
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.starts_with("Error,%20decoded%20message%20length%20too%20large"));
+    if out_of_range && too_large {
+        let status = Status::resource_exhausted(format!(
+            "the {method} request message is over the {}-byte limit of requests",
+            crate::wire::MAX_REQUEST_BYTES
+        ));
+        headers.remove("grpc-message");
+        let _ = status.add_header(headers);
     }
 }
 

@@ -430,3 +430,35 @@ async fn chunks_larger_than_estimated_wait_for_their_size() {
     eventually("every chunk released its budget", || budget.pinned() == 0).await;
     server.shutdown().await.unwrap();
 }
+
+/// Every Flight call refuses a request over the limit with RESOURCE_EXHAUSTED,
+/// as DoGet and StreamEmbedding do (tonic's own answer would be OUT_OF_RANGE).
+#[tokio::test]
+async fn oversized_flight_requests_are_resource_exhausted() {
+    let (_dir, server) = start_with(10, 4, 10, |_| {}).await;
+    let mut flight = FlightClient::new(channel(&server).await);
+    let huge = arrow_flight::FlightDescriptor::new_path(vec!["x".repeat(100_000)]);
+    let errors = [
+        flight.get_flight_info(huge.clone()).await.unwrap_err(),
+        flight.get_schema(huge).await.unwrap_err(),
+    ];
+    for (err, method) in errors.into_iter().zip(["GetFlightInfo", "GetSchema"]) {
+        let arrow_flight::error::FlightError::Tonic(status) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(
+            status.message(),
+            format!("the {method} request message is over the 65536-byte limit of requests")
+        );
+    }
+    // A small one still works.
+    let info = flight
+        .get_flight_info(arrow_flight::FlightDescriptor::new_path(vec![
+            "sample".into()
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(info.total_records, 10);
+    server.shutdown().await.unwrap();
+}
