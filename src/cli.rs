@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{client, convert, inspect, logging, serve};
+use crate::{client, commands, convert, inspect, logging, serve};
 
 /// Convert pandas embedding pickles to Arrow once, then serve them over gRPC.
 ///
@@ -25,6 +25,10 @@ pub struct Cli {
     /// Log level: ERROR, WARNING, INFO or DEBUG (the Python server's names).
     #[arg(long, global = true, env = "LOG_LEVEL", default_value = "INFO")]
     pub log_level: String,
+
+    /// Log line format: `text`, or `json` (one object per line) for log shippers.
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text)]
+    pub log_format: logging::LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
@@ -53,10 +57,10 @@ pub fn main() -> ExitCode {
     // already set in the environment win over the file.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    logging::init(&cli.log_level);
+    logging::init(&cli.log_level, cli.log_format);
     let result = match cli.command {
         Command::Convert(args) => convert::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => commands::serve(args),
         Command::Stream(args) => client::stream::run(args),
         Command::Upload(args) => client::upload::run(args),
         Command::Inspect(args) => inspect::run(args),

@@ -8,7 +8,9 @@
 
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod convert;
+pub mod dataset;
 pub mod format;
 pub mod frame;
 pub mod inspect;
@@ -19,3 +21,4 @@ pub mod proto;
 pub mod rows;
 pub mod serve;
 pub mod store;
+pub mod wire;

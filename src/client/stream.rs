@@ -30,7 +30,10 @@ use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
 
-use super::{endpoint, local_address, AddressError};
+use super::{
+    deadline::{TimeoutArgs, Timeouts, KEEPALIVE_STREAM},
+    endpoint, local_address, AddressError,
+};
 use crate::{
     convert::atomic::{AtomicFile, AtomicFileError},
     format::{self, format_uuid, FileLayout},
@@ -39,11 +42,9 @@ use crate::{
         embedding_stream_service_client::EmbeddingStreamServiceClient, RowChunk,
         StreamEmbeddingRequest,
     },
+    wire,
 };
 
-/// The Batch Server's inbound message limit; a stream this client accepts
-/// fits the Batch Server too.
-pub const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
 /// Name of the vector column in files written by `--out`.
 pub const OUT_VECTOR_COLUMN: &str = "job_post_vectors";
 
@@ -63,7 +64,7 @@ pub struct StreamArgs {
     /// Rows per chunk to ask for (the Batch Server asks for 300). Every chunk
     /// must have exactly this many rows but the last. Not used with --flight,
     /// which sends the file's own batches.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64), conflicts_with = "flight")]
+    #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE as u32, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64), conflicts_with = "flight")]
     pub chunk_size: u32,
 
     /// Save the rows as an Arrow IPC file that `embedstream serve` can serve.
@@ -78,6 +79,10 @@ pub struct StreamArgs {
     /// of StreamEmbedding.
     #[arg(long)]
     pub flight: bool,
+
+    /// Deadlines of the call.
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
 }
 
 /// Everything `pull` needs; [`run`] builds it from the flags.
@@ -97,6 +102,8 @@ pub struct StreamOptions {
     pub flight: bool,
     /// Progress display.
     pub progress: ProgressMode,
+    /// Connect timeout and idle deadline.
+    pub timeouts: Timeouts,
 }
 
 /// A stream that passed every check.
@@ -217,9 +224,7 @@ pub enum StreamError {
     #[error(transparent)]
     Address(#[from] AddressError),
     /// Bad `--checkpoint`.
-    #[error(
-        "--checkpoint `{checkpoint}` is not a UUID ({reason}); give the id of the last row stored"
-    )]
+    #[error("--checkpoint `{checkpoint}` is {reason}; give the id of the last row stored")]
     Checkpoint {
         /// What was given.
         checkpoint: String,
@@ -548,7 +553,10 @@ fn chunk_columns(chunk: &RowChunk, keys: &[[u8; 16]], dim: usize) -> Result<Vec<
 
 /// Pull the stream described by `opts`, check it, save it if asked.
 pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
-    let endpoint = endpoint(&opts.server)?;
+    let endpoint = opts
+        .timeouts
+        .apply(endpoint(&opts.server)?, KEEPALIVE_STREAM);
+    let timeouts = opts.timeouts;
     let checkpoint = match opts
         .checkpoint
         .as_deref()
@@ -557,7 +565,7 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
     {
         None => None,
         Some(c) => Some(
-            uuid::Uuid::parse_str(c)
+            wire::parse_checkpoint(c)
                 .map_err(|e| StreamError::Checkpoint {
                     checkpoint: c.to_string(),
                     reason: e.to_string(),
@@ -594,10 +602,7 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
         server: opts.server.clone(),
         violation,
     };
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| rpc(0, tonic::Status::from_error(Box::new(e))))?;
+    let channel = timeouts.connect(&endpoint).await.map_err(|s| rpc(0, s))?;
 
     let mut checker;
     if opts.flight {
@@ -613,12 +618,32 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
             arrow_flight::error::FlightError::Tonic(status) => rpc(rows, *status),
             other => rpc(rows, tonic::Status::internal(other.to_string())),
         };
-        let mut stream = client
-            .do_get(arrow_flight::Ticket::new(ticket))
-            .await
-            .map_err(|e| flight_err(0, e))?;
+        let mut stream = match tokio::time::timeout(
+            timeouts.idle,
+            client.do_get(arrow_flight::Ticket::new(ticket)),
+        )
+        .await
+        {
+            Ok(started) => started.map_err(|e| flight_err(0, e))?,
+            Err(_) => {
+                return Err(rpc(
+                    0,
+                    timeouts.idle_status("waiting for the DoGet response"),
+                ))
+            }
+        };
         let mut layout: Option<(FileLayout, SchemaRef)> = None;
-        while let Some(batch) = stream.next().await {
+        loop {
+            let next = match tokio::time::timeout(timeouts.idle, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Err(rpc(
+                        checker.rows(),
+                        timeouts.idle_status("waiting for the next record batch"),
+                    ))
+                }
+            };
+            let Some(batch) = next else { break };
             let batch = batch.map_err(|e| flight_err(checker.rows(), e))?;
             if layout.is_none() {
                 {
@@ -688,20 +713,26 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
     } else {
         let asked = opts.chunk_size as usize;
         checker = Checker::new(Some(asked), checkpoint);
-        let mut client =
-            EmbeddingStreamServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = EmbeddingStreamServiceClient::new(channel)
+            .max_decoding_message_size(wire::MAX_MESSAGE_BYTES);
         let request = StreamEmbeddingRequest {
             last_processed_uuid: checkpoint.map(|k| format_uuid(&k)).unwrap_or_default(),
             chunk_size: i32::try_from(opts.chunk_size).unwrap_or(i32::MAX),
         };
-        let mut stream = client
-            .stream_embedding(request)
+        let mut stream = timeouts
+            .idle(
+                "waiting for the StreamEmbedding response",
+                client.stream_embedding(request),
+            )
             .await
             .map_err(|s| rpc(0, s))?
             .into_inner();
         let mut keys = Vec::new();
         loop {
-            let chunk = match stream.message().await {
+            let chunk = match timeouts
+                .idle("waiting for the next chunk", stream.message())
+                .await
+            {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(status) => return Err(rpc(checker.rows(), status)),
@@ -742,7 +773,7 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
             "GRPC_PORT",
             None,
             std::env::var("GRPC_PORT").ok().as_deref(),
-            50051,
+            wire::DEFAULT_SERVE_PORT,
         )?,
     };
     let opts = StreamOptions {
@@ -753,6 +784,7 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
         force: args.force,
         flight: args.flight,
         progress: ProgressMode::Auto,
+        timeouts: Timeouts::from(&args.timeouts),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -19,18 +19,21 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::codegen::http::uri::PathAndQuery;
 
 use super::{
+    deadline::{TimeoutArgs, Timeouts, KEEPALIVE_UPLOAD},
     endpoint, is_transient,
     json::{self, JsonError},
     local_address, AddressError,
 };
 use crate::{
+    dataset::{Dataset, DatasetError, DatasetOptions},
     progress::{Progress, ProgressMode, Unit},
     proto::{
         ingest_data_request::RequestType, IngestDataRequest, IngestDataResponse, IngestMetadata,
         ALIAS_PACKAGE, SERVICE,
     },
-    rows::{RecruitTable, RowMapping, RowsError},
-    store::{BatchError, Store, StoreError},
+    rows::RowMapping,
+    store::BatchError,
+    wire,
 };
 
 /// Encoded chunks allowed to wait for the network.
@@ -59,7 +62,7 @@ pub struct UploadArgs {
     /// Rows per JSON data chunk. grpc-java refuses messages over 4 MiB by
     /// default: 300 rows of 384-d vectors are about 1.3 MB, of 1536-d about
     /// 5 MB, so lower it for wide vectors unless the server raised its limit.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = wire::DEFAULT_CHUNK_SIZE as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_size: u32,
 
     /// Attempts in total, counting the first one (like the Python tool,
@@ -85,6 +88,10 @@ pub struct UploadArgs {
     /// Which columns feed the RecruitRow fields.
     #[command(flatten)]
     pub mapping: RowMapping,
+
+    /// Deadlines of each attempt.
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
 
     /// First backoff before a retry (doubles each time); for tests.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, hide = true)]
@@ -114,6 +121,8 @@ pub struct UploadOptions {
     pub initial_backoff: Duration,
     /// Progress display.
     pub progress: ProgressMode,
+    /// Connect timeout and idle deadline of each attempt.
+    pub timeouts: Timeouts,
 }
 
 /// A successful upload.
@@ -138,17 +147,9 @@ pub struct UploadReport {
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    /// The file cannot be opened as a converted file.
+    /// The file cannot be opened as a converted file, or lacks a RecruitRow column.
     #[error(transparent)]
-    Open(#[from] StoreError),
-    /// The file lacks a RecruitRow column.
-    #[error("{path}: {source}")]
-    Rows {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: RowsError,
-    },
+    Open(#[from] DatasetError),
     /// A record batch cannot be decoded (found when its rows are first read,
     /// before anything is sent).
     #[error("{path}: {source}; the file is damaged: convert the source again with `embedstream convert`")]
@@ -257,17 +258,17 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
         return Err(UploadError::Zero("--max-retries"));
     }
     let path = ingest_path(&opts.service_package)?;
-    let endpoint = endpoint(&opts.to)?;
+    let endpoint = opts.timeouts.apply(endpoint(&opts.to)?, KEEPALIVE_UPLOAD);
     let shown = opts.file.display().to_string();
-    let store = Arc::new(Store::open(&opts.file, opts.key_column.as_deref())?);
-    let rows = Arc::new(
-        UploadRows::new(store.clone(), &opts.mapping, shown.clone()).map_err(|source| {
-            UploadError::Rows {
-                path: shown.clone(),
-                source,
-            }
-        })?,
-    );
+    let dataset = Arc::new(Dataset::open(
+        &opts.file,
+        &DatasetOptions {
+            key_column: opts.key_column.clone(),
+            mapping: opts.mapping.clone(),
+            ..DatasetOptions::default()
+        },
+    )?);
+    let rows = Arc::new(UploadRows::new(dataset.clone(), shown));
     // Refuse values JSON cannot carry before sending anything: once the call
     // is open there is no way to abort it that a receiver is sure to see as
     // a failure (with tonic, dropping a client-streaming call was observed to
@@ -280,7 +281,7 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
         vector_dimension: i32::try_from(rows.dim).unwrap_or(i32::MAX),
     };
 
-    let total_rows = store.num_rows();
+    let total_rows = dataset.num_rows();
     let progress = Progress::new("upload", Some(total_rows as u64), Unit::Rows, opts.progress);
     let started = Instant::now();
     let mut backoff = opts.initial_backoff;
@@ -298,32 +299,49 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
             rows.clone(),
             opts.chunk_size,
             &progress,
+            &opts.timeouts,
         )
         .await;
-        let status = match outcome {
+        let (status, transient) = match outcome {
             Attempt::Done(response, sent) => {
-                progress.finish();
                 if !response.success {
+                    progress.finish();
                     return Err(UploadError::ServerFailure {
                         to: opts.to.clone(),
                         received_chunks: response.received_chunks,
                         message: response.message,
                     });
                 }
-                return Ok(UploadReport {
-                    response,
-                    attempts: attempt,
-                    rows: sent.rows,
-                    chunks: sent.chunks,
-                    json_bytes: sent.bytes,
-                    elapsed: attempt_started.elapsed(),
-                    total_elapsed: started.elapsed(),
-                });
+                if usize::try_from(response.received_chunks).ok() != Some(sent.chunks) {
+                    // Success with a count that differs from what was sent:
+                    // data was lost on the way. Never report it as done;
+                    // retry it as a transient failure (every attempt sends
+                    // the whole file).
+                    let lost = tonic::Status::data_loss(format!(
+                        "the receiver answered success but counted {} data chunk(s) of the {} sent: the upload is incomplete",
+                        response.received_chunks, sent.chunks
+                    ));
+                    (lost, true)
+                } else {
+                    progress.finish();
+                    return Ok(UploadReport {
+                        response,
+                        attempts: attempt,
+                        rows: sent.rows,
+                        chunks: sent.chunks,
+                        json_bytes: sent.bytes,
+                        elapsed: attempt_started.elapsed(),
+                        total_elapsed: started.elapsed(),
+                    });
+                }
             }
             Attempt::Encode(err) => return Err(err),
-            Attempt::Status(status) => status,
+            Attempt::Status(status) => {
+                let transient = is_transient(&status);
+                (status, transient)
+            }
         };
-        if !is_transient(&status) {
+        if !transient {
             return Err(UploadError::Rejected {
                 to: opts.to.clone(),
                 code: status.code(),
@@ -352,23 +370,21 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
     }
 }
 
-/// The file's rows as RecruitRow views (the same table `serve` encodes from).
+/// The file's rows as RecruitRow views (the same data set handle `serve` encodes from).
 struct UploadRows {
-    table: RecruitTable,
+    dataset: Arc<Dataset>,
     dim: usize,
     /// The file, as shown in errors.
     path: String,
 }
 
 impl UploadRows {
-    fn new(store: Arc<Store>, mapping: &RowMapping, path: String) -> Result<Self, RowsError> {
-        let layout = mapping.resolve(store.schema(), store.layout())?;
-        let dim = layout.vector_dim();
-        Ok(UploadRows {
-            table: RecruitTable::new(store, layout),
-            dim,
+    fn new(dataset: Arc<Dataset>, path: String) -> Self {
+        UploadRows {
+            dim: dataset.vector_dim(),
+            dataset,
             path,
-        })
+        }
     }
 
     fn json_error(&self, source: JsonError) -> UploadError {
@@ -390,8 +406,9 @@ impl UploadRows {
     fn check_finite(&self) -> Result<(), UploadError> {
         let mut found = None;
         let mut row = 0usize;
-        self.table
-            .for_segments(0, self.table.num_rows(), |columns, first, stop| {
+        let table = self.dataset.table();
+        table
+            .for_segments(0, table.num_rows(), |columns, first, stop| {
                 for i in first..stop {
                     if found.is_some() {
                         return;
@@ -427,7 +444,8 @@ impl UploadRows {
         let mut row = start;
         let mut id = [0u8; 36];
         let mut result = Ok(());
-        self.table
+        self.dataset
+            .table()
             .for_segments(start, end, |columns, first, stop| {
                 for i in first..stop {
                     if result.is_err() {
@@ -481,14 +499,20 @@ async fn attempt_once(
     rows: Arc<UploadRows>,
     chunk_size: usize,
     progress: &Progress,
+    timeouts: &Timeouts,
 ) -> Attempt {
-    let channel = match endpoint.connect().await {
+    let channel = match timeouts.connect(endpoint).await {
         Ok(channel) => channel,
-        Err(e) => return Attempt::Status(tonic::Status::from_error(Box::new(e))),
+        Err(status) => return Attempt::Status(status),
     };
     let mut grpc = tonic::client::Grpc::new(channel);
-    if let Err(e) = grpc.ready().await {
-        return Attempt::Status(tonic::Status::from_error(Box::new(e)));
+    let ready = async {
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::from_error(Box::new(e)))
+    };
+    if let Err(status) = timeouts.idle("waiting for the connection", ready).await {
+        return Attempt::Status(status);
     }
 
     // The encoder: a blocking task filling a bounded channel. It stops when
@@ -498,9 +522,9 @@ async fn attempt_once(
     // error through `failed`, and dropping the call cancels the RPC.
     let (tx, rx) = mpsc::channel::<Result<(Vec<u8>, usize), UploadError>>(CHANNEL_CHUNKS);
     let (failed_tx, failed_rx) = oneshot::channel::<UploadError>();
-    let total_rows = rows.table.num_rows();
+    let total_rows = rows.dataset.num_rows();
     let encoder = tokio::task::spawn_blocking(move || {
-        let total = rows.table.num_rows();
+        let total = rows.dataset.num_rows();
         let mut start = 0usize;
         let mut warned = false;
         while start < total {
@@ -562,8 +586,19 @@ async fn attempt_once(
     let mut failed_rx = failed_rx;
     let mut sent = Sent::default();
     let mut failure_possible = true;
+    // The idle deadline: moved on each message the receiver takes.
+    let idle = tokio::time::sleep(timeouts.idle);
+    tokio::pin!(idle);
     let outcome = loop {
         tokio::select! {
+            () = &mut idle => {
+                let waiting = if sent.rows == total_rows {
+                    format!("every row was sent ({} chunks); waiting for the receiver's response", sent.chunks)
+                } else {
+                    format!("the receiver took {} of {total_rows} rows, then stopped taking data", sent.rows)
+                };
+                break Attempt::Status(timeouts.idle_status(&waiting));
+            }
             result = &mut call => {
                 break match result {
                     Ok(response) => {
@@ -583,6 +618,7 @@ async fn attempt_once(
                 sent.chunks += 1;
                 sent.bytes += bytes;
                 progress.inc(n as u64);
+                idle.as_mut().reset(tokio::time::Instant::now() + timeouts.idle);
             }
             err = &mut failed_rx, if failure_possible => {
                 match err {
@@ -611,7 +647,7 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
             "BATCH_SERVER_PORT",
             std::env::var("BATCH_SERVER_HOST").ok().as_deref(),
             std::env::var("BATCH_SERVER_PORT").ok().as_deref(),
-            50052,
+            wire::DEFAULT_BATCH_SERVER_PORT,
         )?,
     };
     let opts = UploadOptions {
@@ -625,6 +661,7 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         mapping: args.mapping,
         initial_backoff: args.initial_backoff,
         progress: ProgressMode::Auto,
+        timeouts: Timeouts::from(&args.timeouts),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,8 +1,10 @@
-//! `embedding.EmbeddingStreamService/StreamEmbedding`, hand-written over
-//! `tonic::server::Grpc` with [`ChunkCodec`]: the response is a lazy
-//! [`RowStream`] of [`ChunkPlan`]s, encoded only when hyper asks for more
-//! body (so HTTP/2 flow control bounds what is buffered), and dropped — which
-//! stops all work — as soon as the client cancels.
+//! `embedding.EmbeddingStreamService/StreamEmbedding`, answered below
+//! tonic's codec: the request is read by [`super::grpc_http::read_request`],
+//! the response is a lazy [`RowStream`] of [`ChunkPlan`]s that
+//! [`RowChunkBody`] encodes only when hyper asks for more body (so HTTP/2
+//! flow control bounds what is buffered) and within the server's send
+//! budget, and that is dropped — which stops all work — as soon as the
+//! client cancels.
 
 use std::{
     pin::Pin,
@@ -17,13 +19,22 @@ use std::{
 use futures::Stream;
 use tonic::{
     codegen::{http, Body, BoxFuture, Service, StdError},
-    server::{Grpc, NamedService, ServerStreamingService},
-    Request, Response, Status,
+    server::NamedService,
+    Status,
 };
 
-use super::encode::{damaged, row_size_bound, ChunkCodec, ChunkPlan};
-use crate::proto::StreamEmbeddingRequest;
-use crate::rows::RecruitTable;
+use super::{
+    encode::ChunkPlan,
+    grpc_http::{grpc_response, peer_addr, read_request, RequestKind},
+    limits::{SendBudget, StreamSlots},
+    row_body::{RowChunkBody, Stalls},
+};
+pub use crate::dataset::ChunkLimits;
+use crate::{
+    dataset::{Dataset, LiveDataset},
+    proto::StreamEmbeddingRequest,
+    wire::{self, damaged, row_size_bound},
+};
 
 /// Full name of the canonical service.
 pub const SERVICE_NAME: &str = "embedding.EmbeddingStreamService";
@@ -32,18 +43,6 @@ const INGEST_PATH: &str = "/embedding.EmbeddingStreamService/IngestDataStream";
 
 /// Longest `last_processed_uuid` echoed back in an error message.
 const ECHO_LIMIT: usize = 64;
-
-/// Chunk sizes accepted by the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkLimits {
-    /// Rows per chunk when the request says 0.
-    pub default: usize,
-    /// Largest `chunk_size` accepted (a chunk of that many rows fits the
-    /// Batch Server's inbound message limit).
-    pub max: usize,
-    /// The message size limit the chunks must fit, in bytes.
-    pub max_message_bytes: usize,
-}
 
 /// Counters shared by all streams, readable by tests and the shutdown path.
 #[derive(Debug, Default)]
@@ -82,49 +81,59 @@ impl StreamStats {
 /// State shared by every request.
 #[derive(Debug)]
 struct Shared {
-    table: Arc<RecruitTable>,
-    limits: ChunkLimits,
+    /// The served data set; each request takes one snapshot at its start.
+    dataset: Arc<LiveDataset>,
     stats: Arc<StreamStats>,
     /// Set when the grace period is over: open streams end at their next chunk.
     stop: Arc<AtomicBool>,
+    limits: StreamLimits,
 }
 
-/// The StreamEmbedding service: a small struct over the shared table.
+/// What bounds the service's streams: shared with the server (and, for the
+/// slots, with Flight DoGet).
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// `--max-concurrent-streams`.
+    pub slots: StreamSlots,
+    /// `--send-budget`.
+    pub budget: Arc<SendBudget>,
+    /// `--stall-timeout`.
+    pub stalls: Arc<Stalls>,
+}
+
+/// The StreamEmbedding service: a small struct over the live data set.
 #[derive(Debug, Clone)]
 pub struct EmbeddingService {
     shared: Arc<Shared>,
 }
 
 impl EmbeddingService {
-    /// A service over `table`; `stop` ends open streams when set.
+    /// A service over `dataset` within `limits`; `stop` ends open streams when set.
     pub fn new(
-        table: Arc<RecruitTable>,
-        limits: ChunkLimits,
+        dataset: Arc<LiveDataset>,
         stats: Arc<StreamStats>,
         stop: Arc<AtomicBool>,
+        limits: StreamLimits,
     ) -> Self {
         EmbeddingService {
             shared: Arc::new(Shared {
-                table,
-                limits,
+                dataset,
                 stats,
                 stop,
+                limits,
             }),
         }
     }
 
     /// Resolve a request into (first row, rows per chunk), or the status to refuse it with.
     pub fn plan(&self, req: &StreamEmbeddingRequest) -> Result<(usize, usize), Status> {
-        plan(&self.shared.table, self.shared.limits, req)
+        plan(&self.shared.dataset.current(), req)
     }
 }
 
-/// Validate a request: resume row and chunk size.
-fn plan(
-    table: &RecruitTable,
-    limits: ChunkLimits,
-    req: &StreamEmbeddingRequest,
-) -> Result<(usize, usize), Status> {
+/// Validate a request against one snapshot of the data set: resume row and chunk size.
+fn plan(dataset: &Dataset, req: &StreamEmbeddingRequest) -> Result<(usize, usize), Status> {
+    let limits = dataset.limits();
     let chunk = match req.chunk_size {
         0 => limits.default,
         n => match usize::try_from(n) {
@@ -143,13 +152,13 @@ fn plan(
         0
     } else {
         let text = &req.last_processed_uuid;
-        match uuid::Uuid::try_parse(text) {
-            Ok(id) => table.store().position_after(id.as_bytes()),
+        match wire::parse_checkpoint(text) {
+            Ok(id) => dataset.store().position_after(id.as_bytes()),
             Err(e) => {
                 let shown: String = text.chars().take(ECHO_LIMIT).collect();
                 let more = if shown.len() < text.len() { "…" } else { "" };
                 return Err(Status::invalid_argument(format!(
-                    "last_processed_uuid `{shown}{more}` is not a UUID ({e}); send the id of the last row you stored, or an empty string to start from the first row"
+                    "last_processed_uuid `{shown}{more}` is {e}; send the id of the last row you stored, or an empty string to start from the first row"
                 )));
             }
         }
@@ -162,6 +171,8 @@ fn plan(
 #[derive(Debug)]
 pub struct RowStream {
     shared: Arc<Shared>,
+    /// The generation this stream reads, from its first chunk to its last.
+    dataset: Arc<Dataset>,
     peer: String,
     first: usize,
     next: usize,
@@ -172,14 +183,23 @@ pub struct RowStream {
     stopped: bool,
     /// Set when the stream reached a batch that cannot be decoded.
     failed: bool,
+    /// Set when the stall watchdog ended the stream.
+    stalled: bool,
 }
 
 impl RowStream {
-    fn new(shared: Arc<Shared>, peer: String, first: usize, chunk: usize) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        dataset: Arc<Dataset>,
+        peer: String,
+        first: usize,
+        chunk: usize,
+    ) -> Self {
         shared.stats.active.fetch_add(1, Ordering::SeqCst);
         shared.stats.started.fetch_add(1, Ordering::SeqCst);
         RowStream {
             shared,
+            dataset,
             peer,
             first,
             next: first,
@@ -189,6 +209,7 @@ impl RowStream {
             finished: false,
             stopped: false,
             failed: false,
+            stalled: false,
         }
     }
 }
@@ -208,7 +229,7 @@ impl Stream for RowStream {
                 this.next
             )))));
         }
-        let total = this.shared.table.num_rows();
+        let total = this.dataset.num_rows();
         if this.next >= total {
             this.finished = true;
             return Poll::Ready(None);
@@ -217,13 +238,17 @@ impl Stream for RowStream {
         // Decode the chunk's batches here (a no-op once cached), so that a
         // damaged one ends the stream with DATA_LOSS after every chunk before
         // it has gone out, rather than failing inside the encoder.
-        if let Err(e) = this.shared.table.for_segments(this.next, end, |_, _, _| ()) {
+        if let Err(e) = this
+            .dataset
+            .table()
+            .for_segments(this.next, end, |_, _, _| ())
+        {
             this.failed = true;
             tracing::error!(peer = %this.peer, next_row = this.next, "StreamEmbedding ended: {e}");
             return Poll::Ready(Some(Err(damaged(&e))));
         }
         let plan = ChunkPlan {
-            table: this.shared.table.clone(),
+            dataset: this.dataset.clone(),
             start: this.next,
             end,
         };
@@ -248,6 +273,8 @@ impl Drop for RowStream {
             stats.cancelled.fetch_add(1, Ordering::SeqCst);
             if self.failed {
                 "ended by a damaged batch"
+            } else if self.stalled {
+                "ended: stalled past --stall-timeout"
             } else if self.stopped {
                 "stopped by shutdown"
             } else {
@@ -267,29 +294,68 @@ impl Drop for RowStream {
     }
 }
 
-/// The `ServerStreamingService` tonic's `Grpc` drives.
-struct StreamEmbeddingMethod(Arc<Shared>);
-
-impl ServerStreamingService<StreamEmbeddingRequest> for StreamEmbeddingMethod {
-    type Response = ChunkPlan;
-    type ResponseStream = RowStream;
-    type Future = BoxFuture<Response<RowStream>, Status>;
-
-    fn call(&mut self, request: Request<StreamEmbeddingRequest>) -> Self::Future {
-        let shared = self.0.clone();
-        Box::pin(async move {
-            let peer = request
-                .remote_addr()
-                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-            let req = request.into_inner();
-            let (first, chunk) =
-                plan(&shared.table, shared.limits, &req).inspect_err(|status| {
-                    tracing::info!(%peer, message = status.message(), "StreamEmbedding refused");
-                })?;
-            tracing::debug!(%peer, first, chunk, "StreamEmbedding started");
-            Ok(Response::new(RowStream::new(shared, peer, first, chunk)))
-        })
+impl RowStream {
+    /// Log this stream as ended by the stall watchdog.
+    pub(super) fn mark_stalled(&mut self) {
+        self.stalled = true;
     }
+}
+
+/// How StreamEmbedding refusals name the call and its message.
+const REQUEST: RequestKind = RequestKind {
+    rpc: "StreamEmbedding",
+    message: "StreamEmbeddingRequest",
+};
+
+/// Answer one StreamEmbedding call over `dataset` (the snapshot taken when
+/// it arrived): read and check the request, then stream its chunks in a
+/// [`RowChunkBody`]. Refusals are trailers-only responses.
+async fn stream_embedding<B>(
+    shared: Arc<Shared>,
+    dataset: Arc<Dataset>,
+    req: http::Request<B>,
+) -> http::Response<tonic::body::Body>
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let peer_addr = peer_addr(&req);
+    let peer = peer_addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let refuse = |status: Status| {
+        tracing::info!(%peer, code = ?status.code(), message = status.message(), "StreamEmbedding refused");
+        status.into_http()
+    };
+    let slot = match shared.limits.slots.try_acquire("StreamEmbedding") {
+        Ok(slot) => slot,
+        Err(status) => return refuse(status),
+    };
+    let body = Box::pin(req.into_body());
+    let request = match read_request::<StreamEmbeddingRequest, _>(body, REQUEST).await {
+        Ok(request) => request,
+        Err(status) => return refuse(status),
+    };
+    let (first, chunk) = match plan(&dataset, &request) {
+        Ok(planned) => planned,
+        Err(status) => return refuse(status),
+    };
+    tracing::debug!(%peer, first, chunk, "StreamEmbedding started");
+    let limits = dataset.limits();
+    // The first chunk's budget: a bound for rows whose strings are short;
+    // later chunks ask for the previous one's size plus an eighth.
+    let first_estimate = chunk
+        .saturating_mul(row_size_bound(dataset.vector_dim(), 64))
+        .min(limits.max_message_bytes)
+        .saturating_add(wire::GRPC_PREFIX);
+    let rows = RowStream::new(shared.clone(), dataset, peer, first, chunk);
+    let body = RowChunkBody::new(
+        rows,
+        shared.limits.budget.clone(),
+        shared.limits.stalls.clone(),
+        peer_addr,
+        first_estimate,
+        slot,
+    );
+    grpc_response(tonic::body::Body::new(body))
 }
 
 impl<B> Service<http::Request<B>> for EmbeddingService
@@ -309,23 +375,9 @@ where
         match req.uri().path() {
             STREAM_PATH => {
                 let shared = self.shared.clone();
-                Box::pin(async move {
-                    let limits = shared.limits;
-                    // Room for one chunk of the default size: tonic reuses the buffer.
-                    let buffer_size = limits
-                        .default
-                        .saturating_mul(row_size_bound(&shared.table, 64))
-                        .min(limits.max_message_bytes);
-                    let mut grpc = Grpc::new(ChunkCodec { buffer_size })
-                        .apply_max_message_size_config(
-                            // The request is two small fields.
-                            Some(64 * 1024),
-                            Some(limits.max_message_bytes),
-                        );
-                    Ok(grpc
-                        .server_streaming(StreamEmbeddingMethod(shared), req)
-                        .await)
-                })
+                // The one snapshot this call uses, from its request to its last chunk.
+                let dataset = shared.dataset.current();
+                Box::pin(async move { Ok(stream_embedding(shared, dataset, req).await) })
             }
             INGEST_PATH => Box::pin(async {
                 Ok(Status::unimplemented(

@@ -1,8 +1,8 @@
 //! Hand-written protobuf encoding of `RowChunk` straight from the mapped file.
 //!
-//! A chunk is described by a [`ChunkPlan`] (a row range over the shared
-//! [`RecruitTable`]); [`ChunkCodec`]'s encoder writes it directly into
-//! tonic's reused output buffer: field tags, varint lengths, the 36 id
+//! A chunk is described by a [`ChunkPlan`] (a row range of one snapshot of
+//! the served [`Dataset`]); [`encode_chunk`] writes it directly into the
+//! chunk's output buffer ([`super::row_body`] sizes and budgets it): field tags, varint lengths, the 36 id
 //! characters, the strings, and the vector bytes of each row copied once from
 //! the map into the packed `repeated float` field. No prost structs, no
 //! per-row `Vec<f32>`. Values equal to the proto3 default (empty string, 0,
@@ -13,15 +13,12 @@ use std::sync::Arc;
 
 use bytes::BufMut;
 use prost::encoding::{encode_varint, encoded_len_varint};
-use tonic::{
-    codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    Status,
-};
 
 use crate::{
-    proto::StreamEmbeddingRequest,
+    dataset::Dataset,
     rows::{RecruitColumns, RecruitTable, VectorRef},
     store::BatchError,
+    wire::ID_LEN,
 };
 
 /// Wire type 2 (length-delimited) tags of the fields we write.
@@ -32,16 +29,6 @@ const TAG_EXP: u8 = 3 << 3; // varint
 const TAG_ENGLISH: u8 = (4 << 3) | 2;
 const TAG_KEYWORD: u8 = (5 << 3) | 2;
 const TAG_VECTOR: u8 = (6 << 3) | 2;
-/// Length of a hyphenated UUID.
-const ID_LEN: usize = 36;
-
-/// Upper bound of one encoded row's size when every string is at most
-/// `max_string` bytes: used to bound `chunk_size` below a message limit.
-pub fn row_size_bound(table: &RecruitTable, max_string: usize) -> usize {
-    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
-    let body = field(ID_LEN) + 3 * field(max_string) + 11 + field(table.layout().vector_dim() * 4);
-    1 + encoded_len_varint(body as u64) + body
-}
 
 /// Length of the `RecruitRow` message of row `i` (without its own tag/length).
 fn row_body_len(c: &RecruitColumns, i: usize) -> usize {
@@ -110,13 +97,6 @@ pub fn encode_chunk(
     Ok(written)
 }
 
-/// The status that ends a stream reaching a batch that cannot be decoded.
-pub fn damaged(e: &BatchError) -> Status {
-    Status::data_loss(format!(
-        "the served file is damaged: {e}; the rows before it were sent: rebuild the file with `embedstream convert`, then resume after the last id you stored"
-    ))
-}
-
 /// Write row `i` as one `RowChunk.rows` entry (tag, length, `RecruitRow`);
 /// the bytes written.
 fn encode_row(c: &RecruitColumns, i: usize, dst: &mut impl BufMut) -> usize {
@@ -163,91 +143,16 @@ fn put_string(dst: &mut impl BufMut, tag: u8, s: &str) {
     }
 }
 
-/// One `RowChunk` to send: global rows `start..end` of the table. Cheap to
-/// create; encoded only when tonic polls the response body.
+/// One `RowChunk` to send: global rows `start..end` of one generation of the
+/// data set. Cheap to create; encoded only when tonic polls the response body.
 #[derive(Debug, Clone)]
 pub struct ChunkPlan {
-    /// The shared table.
-    pub table: Arc<RecruitTable>,
+    /// The snapshot of the data set the stream reads.
+    pub dataset: Arc<Dataset>,
     /// First global row.
     pub start: usize,
     /// One past the last global row.
     pub end: usize,
-}
-
-/// tonic codec of `StreamEmbedding`: encodes [`ChunkPlan`]s by hand, decodes
-/// the request with prost.
-#[derive(Debug, Clone, Default)]
-pub struct ChunkCodec {
-    /// Expected size of a chunk, to size tonic's reused buffer once.
-    pub buffer_size: usize,
-}
-
-impl Codec for ChunkCodec {
-    type Encode = ChunkPlan;
-    type Decode = StreamEmbeddingRequest;
-    type Encoder = ChunkEncoder;
-    type Decoder = RequestDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ChunkEncoder {
-            buffer_size: self.buffer_size,
-            last_len: self.buffer_size,
-        }
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RequestDecoder
-    }
-}
-
-/// Writes a [`ChunkPlan`] into tonic's output buffer.
-#[derive(Debug, Clone)]
-pub struct ChunkEncoder {
-    buffer_size: usize,
-    /// Encoded size of the previous chunk: the room reserved for the next
-    /// one (rows of a file are alike; a larger chunk just grows the buffer).
-    last_len: usize,
-}
-
-impl Encoder for ChunkEncoder {
-    type Item = ChunkPlan;
-    type Error = Status;
-
-    fn encode(&mut self, item: ChunkPlan, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // RowStream decodes a chunk's batches before handing the chunk over
-        // (and ends the stream with DATA_LOSS itself if one is damaged), so
-        // these cannot fail for its chunks. If they did, tonic would end the
-        // stream with INTERNAL and drop what it had buffered.
-        // Sized from the previous chunk rather than by a first pass over the
-        // rows: that pass cost as much as a tenth of the encoding.
-        dst.reserve(self.last_len + self.last_len / 8);
-        self.last_len =
-            encode_chunk(&item.table, item.start, item.end, dst).map_err(|e| damaged(&e))?;
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        // Start with room for one chunk; yield each chunk to hyper as soon as
-        // it is encoded once it passes 32 KiB (tonic's default threshold), so
-        // at most about one chunk is buffered above HTTP/2 flow control.
-        BufferSettings::new(self.buffer_size.max(8 * 1024), 32 * 1024)
-    }
-}
-
-/// Decodes `StreamEmbeddingRequest` with prost.
-#[derive(Debug, Clone, Default)]
-pub struct RequestDecoder;
-
-impl Decoder for RequestDecoder {
-    type Item = StreamEmbeddingRequest;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        <StreamEmbeddingRequest as prost::Message>::decode(buf)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("malformed StreamEmbeddingRequest: {e}")))
-    }
 }
 
 #[cfg(test)]
@@ -409,7 +314,10 @@ mod tests {
     fn row_bound_covers_rows() {
         let (_dir, t) = table(false, false);
         for i in 0..5 {
-            assert!(chunk_len(&t, i, i + 1).unwrap() <= row_size_bound(&t, 16));
+            assert!(
+                chunk_len(&t, i, i + 1).unwrap()
+                    <= crate::wire::row_size_bound(t.layout().vector_dim(), 16)
+            );
         }
     }
 }

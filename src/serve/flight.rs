@@ -1,17 +1,20 @@
 //! Arrow Flight over the mapped file, on the same port as StreamEmbedding.
 //!
-//! The server holds one dataset: the served file. Any `FlightDescriptor`
-//! (path or command) names it. Supported: `ListFlights`, `GetFlightInfo`,
-//! `GetSchema`, `DoGet`; every other call answers `UNIMPLEMENTED`.
+//! The server holds one dataset: the served file, named by its file stem
+//! (`ListFlights` shows it). `GetFlightInfo` and `GetSchema` take the path
+//! descriptor `[<stem>]` (or the command `<stem>`); any other descriptor is
+//! `NOT_FOUND`. Supported: `ListFlights`, `GetFlightInfo`, `GetSchema`,
+//! `DoGet`; every other call answers `UNIMPLEMENTED`.
 //!
 //! # Tickets
 //! A `DoGet` ticket is UTF-8 text:
-//! - empty or `all`: the whole file;
+//! - `all`: the whole file;
 //! - `after:<uuid>`: every row whose key is greater than `<uuid>` (a
-//!   checkpoint: the `uuid` column value of the last row you stored, in any
-//!   standard text form, e.g. `after:01890a5d-ac96-774b-bcce-b302099a8057`);
+//!   checkpoint: the `uuid` column value of the last row you stored, in the
+//!   hyphenated form, any case, e.g.
+//!   `after:01890a5d-ac96-774b-bcce-b302099a8057`; see [`crate::wire::parse_checkpoint`]);
 //!   the UUID does not have to be in the file;
-//! - anything else: `INVALID_ARGUMENT` with a message.
+//! - anything else, the empty ticket included: `INVALID_ARGUMENT` with a message.
 //!
 //! The ticket in `GetFlightInfo`'s endpoint is `all`.
 //!
@@ -64,7 +67,11 @@ use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
 use futures::{stream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::store::Store;
+use super::limits::StreamSlots;
+use crate::{
+    dataset::{Dataset, LiveDataset},
+    wire::{self, damaged},
+};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -87,16 +94,21 @@ pub fn parse_ticket(ticket: &[u8]) -> Result<TicketRequest, Status> {
     let text = std::str::from_utf8(ticket).map_err(|_| {
         Status::invalid_argument("the ticket is not UTF-8; use `all` or `after:<uuid>`")
     })?;
-    if text.is_empty() || text == TICKET_ALL {
+    if text.is_empty() {
+        return Err(Status::invalid_argument(
+            "the ticket is empty; use `all` (whole file) or `after:<uuid>` (resume)",
+        ));
+    }
+    if text == TICKET_ALL {
         return Ok(TicketRequest::All);
     }
     match text.strip_prefix(TICKET_AFTER) {
-        Some(id) => uuid::Uuid::try_parse(id)
+        Some(id) => wire::parse_checkpoint(id)
             .map(TicketRequest::After)
             .map_err(|e| {
                 let shown: String = id.chars().take(64).collect();
                 Status::invalid_argument(format!(
-                    "ticket `after:{shown}`: not a UUID ({e}); use `after:<uuid of the last row stored>`"
+                    "ticket `after:{shown}`: {e}; use `after:<uuid of the last row stored>`"
                 ))
             }),
         None => {
@@ -108,28 +120,70 @@ pub fn parse_ticket(ticket: &[u8]) -> Result<TicketRequest, Status> {
     }
 }
 
-/// The Flight service: a small struct over the shared store.
+/// The Flight service: a small struct over the live data set. Each call
+/// takes one snapshot of it ([`LiveDataset::current`]) and uses only that.
 #[derive(Debug, Clone)]
 pub struct FlightEndpointService {
-    store: Arc<Store>,
+    dataset: Arc<LiveDataset>,
     /// Name of the dataset in `ListFlights` (the file's stem).
     name: String,
+    /// Places under `--max-concurrent-streams`, shared with StreamEmbedding.
+    slots: StreamSlots,
 }
 
 impl FlightEndpointService {
-    /// A Flight service over `store`, listed as `name`.
-    pub fn new(store: Arc<Store>, name: String) -> Self {
-        FlightEndpointService { store, name }
+    /// A Flight service over `dataset`, listed as `name`, whose DoGet calls
+    /// take a place in `slots`.
+    pub fn new(dataset: Arc<LiveDataset>, name: String, slots: StreamSlots) -> Self {
+        FlightEndpointService {
+            dataset,
+            name,
+            slots,
+        }
+    }
+
+    /// The concurrency limit DoGet calls obey.
+    pub fn slots(&self) -> &StreamSlots {
+        &self.slots
+    }
+
+    /// Refuse a descriptor that does not name the served data set.
+    fn check_descriptor(&self, descriptor: &FlightDescriptor) -> Result<(), Status> {
+        let named = descriptor.path == [self.name.as_str()]
+            || (descriptor.path.is_empty() && descriptor.cmd == self.name.as_bytes());
+        if named {
+            return Ok(());
+        }
+        let shown = if descriptor.path.is_empty() {
+            format!(
+                "command `{}`",
+                String::from_utf8_lossy(&descriptor.cmd[..descriptor.cmd.len().min(64)])
+            )
+        } else {
+            let path: Vec<String> = descriptor
+                .path
+                .iter()
+                .take(8)
+                .map(|p| p.chars().take(64).collect())
+                .collect();
+            format!("path {path:?}")
+        };
+        Err(Status::not_found(format!(
+            "no flight for the descriptor {shown}; this server serves one: path [\"{}\"] (see ListFlights)",
+            self.name
+        )))
     }
 
     fn info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+        let dataset = self.dataset.current();
+        let store = dataset.store();
         let info = FlightInfo::new()
-            .try_with_schema(self.store.schema())
+            .try_with_schema(store.schema())
             .map_err(|e| Status::internal(format!("encoding the schema: {e}")))?
             .with_descriptor(descriptor)
             .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(TICKET_ALL)))
-            .with_total_records(i64::try_from(self.store.num_rows()).unwrap_or(-1))
-            .with_total_bytes(i64::try_from(self.store.file().len()).unwrap_or(-1))
+            .with_total_records(i64::try_from(store.num_rows()).unwrap_or(-1))
+            .with_total_bytes(i64::try_from(store.file().len()).unwrap_or(-1))
             .with_ordered(true);
         Ok(info)
     }
@@ -147,7 +201,8 @@ impl FlightEndpointService {
     /// dictionaries and any re-encoded head slice are made now; the record
     /// batches as stored, one at a time, as the iterator is advanced.
     pub fn do_get_messages(&self, request: TicketRequest) -> Result<DoGetMessages, Status> {
-        let store = self.store.clone();
+        let dataset = self.dataset.current();
+        let store = dataset.store();
         let options = IpcWriteOptions::default();
         let schema = FlightData::from(SchemaAsIpc::new(store.schema(), &options));
         let mut head: Vec<Result<FlightData, Status>> = vec![Ok(schema)];
@@ -155,7 +210,7 @@ impl FlightEndpointService {
             store
                 .file()
                 .dictionary_blocks()
-                .map(|b| b.map(raw_flight_data).map_err(damaged)),
+                .map(|b| b.map(raw_flight_data).map_err(|e| damaged(&e))),
         );
         let start_row = match request {
             TicketRequest::All => 0,
@@ -171,13 +226,13 @@ impl FlightEndpointService {
             if i == 0 {
                 b
             } else {
-                head.extend(encode_slice(&store, b, i)?.into_iter().map(Ok));
+                head.extend(encode_slice(&dataset, b, i)?.into_iter().map(Ok));
                 b + 1
             }
         };
         Ok(DoGetMessages {
             head: head.into_iter(),
-            store,
+            dataset,
             next_raw: first_raw,
             end: batches,
         })
@@ -190,7 +245,8 @@ impl FlightEndpointService {
 #[derive(Debug)]
 pub struct DoGetMessages {
     head: std::vec::IntoIter<Result<FlightData, Status>>,
-    store: Arc<Store>,
+    /// The generation this call reads.
+    dataset: Arc<Dataset>,
     next_raw: usize,
     end: usize,
 }
@@ -204,9 +260,9 @@ impl Iterator for DoGetMessages {
             None if self.next_raw < self.end => {
                 let i = self.next_raw;
                 self.next_raw += 1;
-                match self.store.file().record_batch_block(i) {
+                match self.dataset.store().file().record_batch_block(i) {
                     Some(Ok(block)) => Ok(raw_flight_data(block)),
-                    Some(Err(e)) => Err(damaged(e)),
+                    Some(Err(e)) => Err(damaged(&e)),
                     None => Err(Status::internal(format!(
                         "record batch {i} vanished from the file footer"
                     ))),
@@ -231,13 +287,9 @@ fn raw_flight_data(block: crate::store::IpcBlock) -> FlightData {
     }
 }
 
-fn damaged(e: String) -> Status {
-    Status::data_loss(format!("the served file is damaged: {e}"))
-}
-
 /// Re-encode rows `from..` of batch `b` (with any dictionaries they need).
-fn encode_slice(store: &Store, b: usize, from: usize) -> Result<Vec<FlightData>, Status> {
-    let batch = store.batch(b).map_err(|e| damaged(e.to_string()))?;
+fn encode_slice(dataset: &Dataset, b: usize, from: usize) -> Result<Vec<FlightData>, Status> {
+    let batch = dataset.store().batch(b).map_err(|e| damaged(&e))?;
     let len = batch.num_rows().saturating_sub(from);
     let slice = batch.slice(from.min(batch.num_rows()), len);
     let generator = IpcDataGenerator::default();
@@ -288,7 +340,9 @@ impl FlightService for FlightEndpointService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.info(request.into_inner()).map(Response::new)
+        let descriptor = request.into_inner();
+        self.check_descriptor(&descriptor)?;
+        self.info(descriptor).map(Response::new)
     }
 
     async fn poll_flight_info(
@@ -302,10 +356,12 @@ impl FlightService for FlightEndpointService {
 
     async fn get_schema(
         &self,
-        _request: Request<FlightDescriptor>,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
+        self.check_descriptor(request.get_ref())?;
         let options = IpcWriteOptions::default();
-        SchemaResult::try_from(SchemaAsIpc::new(self.store.schema(), &options))
+        let dataset = self.dataset.current();
+        SchemaResult::try_from(SchemaAsIpc::new(dataset.store().schema(), &options))
             .map(Response::new)
             .map_err(|e| Status::internal(format!("encoding the schema: {e}")))
     }
@@ -361,7 +417,12 @@ mod tests {
 
     #[test]
     fn tickets() {
-        assert_eq!(parse_ticket(b"").unwrap(), TicketRequest::All);
+        let empty = parse_ticket(b"").unwrap_err();
+        assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            empty.message(),
+            "the ticket is empty; use `all` (whole file) or `after:<uuid>` (resume)"
+        );
         assert_eq!(parse_ticket(b"all").unwrap(), TicketRequest::All);
         let id = "01890a5d-ac96-774b-bcce-b302099a8057";
         assert_eq!(
@@ -370,7 +431,13 @@ mod tests {
         );
         let err = parse_ticket(b"after:nope").unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.message().starts_with("ticket `after:nope`: not a UUID"));
+        assert!(err.message().starts_with("ticket `after:nope`: "));
+        let braced = parse_ticket(format!("after:{{{id}}}").as_bytes()).unwrap_err();
+        assert!(
+            braced.message().contains("send the hyphenated form"),
+            "{}",
+            braced.message()
+        );
         let err = parse_ticket(b"everything").unwrap_err();
         assert_eq!(
             err.message(),

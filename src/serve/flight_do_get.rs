@@ -26,31 +26,24 @@ use std::{
 use arrow_flight::{flight_service_server::FlightServiceServer, FlightData, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
-use prost::{
-    encoding::{encode_varint, encoded_len_varint},
-    Message,
-};
+use prost::encoding::{encode_varint, encoded_len_varint};
 use tonic::{
     body::Body,
-    codegen::{
-        http::{self, header, HeaderMap, HeaderValue},
-        BoxFuture, Service,
-    },
+    codegen::{http, BoxFuture, Service},
     server::NamedService,
-    transport::server::TcpConnectInfo,
     Status,
 };
 
-use super::flight::{DoGetMessages, FlightEndpointService};
+use super::{
+    flight::{DoGetMessages, FlightEndpointService},
+    grpc_http::{self, trailers},
+    limits::StreamSlot,
+};
+use crate::wire::GRPC_PREFIX;
 
 /// The path of `DoGet`, answered by [`FlightServer`] itself.
 pub const DO_GET_PATH: &str = "/arrow.flight.protocol.FlightService/DoGet";
 
-/// Largest `Ticket` message accepted (tickets are `all` or `after:<uuid>`).
-pub const MAX_TICKET_BYTES: usize = 64 * 1024;
-
-/// Length of the gRPC message prefix: compressed flag and big-endian length.
-const GRPC_PREFIX: usize = 5;
 /// Key of field 1000 (`data_body`), wire type 2: the varint of 8002.
 const DATA_BODY_KEY: [u8; 2] = [0xC2, 0x3E];
 /// Keys of fields 2 (`data_header`) and 3 (`app_metadata`), wire type 2.
@@ -69,7 +62,9 @@ impl FlightServer {
     /// Serve `service`.
     pub fn new(service: FlightEndpointService) -> Self {
         FlightServer {
-            inner: FlightServiceServer::new(service.clone()),
+            // Requests are small (descriptors, criteria): the same limit as DoGet.
+            inner: FlightServiceServer::new(service.clone())
+                .max_decoding_message_size(crate::wire::MAX_REQUEST_BYTES),
             service,
         }
     }
@@ -89,8 +84,42 @@ impl Service<http::Request<Body>> for FlightServer {
             let service = self.service.clone();
             Box::pin(async move { Ok(do_get(&service, req).await) })
         } else {
-            self.inner.call(req)
+            let method = req
+                .uri()
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let response = self.inner.call(req);
+            Box::pin(async move {
+                let mut response = response.await?;
+                over_limit_is_resource_exhausted(&method, &mut response);
+                Ok(response)
+            })
         }
+    }
+}
+
+/// tonic's generated server refuses a request over its limit with
+/// OUT_OF_RANGE; answer RESOURCE_EXHAUSTED instead, as DoGet and
+/// StreamEmbedding do and as gRPC specifies for a message over the limit.
+fn over_limit_is_resource_exhausted<B>(method: &str, response: &mut http::Response<B>) {
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v == (tonic::Code::OutOfRange as i32).to_string().as_str());
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.starts_with("Error,%20decoded%20message%20length%20too%20large"));
+    if out_of_range && too_large {
+        let status = Status::resource_exhausted(format!(
+            "the {method} request message is over the {}-byte limit of requests",
+            crate::wire::MAX_REQUEST_BYTES
+        ));
+        headers.remove("grpc-message");
+        let _ = status.add_header(headers);
     }
 }
 
@@ -104,12 +133,13 @@ pub async fn do_get(
     service: &FlightEndpointService,
     req: http::Request<Body>,
 ) -> http::Response<Body> {
-    let peer = req
-        .extensions()
-        .get::<TcpConnectInfo>()
-        .and_then(|i| i.remote_addr())
-        .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-    let started = match read_ticket(req.into_body()).await {
+    let peer = grpc_http::peer(&req);
+    let slot = match service.slots().try_acquire("Flight DoGet") {
+        Ok(slot) => slot,
+        Err(status) => return status.into_http(),
+    };
+    let started = match grpc_http::read_request::<Ticket, _>(req.into_body(), TICKET_REQUEST).await
+    {
         Ok(ticket) => service.start_do_get(&peer, &ticket.ticket),
         Err(status) => Err(status),
     };
@@ -124,91 +154,14 @@ pub async fn do_get(
         Some(Err(status)) => return status.into_http(),
         None => None,
     };
-    let mut response = http::Response::new(Body::new(DoGetBody::new(first, messages)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    response
+    grpc_http::grpc_response(Body::new(DoGetBody::new(first, messages).holding(slot)))
 }
 
-/// Read the request body: one uncompressed gRPC message of at most
-/// [`MAX_TICKET_BYTES`], decoded as a `Ticket`.
-async fn read_ticket(mut body: Body) -> Result<Ticket, Status> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) =
-        std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)).await
-    {
-        let Ok(data) = frame?.into_data() else {
-            continue; // request trailers carry nothing for us
-        };
-        if buf.len() + data.len() > GRPC_PREFIX + MAX_TICKET_BYTES {
-            return Err(too_large(buf.len() + data.len() - GRPC_PREFIX));
-        }
-        buf.extend_from_slice(&data);
-        // Refuse a bad prefix before reading the rest.
-        if buf.len() >= GRPC_PREFIX {
-            message_len(&buf)?;
-        }
-    }
-    decode_request(&buf)
-}
-
-fn too_large(len: usize) -> Status {
-    Status::resource_exhausted(format!(
-        "the DoGet request message is {len} bytes; a Ticket may have at most {MAX_TICKET_BYTES}"
-    ))
-}
-
-/// The message length in the gRPC prefix at the start of `buf` (at least
-/// [`GRPC_PREFIX`] bytes), refusing compressed or oversized messages.
-fn message_len(buf: &[u8]) -> Result<usize, Status> {
-    let (flag, len) = match buf {
-        [flag, a, b, c, d, ..] => (*flag, u32::from_be_bytes([*a, *b, *c, *d]) as usize),
-        _ => return Err(Status::invalid_argument("the DoGet request is truncated")),
-    };
-    match flag {
-        0 => {}
-        1 => {
-            return Err(Status::unimplemented(
-                "compressed DoGet requests are not supported; send the Ticket uncompressed",
-            ))
-        }
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "the DoGet request is not a gRPC message (compressed flag {other})"
-            )))
-        }
-    }
-    if len > MAX_TICKET_BYTES {
-        return Err(too_large(len));
-    }
-    Ok(len)
-}
-
-/// Decode a whole request body: exactly one gRPC message holding a `Ticket`.
-fn decode_request(buf: &[u8]) -> Result<Ticket, Status> {
-    if buf.is_empty() {
-        return Err(Status::invalid_argument(
-            "the DoGet request carries no Ticket message",
-        ));
-    }
-    let len = message_len(buf)?;
-    let message = &buf[GRPC_PREFIX..];
-    if message.len() < len {
-        return Err(Status::invalid_argument(format!(
-            "the DoGet request is truncated: {} of {len} message bytes",
-            message.len()
-        )));
-    }
-    if message.len() > len {
-        return Err(Status::invalid_argument(
-            "the DoGet request carries more than one message; send one Ticket",
-        ));
-    }
-    Ticket::decode(message)
-        .map_err(|e| Status::invalid_argument(format!("the DoGet request is not a Ticket: {e}")))
-}
+/// How DoGet refusals name the call and its message.
+const TICKET_REQUEST: grpc_http::RequestKind = grpc_http::RequestKind {
+    rpc: "DoGet",
+    message: "Ticket",
+};
 
 /// The gRPC message prefix and protobuf bytes of `message` up to its
 /// `data_body`, and the `data_body` itself (not copied). Their concatenation
@@ -259,16 +212,6 @@ pub fn encode_prefix(message: FlightData) -> Result<(Bytes, Bytes), Status> {
     Ok((buf.freeze(), body))
 }
 
-/// The trailers that end the call with `status` (`grpc-message` percent-encoded).
-fn trailers(status: &Status) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    if status.add_header(&mut map).is_err() {
-        map.clear();
-        map.insert("grpc-status", HeaderValue::from(status.code() as i32));
-    }
-    map
-}
-
 /// The response body of one `DoGet`: per message, the prefix frame and then
 /// the body frame (the mapped bytes); then the trailers.
 #[derive(Debug)]
@@ -278,6 +221,8 @@ pub struct DoGetBody {
     messages: Option<DoGetMessages>,
     /// The body of the message whose prefix was sent last.
     body: Option<Bytes>,
+    /// The call's place under `--max-concurrent-streams`, freed with the body.
+    _slot: Option<StreamSlot>,
 }
 
 impl DoGetBody {
@@ -287,7 +232,14 @@ impl DoGetBody {
             first,
             messages: Some(messages),
             body: None,
+            _slot: None,
         }
+    }
+
+    /// Keep `slot` until the body is dropped.
+    pub fn holding(mut self, slot: StreamSlot) -> Self {
+        self._slot = Some(slot);
+        self
     }
 }
 
@@ -339,6 +291,7 @@ impl http_body::Body for DoGetBody {
 mod tests {
     use super::*;
     use arrow_flight::FlightDescriptor;
+    use prost::Message;
 
     fn grpc_frame(m: &FlightData) -> Vec<u8> {
         let encoded = m.encode_to_vec();
@@ -407,50 +360,5 @@ mod tests {
             prost::encoding::encode_key(1000, prost::encoding::WireType::LengthDelimited, &mut v);
             v
         });
-    }
-
-    fn request(flag: u8, message: &[u8]) -> Vec<u8> {
-        let mut out = vec![flag];
-        out.extend((message.len() as u32).to_be_bytes());
-        out.extend(message);
-        out
-    }
-
-    #[test]
-    fn requests() {
-        let ticket = Ticket::new("all");
-        let ok = request(0, &ticket.encode_to_vec());
-        assert_eq!(decode_request(&ok).unwrap(), ticket);
-        assert_eq!(decode_request(&request(0, b"")).unwrap(), Ticket::default());
-        let code = |buf: &[u8]| decode_request(buf).unwrap_err().code();
-        assert_eq!(code(b""), tonic::Code::InvalidArgument);
-        assert_eq!(code(&[0, 0, 0]), tonic::Code::InvalidArgument);
-        assert_eq!(code(&request(1, b"x")), tonic::Code::Unimplemented);
-        assert_eq!(code(&request(2, b"x")), tonic::Code::InvalidArgument);
-        assert_eq!(
-            code(&request(0, &[0xff, 0xff, 0xff])),
-            tonic::Code::InvalidArgument
-        );
-        assert_eq!(code(&ok[..ok.len() - 1]), tonic::Code::InvalidArgument);
-        let mut two = ok.clone();
-        two.extend(&ok);
-        assert_eq!(code(&two), tonic::Code::InvalidArgument);
-        assert_eq!(
-            code(&[0, 0, 1, 0, 1]),
-            tonic::Code::ResourceExhausted,
-            "declared 65537 bytes"
-        );
-        let big = Ticket::new(vec![b'a'; MAX_TICKET_BYTES]).encode_to_vec();
-        assert_eq!(code(&request(0, &big)), tonic::Code::ResourceExhausted);
-    }
-
-    #[test]
-    fn error_trailers_are_percent_encoded() {
-        let map = trailers(&Status::data_loss("bad block: 100%\nend"));
-        assert_eq!(map["grpc-status"], "15");
-        assert_eq!(map["grpc-message"], "bad%20block:%20100%25%0Aend");
-        let ok = trailers(&Status::ok(""));
-        assert_eq!(ok["grpc-status"], "0");
-        assert!(ok.get("grpc-message").is_none());
     }
 }

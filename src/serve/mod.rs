@@ -2,43 +2,41 @@
 //! file as the Batch Server's `StreamEmbedding` (under both package names),
 //! Arrow Flight, gRPC health and server reflection.
 //!
-//! Start-up maps the file ([`Store::open`]), checks that its columns can feed
-//! `RecruitRow` ([`crate::rows::RowMapping`]) and binds the port, in that
-//! order, so every refusal happens before a client can connect. Tests start
+//! Start-up opens the data set ([`Dataset::open`]: maps the file, checks its
+//! key column, that its columns can feed `RecruitRow` and the chunk limits)
+//! and binds the port, in that order, so every refusal happens before a
+//! client can connect. The services hold a [`LiveDataset`]; each request
+//! takes one snapshot of it. Tests start
 //! servers in-process with [`Server::spawn`] on port 0.
 
+pub mod conn;
 pub mod embedding;
 pub mod encode;
 pub mod flight;
 pub mod flight_do_get;
+pub mod grpc_http;
+pub mod limits;
 pub mod package_alias;
+pub mod row_body;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{atomic::AtomicBool, atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::rows::RecruitTable;
 use crate::{
-    rows::{RowMapping, RowsError},
-    store::{Store, StoreError},
+    dataset::{ChunkSettings, Dataset, DatasetError, DatasetOptions, LiveDataset},
+    rows::RowMapping,
+    wire,
 };
-use embedding::{ChunkLimits, EmbeddingService, StreamStats};
+use embedding::{EmbeddingService, StreamLimits, StreamStats};
+use limits::{LimitArgs, SendBudget, StreamSlots};
 use package_alias::{PackageAlias, ALIAS_SERVICE_NAME};
-
-/// Rows per chunk when a request asks for 0 (the Batch Server's own default).
-pub const DEFAULT_CHUNK_SIZE: usize = 300;
-/// The Batch Server's inbound message limit (grpc-java `maxInboundMessageSize`).
-pub const BATCH_SERVER_MESSAGE_LIMIT: usize = 100 * 1024 * 1024;
-/// Longest string assumed per text field when bounding `chunk_size`; a chunk
-/// that still exceeds the limit is refused at run time with RESOURCE_EXHAUSTED.
-const STRING_ALLOWANCE: usize = 1024;
 
 /// Flags of `embedstream serve` (each also read from the environment or `.env`).
 #[derive(Debug, Clone, clap::Args)]
@@ -48,19 +46,19 @@ pub struct ServeArgs {
     #[arg(long, env = "PKL_PATH", default_value = "data/sample.pkl")]
     pub data: PathBuf,
     /// TCP port (0 = any free port).
-    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
+    #[arg(long, env = "GRPC_PORT", default_value_t = wire::DEFAULT_SERVE_PORT)]
     pub port: u16,
     /// Address to listen on.
     #[arg(long, env = "GRPC_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub host: IpAddr,
     /// Rows per chunk when a request asks for chunk_size 0.
-    #[arg(long, env = "CHUNK_SIZE", default_value_t = DEFAULT_CHUNK_SIZE)]
+    #[arg(long, env = "CHUNK_SIZE", default_value_t = wire::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: usize,
     /// Largest chunk_size accepted; default: the most rows that fit the message limit.
     #[arg(long, env = "MAX_CHUNK_SIZE")]
     pub max_chunk_size: Option<usize>,
     /// Largest RowChunk message in bytes (the Batch Server accepts 100 MiB).
-    #[arg(long, default_value_t = BATCH_SERVER_MESSAGE_LIMIT)]
+    #[arg(long, default_value_t = wire::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
     /// Worker threads of the async runtime (the Python server's thread pool
     /// size); capped at the number of CPUs. Streams are not limited by it.
@@ -75,31 +73,18 @@ pub struct ServeArgs {
     /// Which columns feed RecruitRow.
     #[command(flatten)]
     pub mapping: RowMapping,
+    /// Limits under load.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Why the server cannot start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The file cannot be served.
+    /// The file cannot be served (file, key column, mapping or chunk settings).
     #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The file's columns cannot feed RecruitRow.
-    #[error("{path}: {source}")]
-    Mapping {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: RowsError,
-    },
-    /// The pickle could not be converted.
-    #[error("{path}: converting the pickle failed: {message}")]
-    Convert {
-        /// The pickle.
-        path: String,
-        /// The converter's error chain.
-        message: String,
-    },
-    /// Chunk settings that contradict each other or the message limit.
+    Dataset(#[from] DatasetError),
+    /// The server could not be set up.
     #[error("{0}")]
     Settings(String),
     /// The port is taken.
@@ -143,6 +128,8 @@ pub struct ServerConfig {
     pub key_column: Option<String>,
     /// Column mapping.
     pub mapping: RowMapping,
+    /// Limits under load (streams, send budget, deadlines).
+    pub limits: LimitArgs,
 }
 
 impl ServerConfig {
@@ -151,12 +138,13 @@ impl ServerConfig {
         ServerConfig {
             data: data.into(),
             addr,
-            default_chunk: DEFAULT_CHUNK_SIZE,
+            default_chunk: wire::DEFAULT_CHUNK_SIZE,
             max_chunk: None,
-            max_message_bytes: BATCH_SERVER_MESSAGE_LIMIT,
+            max_message_bytes: wire::MAX_MESSAGE_BYTES,
             grace_period: Duration::from_secs(5),
             key_column: None,
             mapping: RowMapping::default(),
+            limits: LimitArgs::default(),
         }
     }
 
@@ -171,6 +159,7 @@ impl ServerConfig {
             grace_period: args.grace_period,
             key_column: args.key_column.clone(),
             mapping: args.mapping.clone(),
+            limits: args.limits.clone(),
         }
     }
 }
@@ -185,61 +174,25 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     grace: Duration,
     health: tonic_health::server::HealthReporter,
-    rows: usize,
+    dataset: Arc<LiveDataset>,
+    budget: Arc<SendBudget>,
+    slots: StreamSlots,
+    connections: Arc<conn::Connections>,
 }
 
-/// Open the store and check the mapping: everything that can refuse a file.
-fn open(config: &ServerConfig) -> Result<(Arc<RecruitTable>, ChunkLimits), ServeError> {
-    let shown = config.data.display().to_string();
-    let store = Arc::new(Store::open(&config.data, config.key_column.as_deref())?);
-    let mapping_err = |source| ServeError::Mapping {
-        path: shown.clone(),
-        source,
-    };
-    let layout = config
-        .mapping
-        .resolve(store.schema(), store.layout())
-        .map_err(mapping_err)?;
-    let table = Arc::new(RecruitTable::new(store, layout));
-    // The chunk size bound: the whole chunk (plus gRPC's 5-byte frame
-    // header) must fit the Batch Server's inbound limit.
-    let row_bound = encode::row_size_bound(&table, STRING_ALLOWANCE);
-    let fits = config.max_message_bytes.saturating_sub(5) / row_bound.max(1);
-    if fits == 0 {
-        return Err(ServeError::Settings(format!(
-            "--max-message-bytes {} cannot hold one row of up to {row_bound} bytes; raise it",
-            config.max_message_bytes
-        )));
-    }
-    let max = match config.max_chunk {
-        Some(0) => {
-            return Err(ServeError::Settings(
-                "--max-chunk-size must be at least 1".into(),
-            ))
+impl ServerConfig {
+    /// How to open the data file under these settings.
+    pub fn dataset_options(&self) -> DatasetOptions {
+        DatasetOptions {
+            key_column: self.key_column.clone(),
+            mapping: self.mapping.clone(),
+            chunks: ChunkSettings {
+                default_chunk: self.default_chunk,
+                max_chunk: self.max_chunk,
+                max_message_bytes: self.max_message_bytes,
+            },
         }
-        Some(m) if m > fits => {
-            return Err(ServeError::Settings(format!(
-                "--max-chunk-size {m} is too large: a chunk of {m} rows of up to {row_bound} bytes would not fit the {}-byte message limit; use at most {fits}",
-                config.max_message_bytes
-            )))
-        }
-        Some(m) => m,
-        None => fits,
-    };
-    if config.default_chunk == 0 || config.default_chunk > max {
-        return Err(ServeError::Settings(format!(
-            "the default chunk size (CHUNK_SIZE / --chunk-size) {} must be within 1..={max}",
-            config.default_chunk
-        )));
     }
-    Ok((
-        table,
-        ChunkLimits {
-            default: config.default_chunk,
-            max,
-            max_message_bytes: config.max_message_bytes,
-        },
-    ))
 }
 
 impl Server {
@@ -248,8 +201,12 @@ impl Server {
     /// here, before any client can connect.
     pub async fn spawn(config: ServerConfig) -> Result<Server, ServeError> {
         let began = Instant::now();
-        let (table, limits) = open(&config)?;
-        let store = table.store().clone();
+        config
+            .limits
+            .check(config.max_message_bytes)
+            .map_err(ServeError::Settings)?;
+        let dataset = Arc::new(Dataset::open(&config.data, &config.dataset_options())?);
+        let live = Arc::new(LiveDataset::new(dataset.clone()));
         let listener = TcpListener::bind(config.addr).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
                 ServeError::PortInUse { addr: config.addr }
@@ -267,12 +224,18 @@ impl Server {
 
         let stats = Arc::new(StreamStats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let embedding = EmbeddingService::new(table.clone(), limits, stats.clone(), stop.clone());
-        let name = config.data.file_stem().map_or_else(
-            || "embeddings".to_string(),
-            |s| s.to_string_lossy().into_owned(),
-        );
-        let flight = flight::FlightEndpointService::new(store.clone(), name);
+        let connections = Arc::new(conn::Connections::default());
+        connections.close_idle_after(config.limits.idle_connection_timeout);
+        let stream_limits = StreamLimits {
+            slots: StreamSlots::new(config.limits.max_concurrent_streams),
+            budget: Arc::new(SendBudget::new(config.limits.send_budget)),
+            stalls: row_body::Stalls::start(config.limits.stall_timeout, connections.clone()),
+        };
+        let (budget, slots) = (stream_limits.budget.clone(), stream_limits.slots.clone());
+        let embedding =
+            EmbeddingService::new(live.clone(), stats.clone(), stop.clone(), stream_limits);
+        let flight =
+            flight::FlightEndpointService::new(live.clone(), dataset.name(), slots.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in [
@@ -306,14 +269,21 @@ impl Server {
             // only when hyper has room for it.
             .initial_stream_window_size(Some(1 << 20))
             .initial_connection_window_size(Some(2 << 20))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_interval(Some(config.limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.limits.keepalive_timeout))
+            .max_concurrent_streams(Some(config.limits.max_streams_per_connection))
+            .layer(conn::ActivityLayer::new(connections.clone()))
             .add_service(embedding.clone())
             .add_service(PackageAlias::new(embedding))
             .add_service(flight_do_get::FlightServer::new(flight))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let incoming = TcpListenerStream::new(listener);
+        let incoming = conn::incoming(
+            listener,
+            connections.clone(),
+            config.limits.handshake_timeout,
+        );
         let task = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async {
@@ -322,13 +292,13 @@ impl Server {
                 .await
                 .map_err(ServeError::from)
         });
-        let rows = store.num_rows();
+        let limits = dataset.limits();
         tracing::info!(
             %addr,
             file = %config.data.display(),
-            rows,
-            batches = store.num_batches(),
-            vector_dim = table.layout().vector_dim(),
+            rows = dataset.num_rows(),
+            batches = dataset.store().num_batches(),
+            vector_dim = dataset.vector_dim(),
             default_chunk = limits.default,
             max_chunk = limits.max,
             startup_ms = began.elapsed().as_secs_f64() * 1e3,
@@ -343,7 +313,10 @@ impl Server {
             stop,
             grace: config.grace_period,
             health,
-            rows,
+            dataset: live,
+            budget,
+            slots,
+            connections,
         })
     }
 
@@ -357,9 +330,31 @@ impl Server {
         &self.stats
     }
 
-    /// Rows in the served file.
+    /// The send budget: [`SendBudget::pinned`] is what unsent chunks hold now.
+    pub fn send_budget(&self) -> &Arc<SendBudget> {
+        &self.budget
+    }
+
+    /// Data streams (StreamEmbedding and DoGet) running now, as counted by
+    /// `--max-concurrent-streams`.
+    pub fn streams_in_use(&self) -> usize {
+        self.slots.in_use()
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Rows in the file served now.
     pub fn num_rows(&self) -> usize {
-        self.rows
+        self.dataset.current().num_rows()
+    }
+
+    /// The served data set: where a new generation is swapped in
+    /// ([`LiveDataset::replace`]).
+    pub fn dataset(&self) -> &Arc<LiveDataset> {
+        &self.dataset
     }
 
     /// Stop accepting, let open streams finish within the grace period, then
@@ -413,14 +408,6 @@ impl Drop for Server {
     }
 }
 
-/// The file to serve for `data`: pickles are converted once to a sibling `.arrow`.
-fn arrow_path(data: &Path) -> Result<PathBuf, ServeError> {
-    crate::convert::ensure_arrow(data).map_err(|e| ServeError::Convert {
-        path: data.display().to_string(),
-        message: format!("{e:#}"),
-    })
-}
-
 /// Resolves on SIGINT or SIGTERM.
 async fn termination() {
     let ctrl_c = async {
@@ -443,8 +430,9 @@ async fn termination() {
     }
 }
 
-/// Run `embedstream serve` until SIGINT/SIGTERM.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// Run `embedstream serve` on `data` (an Arrow file: the command layer
+/// converts a pickle first) until SIGINT/SIGTERM.
+pub fn run(args: ServeArgs, data: PathBuf) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.max_workers.clamp(1, cpus))
@@ -452,7 +440,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .map_err(ServeError::Runtime)?;
     runtime.block_on(async {
-        let data = arrow_path(&args.data)?;
         let server = Server::spawn(ServerConfig::from_args(&args, data)).await?;
         termination().await;
         server.shutdown().await?;

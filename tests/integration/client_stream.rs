@@ -9,6 +9,7 @@ use std::{
 };
 
 use embedstream::{
+    client::deadline::Timeouts,
     client::stream::{pull, StreamError, StreamOptions, StreamReport, Violation},
     format::format_uuid,
     progress::ProgressMode,
@@ -34,6 +35,7 @@ fn options(server: SocketAddr) -> StreamOptions {
         force: false,
         flight: false,
         progress: ProgressMode::Hidden,
+        timeouts: Timeouts::default(),
     }
 }
 
@@ -190,6 +192,15 @@ async fn bad_checkpoint_and_missing_server() {
     assert!(
         err.to_string()
             .starts_with("--checkpoint `yesterday` is not a UUID ("),
+        "{err}"
+    );
+    let braced = "{01890a5d-ac96-774b-bcce-b302099a8057}";
+    opts.checkpoint = Some(braced.into());
+    let err = pull(&opts).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "--checkpoint `{braced}` is a UUID in the braced form; send the hyphenated form"
+        )),
         "{err}"
     );
     opts.checkpoint = None;

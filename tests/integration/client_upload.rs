@@ -11,6 +11,7 @@ use std::{
 };
 
 use embedstream::{
+    client::deadline::Timeouts,
     client::upload::{upload, UploadError, UploadOptions},
     progress::ProgressMode,
     proto::{
@@ -34,6 +35,8 @@ enum Behaviour {
     AlwaysFail(tonic::Code),
     /// Read everything, answer success=false.
     ReportFailure,
+    /// Read everything, answer success but count one data chunk.
+    UnderCount,
 }
 
 /// What one attempt delivered.
@@ -108,7 +111,11 @@ impl EmbeddingStreamService for Receiver {
         let success = !matches!(self.behaviour, Behaviour::ReportFailure);
         Ok(Response::new(IngestDataResponse {
             success,
-            received_chunks: data_chunks as i32,
+            received_chunks: if matches!(self.behaviour, Behaviour::UnderCount) {
+                1
+            } else {
+                data_chunks as i32
+            },
             message: if success {
                 format!("stored {data_chunks} chunks")
             } else {
@@ -181,6 +188,7 @@ fn options(file: &Path, to: String, package: &str) -> UploadOptions {
         mapping: RowMapping::default(),
         initial_backoff: Duration::from_millis(10),
         progress: ProgressMode::Hidden,
+        timeouts: Timeouts::default(),
     }
 }
 
@@ -416,6 +424,21 @@ async fn success_false_is_a_failure_with_the_server_message() {
     assert_eq!(
         err.to_string(),
         format!("{addr}: the Batch Server refused the upload (received 8 chunk(s)): vector_dimension 384 does not match the table's 1536")
+    );
+}
+
+#[tokio::test]
+async fn a_received_chunks_mismatch_is_data_loss_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sample(dir.path());
+    let (addr, attempts) = start(PACKAGE, Behaviour::UnderCount).await;
+    let err = upload(&options(&file, addr.to_string(), PACKAGE))
+        .await
+        .unwrap_err();
+    assert_eq!(attempts.lock().unwrap().len(), 3, "retried as transient");
+    assert_eq!(
+        err.to_string(),
+        format!("{addr}: IngestDataStream failed 3 time(s), giving up (raise --max-retries to try longer); last error: DataLoss: the receiver answered success but counted 1 data chunk(s) of the 8 sent: the upload is incomplete")
     );
 }
 

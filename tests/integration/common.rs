@@ -47,6 +47,35 @@ pub fn primary_keyword(i: usize) -> &'static str {
 /// `Exp Years`, `English Level`, `Primary Keyword`, `job_post_vectors`
 /// (FixedSizeList<Float32, dim>), `uuid` key; in batches of `batch_rows`.
 pub fn write_sample_file(path: &Path, rows: usize, dim: usize, batch_rows: usize) {
+    write_file(path, rows, dim, batch_rows, &company);
+}
+
+/// [`write_sample_file`] with `Company Name` `name_len` characters long
+/// (the row number, then `x`s).
+pub fn write_long_names_file(
+    path: &Path,
+    rows: usize,
+    dim: usize,
+    batch_rows: usize,
+    name_len: usize,
+) {
+    write_file(path, rows, dim, batch_rows, &|i| {
+        let mut name = i.to_string();
+        name.extend(std::iter::repeat_n(
+            'x',
+            name_len.saturating_sub(name.len()),
+        ));
+        name
+    });
+}
+
+fn write_file(
+    path: &Path,
+    rows: usize,
+    dim: usize,
+    batch_rows: usize,
+    company: &dyn Fn(usize) -> String,
+) {
     let vector_type = DataType::FixedSizeList(
         Arc::new(Field::new_list_field(DataType::Float32, false)),
         dim as i32,

@@ -7,12 +7,15 @@
 mod common;
 
 mod cli;
+mod client_deadlines;
 mod client_stream;
 mod client_upload;
 mod convert_cli;
 mod convert_write;
+mod dataset;
 mod frame_fixtures;
 mod pickle_machine;
 mod refresh;
 mod serve_e2e;
+mod serve_limits;
 mod store;

@@ -27,7 +27,7 @@ fn local() -> std::net::SocketAddr {
 }
 
 /// A sample file of `rows` rows in batches of `batch_rows`, and a server on it.
-async fn start_with(
+pub async fn start_with(
     rows: usize,
     dim: usize,
     batch_rows: usize,
@@ -46,7 +46,7 @@ async fn start() -> (tempfile::TempDir, Server) {
     start_with(ROWS, DIM, 64, |_| {}).await
 }
 
-async fn channel(server: &Server) -> Channel {
+pub async fn channel(server: &Server) -> Channel {
     Channel::from_shared(format!("http://{}", server.local_addr()))
         .unwrap()
         .connect()
@@ -224,6 +224,25 @@ async fn malformed_uuids_are_invalid_argument() {
             "send the id of the last row you stored, or an empty string to start from the first row"
         ));
     }
+    // Checkpoints: the hyphenated form only, in any case.
+    let id = uuid_text(common::key_for_row(10));
+    let upper = pull(&mut c, &id.to_uppercase(), 0).await.unwrap();
+    check(&upper, 11, ROWS, 300, DIM);
+    for (bad, form) in [
+        (format!("{{{id}}}"), "braced"),
+        (format!("urn:uuid:{id}"), "urn"),
+        (id.replace('-', ""), "simple"),
+    ] {
+        let err = pull(&mut c, &bad, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert!(
+            err.message().starts_with(&format!(
+                "last_processed_uuid `{bad}` is a UUID in the {form} form; send the hyphenated form"
+            )),
+            "{}",
+            err.message()
+        );
+    }
     let long = "x".repeat(500);
     let err = pull(&mut c, &long, 0).await.unwrap_err();
     assert!(err
@@ -233,7 +252,7 @@ async fn malformed_uuids_are_invalid_argument() {
 }
 
 /// Wait (bounded, only as a hang guard) until `f` holds.
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..1000 {
         if f() {
             return;
@@ -614,10 +633,40 @@ async fn flight_do_get_info_schema_and_resume() {
     assert_eq!(&ticket.ticket[..], b"all");
     assert_eq!(&info.try_decode_schema().unwrap(), store.schema().as_ref());
     let schema = flight
-        .get_schema(FlightDescriptor::new_cmd("anything"))
+        .get_schema(FlightDescriptor::new_cmd("sample"))
         .await
         .unwrap();
     assert_eq!(&schema, store.schema().as_ref());
+    // A descriptor naming anything else is NOT_FOUND, on both calls.
+    for descriptor in [
+        FlightDescriptor::new_cmd("anything"),
+        FlightDescriptor::new_path(vec!["other".into()]),
+        FlightDescriptor::new_path(vec!["sample".into(), "x".into()]),
+    ] {
+        let errors = [
+            flight.get_schema(descriptor.clone()).await.unwrap_err(),
+            flight
+                .get_flight_info(descriptor.clone())
+                .await
+                .unwrap_err(),
+        ];
+        for err in errors {
+            let arrow_flight::error::FlightError::Tonic(status) = err else {
+                panic!("{err:?}")
+            };
+            assert_eq!(status.code(), Code::NotFound, "{descriptor:?}");
+            assert!(
+                status
+                    .message()
+                    .starts_with("no flight for the descriptor ")
+                    && status
+                        .message()
+                        .ends_with("this server serves one: path [\"sample\"] (see ListFlights)"),
+                "{}",
+                status.message()
+            );
+        }
+    }
     let listed: Vec<_> = flight
         .list_flights("")
         .await
@@ -752,8 +801,15 @@ async fn flight_do_get_body_frames_are_the_mapped_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sample.arrow");
     common::write_sample_file(&path, 5000, 64, 700);
-    let store = Arc::new(embedstream::store::Store::open(&path, None).unwrap());
-    let service = FlightEndpointService::new(store.clone(), "sample".into());
+    let dataset =
+        Arc::new(embedstream::dataset::Dataset::open(&path, &Default::default()).unwrap());
+    let live = Arc::new(embedstream::dataset::LiveDataset::new(dataset.clone()));
+    let service = FlightEndpointService::new(
+        live,
+        "sample".into(),
+        embedstream::serve::limits::StreamSlots::new(0),
+    );
+    let store = dataset.store();
     let mut body = DoGetBody::new(None, service.do_get_messages(TicketRequest::All).unwrap());
     let mut data = Vec::new();
     let mut pointers = Vec::new();
@@ -789,16 +845,18 @@ async fn flight_do_get_body_frames_are_the_mapped_bytes() {
 /// One raw DoGet: the request body as given, the status (from the headers
 /// of a trailers-only response or the trailers) and the data bytes.
 async fn raw_do_get(server: &Server, body: Vec<u8>) -> (Status, Vec<u8>) {
+    raw_call(server, "/arrow.flight.protocol.FlightService/DoGet", body).await
+}
+
+/// One raw server-streaming call to `path` (see [`raw_do_get`]).
+pub async fn raw_call(server: &Server, path: &str, body: Vec<u8>) -> (Status, Vec<u8>) {
     use http_body_util::BodyExt;
     use tonic::codegen::{http, Service};
 
     let mut ch = channel(server).await;
     let req = http::Request::builder()
         .method("POST")
-        .uri(format!(
-            "http://{}/arrow.flight.protocol.FlightService/DoGet",
-            server.local_addr()
-        ))
+        .uri(format!("http://{}{path}", server.local_addr()))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(tonic::body::Body::new(http_body_util::Full::new(
@@ -819,7 +877,7 @@ async fn raw_do_get(server: &Server, body: Vec<u8>) -> (Status, Vec<u8>) {
     (status, collected.to_bytes().to_vec())
 }
 
-fn grpc_message(message: &[u8]) -> Vec<u8> {
+pub fn grpc_message(message: &[u8]) -> Vec<u8> {
     let mut out = vec![0];
     out.extend((message.len() as u32).to_be_bytes());
     out.extend(message);
@@ -886,6 +944,20 @@ async fn flight_do_get_refuses_bad_requests() {
             grpc_message(&Ticket::new("rows").encode_to_vec()),
             Code::InvalidArgument,
             "unknown ticket `rows`",
+        ),
+        (
+            "empty ticket",
+            grpc_message(&Ticket::new("").encode_to_vec()),
+            Code::InvalidArgument,
+            "the ticket is empty; use `all` (whole file) or `after:<uuid>` (resume)",
+        ),
+        (
+            "braced checkpoint",
+            grpc_message(
+                &Ticket::new("after:{01890a5d-ac96-774b-bcce-b302099a8057}").encode_to_vec(),
+            ),
+            Code::InvalidArgument,
+            "ticket `after:{01890a5d-ac96-774b-bcce-b302099a8057}`: a UUID in the braced form; send the hyphenated form",
         ),
     ] {
         let (status, data) = raw_do_get(&server, body).await;
