@@ -101,7 +101,7 @@ impl EmbeddingService {
 
     /// Resolve a request into (first row, rows per chunk), or the status to refuse it with.
     pub fn plan(&self, req: &StreamEmbeddingRequest) -> Result<(usize, usize), Status> {
-        plan(&self.shared.dataset.current(), req)
+        plan(&*self.shared.dataset.current()?, req)
     }
 }
 
@@ -199,6 +199,13 @@ impl Stream for RowStream {
                 "the server is shutting down; resume after the last id you stored (next row: {})",
                 this.next
             )))));
+        }
+        // A generation revoked (its file opened for writing) ends here,
+        // before its bytes are read again.
+        if let Err(status) = this.dataset.intact() {
+            this.failed = true;
+            tracing::warn!(peer = %this.peer, next_row = this.next, "StreamEmbedding ended: {}", status.message());
+            return Poll::Ready(Some(Err(status)));
         }
         let total = this.dataset.num_rows();
         if this.next >= total {
@@ -311,6 +318,10 @@ where
                 // The one snapshot this call uses, from its request to its last chunk.
                 let dataset = shared.dataset.current();
                 Box::pin(async move {
+                    let dataset = match dataset {
+                        Ok(dataset) => dataset,
+                        Err(status) => return Ok(status.into_http()),
+                    };
                     let limits = dataset.limits();
                     // Room for one chunk of the default size: tonic reuses the buffer.
                     let buffer_size = limits

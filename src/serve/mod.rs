@@ -14,6 +14,7 @@ pub mod encode;
 pub mod flight;
 pub mod flight_do_get;
 pub mod package_alias;
+pub mod reload;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -27,7 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::{
-    dataset::{ChunkSettings, Dataset, DatasetError, DatasetOptions, LiveDataset},
+    dataset::{ChunkSettings, DatasetError, DatasetOptions, LiveDataset},
     rows::RowMapping,
     wire,
 };
@@ -164,6 +165,7 @@ pub struct Server {
     grace: Duration,
     health: tonic_health::server::HealthReporter,
     dataset: Arc<LiveDataset>,
+    _reload: reload::ReloadTask,
 }
 
 impl ServerConfig {
@@ -187,7 +189,10 @@ impl Server {
     /// here, before any client can connect.
     pub async fn spawn(config: ServerConfig) -> Result<Server, ServeError> {
         let began = Instant::now();
-        let dataset = Arc::new(Dataset::open(&config.data, &config.dataset_options())?);
+        // SIGIO (lease breaks) and SIGHUP are caught before the file is opened.
+        let mut reloader = reload::Reloader::install(&config.data, config.dataset_options())
+            .map_err(ServeError::Settings)?;
+        let dataset = reloader.open_first()?;
         let live = Arc::new(LiveDataset::new(dataset.clone()));
         let listener = TcpListener::bind(config.addr).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
@@ -220,6 +225,7 @@ impl Server {
                 .set_service_status(service, ServingStatus::Serving)
                 .await;
         }
+        let reload = reloader.spawn(live.clone(), health.clone());
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -279,6 +285,7 @@ impl Server {
             grace: config.grace_period,
             health,
             dataset: live,
+            _reload: reload,
         })
     }
 
@@ -294,7 +301,7 @@ impl Server {
 
     /// Rows in the file served now.
     pub fn num_rows(&self) -> usize {
-        self.dataset.current().num_rows()
+        self.dataset.current().map_or(0, |d| d.num_rows())
     }
 
     /// The served data set: where a new generation is swapped in
