@@ -156,7 +156,8 @@ pub struct Dataset {
 /// and answers to Flight's `DoAction("generation")`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generation {
-    /// The file's `embedstream.generation` metadata, else the server's load count.
+    /// The file's `embedstream.generation` metadata, else the server's count
+    /// of generations loaded (this one included).
     pub number: u64,
     /// Where `number` comes from: `"file metadata"` or `"load counter"`.
     pub source: &'static str,

@@ -250,7 +250,7 @@ impl Drop for RowStream {
         } else {
             stats.cancelled.fetch_add(1, Ordering::SeqCst);
             if self.failed {
-                "ended by a damaged batch"
+                "ended by a damaged or rewritten file"
             } else if self.stopped {
                 "stopped by shutdown"
             } else {

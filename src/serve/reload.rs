@@ -256,10 +256,10 @@ impl Reloader {
     /// with a log line naming the reason otherwise.
     async fn reload(&mut self, live: &Arc<LiveDataset>, health: &HealthReporter, why: &str) {
         let began = Instant::now();
-        self.loads += 1;
         let current = live.current().ok();
         match self.candidate(current.as_deref()) {
             Ok(dataset) => {
+                self.loads += 1;
                 let dataset = Arc::new(dataset);
                 self.track(&dataset);
                 live.replace(dataset.clone());
@@ -286,7 +286,7 @@ impl Reloader {
 
     /// The file at the served path as a new generation, fully validated.
     fn candidate(&self, current: Option<&Dataset>) -> Result<Dataset, String> {
-        let dataset = Dataset::open_served(&self.path, &self.options, self.loads)
+        let dataset = Dataset::open_served(&self.path, &self.options, self.loads + 1)
             .map_err(|e| e.to_string())?;
         if let Policy::Copy(NoLease::Writing) = dataset.generation().policy {
             return Err(format!(

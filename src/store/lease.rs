@@ -367,3 +367,61 @@ fn set_lease(_file: &File, _kind: libc::c_int) -> std::io::Result<()> {
 fn get_lease(_file: &File) -> std::io::Result<libc::c_int> {
     Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("served.arrow");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_file_open_for_writing_is_copied_and_later_writes_do_not_reach_it() {
+        let original: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let (_dir, path) = file_with(&original);
+        // Another writer holds the file open: no read lease can be taken.
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let opened = ProtectedBytes::open(File::open(&path).unwrap(), &path).unwrap();
+        assert_eq!(opened.policy, Policy::Copy(NoLease::Writing));
+        assert!(opened.lease.is_none());
+        assert_eq!(opened.bytes.as_ptr() as usize % 64, 0, "arrow-aligned");
+        writer.write_all(&[0xff; 4096]).unwrap();
+        writer.set_len(10).unwrap();
+        assert_eq!(&opened.bytes[..], &original[..]);
+    }
+
+    #[test]
+    fn a_detached_map_keeps_its_bytes_after_the_file_is_truncated() {
+        let original: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 13) as u8).collect();
+        let (_dir, path) = file_with(&original);
+        let opened = ProtectedBytes::open(File::open(&path).unwrap(), &path).unwrap();
+        assert_eq!(
+            opened.policy,
+            Policy::Lease,
+            "leases work on the test's temp dir"
+        );
+        let lease = opened.lease.clone().unwrap();
+        assert!(!lease.breaking());
+        let view = opened.bytes.slice(4096..);
+        drop(opened);
+        assert!(lease.detach().unwrap(), "a view was still held");
+        lease.release();
+        // No lease any more: this truncation does not signal us, and the
+        // view reads the private copy, not the (now missing) pages.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert_eq!(&view[..], &original[4096..]);
+        drop(view);
+        assert!(lease.unmapped());
+        assert!(!lease.detach().unwrap(), "nothing left to copy");
+    }
+}

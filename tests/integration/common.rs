@@ -47,6 +47,37 @@ pub fn primary_keyword(i: usize) -> &'static str {
 /// `Exp Years`, `English Level`, `Primary Keyword`, `job_post_vectors`
 /// (FixedSizeList<Float32, dim>), `uuid` key; in batches of `batch_rows`.
 pub fn write_sample_file(path: &Path, rows: usize, dim: usize, batch_rows: usize) {
+    write_sample_rows(path, 0..rows, dim, batch_rows, &[]);
+}
+
+/// [`write_sample_file`] holding rows `range` (row `i` as above, so two
+/// ranges give two files with different rows), with extra schema metadata.
+pub fn write_sample_rows(
+    path: &Path,
+    range: std::ops::Range<usize>,
+    dim: usize,
+    batch_rows: usize,
+    extra_metadata: &[(&str, &str)],
+) {
+    let rows = range.len();
+    let mut metadata = HashMap::from([
+        (
+            format::META_KEY_COLUMN.to_string(),
+            format::DEFAULT_KEY_COLUMN.to_string(),
+        ),
+        (
+            format::META_VECTOR_COLUMN.to_string(),
+            "job_post_vectors".to_string(),
+        ),
+        (format::META_VECTOR_DIM.to_string(), dim.to_string()),
+        (format::META_ROWS.to_string(), rows.to_string()),
+        (format::META_KEYS_SORTED.to_string(), "true".to_string()),
+    ]);
+    metadata.extend(
+        extra_metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let vector_type = DataType::FixedSizeList(
         Arc::new(Field::new_list_field(DataType::Float32, false)),
         dim as i32,
@@ -61,19 +92,7 @@ pub fn write_sample_file(path: &Path, rows: usize, dim: usize, batch_rows: usize
             Field::new("job_post_vectors", vector_type, false),
             format::key_field(format::DEFAULT_KEY_COLUMN),
         ])
-        .with_metadata(HashMap::from([
-            (
-                format::META_KEY_COLUMN.to_string(),
-                format::DEFAULT_KEY_COLUMN.to_string(),
-            ),
-            (
-                format::META_VECTOR_COLUMN.to_string(),
-                "job_post_vectors".to_string(),
-            ),
-            (format::META_VECTOR_DIM.to_string(), dim.to_string()),
-            (format::META_ROWS.to_string(), rows.to_string()),
-            (format::META_KEYS_SORTED.to_string(), "true".to_string()),
-        ])),
+        .with_metadata(metadata),
     );
     let mut writer = FileWriter::try_new(File::create(path).unwrap(), &schema).unwrap();
     let mut start = 0;
@@ -87,7 +106,7 @@ pub fn write_sample_file(path: &Path, rows: usize, dim: usize, batch_rows: usize
         let mut vectors = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32)
             .with_field(Arc::new(Field::new_list_field(DataType::Float32, false)));
         let mut keys = FixedSizeBinaryBuilder::new(16);
-        for i in start..end {
+        for i in range.start + start..range.start + end {
             id.append_value(format!("v5-{i}"));
             company_b.append_value(company(i));
             exp.append_value(exp_years(i));
