@@ -1,8 +1,10 @@
 //! Arrow Flight over the mapped file, on the same port as StreamEmbedding.
 //!
 //! The server holds one dataset: the served file. Any `FlightDescriptor`
-//! (path or command) names it. Supported: `ListFlights`, `GetFlightInfo`,
-//! `GetSchema`, `DoGet`; every other call answers `UNIMPLEMENTED`.
+//! (path or command) names it. Supported: `ListFlights`, `GetFlightInfo`
+//! (its `app_metadata` is the generation served, as JSON), `GetSchema`,
+//! `DoGet`, `ListActions` and `DoAction("generation")` (see
+//! [`super::reload`]); every other call answers `UNIMPLEMENTED`.
 //!
 //! # Tickets
 //! A `DoGet` ticket is UTF-8 text:
