@@ -257,7 +257,13 @@ impl Reloader {
     async fn reload(&mut self, live: &Arc<LiveDataset>, health: &HealthReporter, why: &str) {
         let began = Instant::now();
         let current = live.current().ok();
-        match self.candidate(current.as_deref()) {
+        // Validation reads the whole file: off the async workers.
+        let (path, options, load) = (self.path.clone(), self.options.clone(), self.loads + 1);
+        let old = current.clone();
+        let checked = tokio::task::spawn_blocking(move || candidate(&path, &options, load, old))
+            .await
+            .unwrap_or_else(|e| Err(format!("the validation task failed: {e}")));
+        match checked {
             Ok(dataset) => {
                 self.loads += 1;
                 let dataset = Arc::new(dataset);
@@ -283,24 +289,36 @@ impl Reloader {
             }
         }
     }
+}
 
-    /// The file at the served path as a new generation, fully validated.
-    fn candidate(&self, current: Option<&Dataset>) -> Result<Dataset, String> {
-        let dataset = Dataset::open_served(&self.path, &self.options, self.loads + 1)
-            .map_err(|e| e.to_string())?;
-        if let Policy::Copy(NoLease::Writing) = dataset.generation().policy {
-            return Err(format!(
-                "{}: {}; it is reloaded when the writer closes it",
-                self.path.display(),
-                NoLease::Writing
-            ));
-        }
-        dataset.validate_fully()?;
-        if let Some(current) = current {
-            same_shape(current, &dataset)?;
-        }
-        Ok(dataset)
+/// The file at `path` as generation `load`, fully validated, with the
+/// columns of `current` (the generation served, if any).
+fn candidate(
+    path: &Path,
+    options: &DatasetOptions,
+    load: u64,
+    current: Option<Arc<Dataset>>,
+) -> Result<Dataset, String> {
+    if crate::store::lease::open_for_writing_elsewhere(path) {
+        return Err(format!(
+            "{}: {}; it is reloaded when the writer closes it",
+            path.display(),
+            NoLease::Writing
+        ));
     }
+    let dataset = Dataset::open_served(path, options, load).map_err(|e| e.to_string())?;
+    if let Policy::Copy(NoLease::Writing) = dataset.generation().policy {
+        return Err(format!(
+            "{}: {}; it is reloaded when the writer closes it",
+            path.display(),
+            NoLease::Writing
+        ));
+    }
+    dataset.validate_fully()?;
+    if let Some(current) = current {
+        same_shape(&current, &dataset)?;
+    }
+    Ok(dataset)
 }
 
 /// A replacement must keep the columns (names and types, so the vector

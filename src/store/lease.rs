@@ -248,6 +248,23 @@ impl ProtectedBytes {
     }
 }
 
+/// Whether another process has `path` open for writing (a read lease on
+/// it is refused with EAGAIN). Checked before a reload, so that a file being
+/// written is not read into memory for nothing. False where leases are not
+/// available, or the file cannot be opened.
+pub fn open_for_writing_elsewhere(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    match set_lease(&file, libc::F_RDLCK) {
+        Ok(()) => {
+            let _ = set_lease(&file, libc::F_UNLCK);
+            false
+        }
+        Err(e) => lease_refusal(&e) == NoLease::Writing,
+    }
+}
+
 /// Why no lease was taken.
 fn lease_refusal(e: &std::io::Error) -> NoLease {
     match e.raw_os_error() {
@@ -387,6 +404,7 @@ mod tests {
         // Another writer holds the file open: no read lease can be taken.
         let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let opened = ProtectedBytes::open(File::open(&path).unwrap(), &path).unwrap();
+        assert!(open_for_writing_elsewhere(&path));
         assert_eq!(opened.policy, Policy::Copy(NoLease::Writing));
         assert!(opened.lease.is_none());
         assert_eq!(opened.bytes.as_ptr() as usize % 64, 0, "arrow-aligned");
@@ -399,6 +417,7 @@ mod tests {
     fn a_detached_map_keeps_its_bytes_after_the_file_is_truncated() {
         let original: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 13) as u8).collect();
         let (_dir, path) = file_with(&original);
+        assert!(!open_for_writing_elsewhere(&path));
         let opened = ProtectedBytes::open(File::open(&path).unwrap(), &path).unwrap();
         assert_eq!(
             opened.policy,
