@@ -82,7 +82,7 @@ pub fn action_types() -> Vec<ActionType> {
 pub fn do_action(live: &LiveDataset, kind: &str) -> Result<Bytes, Status> {
     if kind != ACTION_GENERATION {
         let shown: String = kind.chars().take(64).collect();
-        return Err(Status::invalid_argument(format!(
+        return Err(Status::unimplemented(format!(
             "unknown action `{shown}`; the only action is `{ACTION_GENERATION}`"
         )));
     }

@@ -132,6 +132,13 @@ async fn hot_swap_under_sixteen_streams() {
     let path = dir.path().join("live.arrow");
     let (old, new) = (0..3000, 2000..6000);
     common::write_sample_rows(&path, old.clone(), DIM, 100, &[]);
+    // A child process another test forks at this moment may hold our
+    // descriptor open for writing until it execs: no lease until then.
+    wait_for("no process has the file open for writing", || {
+        let p = path.clone();
+        async move { !embedstream::store::lease::open_for_writing_elsewhere(&p) }
+    })
+    .await;
     let server = Server::spawn(ServerConfig::new(&path, "127.0.0.1:0".parse().unwrap()))
         .await
         .unwrap();
@@ -142,6 +149,25 @@ async fn hot_swap_under_sixteen_streams() {
     assert_eq!(before["generation_source"], "load counter");
     assert_eq!(before["rows"], 3000);
     assert_eq!(before["protection"], "lease");
+    let mut flight = FlightClient::new(channel.clone());
+    let actions: Vec<_> = flight
+        .list_actions()
+        .await
+        .unwrap()
+        .map(|a| a.unwrap().r#type)
+        .collect()
+        .await;
+    assert_eq!(actions, ["generation"]);
+    match flight.do_action(Action::new("reload", "")).await.err() {
+        Some(arrow_flight::error::FlightError::Tonic(status)) => {
+            assert_eq!(status.code(), Code::Unimplemented);
+            assert_eq!(
+                status.message(),
+                "unknown action `reload`; the only action is `generation`"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
 
     // 16 streams, each on its own connection, each one chunk in.
     let mut streams = Vec::new();
