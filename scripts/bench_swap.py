@@ -119,8 +119,8 @@ def validate_ms(log: str) -> list[float]:
 
 
 def full_stream(addr: str) -> dict:
-    out = subprocess.run([PY, str(C.BENCH_DIR / "stream_client.py"), "--addr", addr, "full",
-                          "--chunk", "300"], capture_output=True, text=True, check=True)
+    out = subprocess.run([PY, str(C.BENCH_DIR / "stream_client.py"), "--addr", addr, "--chunk",
+                          "300", "full"], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
