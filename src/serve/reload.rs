@@ -89,15 +89,25 @@ pub fn do_action(live: &LiveDataset, kind: &str) -> Result<Bytes, Status> {
     Ok(Bytes::from(live.current()?.generation().to_json()))
 }
 
+/// Environment variable shortening the revocation deadline (a duration
+/// such as `2s`; never longer than the default). For tests and operators
+/// who would rather cut stalled clients sooner.
+pub const REVOKE_DEADLINE_ENV: &str = "EMBEDSTREAM_REVOKE_DEADLINE";
+
 /// The longest a revocation waits for the views of a map to go before it
 /// copies them and lets the writer go: 5 s less than the kernel's
-/// `/proc/sys/fs/lease-break-time` (45 s by default), at least 1 s.
+/// `/proc/sys/fs/lease-break-time` (45 s by default), at least 1 s, or
+/// [`REVOKE_DEADLINE_ENV`] if shorter.
 pub fn revocation_deadline() -> Duration {
     let kernel = std::fs::read_to_string("/proc/sys/fs/lease-break-time")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(45);
-    Duration::from_secs(kernel.saturating_sub(5).max(1))
+    let default = Duration::from_secs(kernel.saturating_sub(5).max(1));
+    std::env::var(REVOKE_DEADLINE_ENV)
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .map_or(default, |d| d.min(default))
 }
 
 /// A generation the reloader watches for lease breaks (weakly: it never

@@ -239,6 +239,10 @@ struct ChildServer {
 
 impl ChildServer {
     fn start(dir: &Path, data: &Path) -> ChildServer {
+        Self::start_with(dir, data, &[])
+    }
+
+    fn start_with(dir: &Path, data: &Path, env: &[(&str, &str)]) -> ChildServer {
         let log = dir.join(format!(
             "serve-{}.log",
             std::time::SystemTime::now()
@@ -252,6 +256,7 @@ impl ChildServer {
             .env("LOG_LEVEL", "INFO")
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -574,4 +579,69 @@ async fn sighup_reloads_and_does_not_kill() {
     end.unwrap();
     assert_eq!(row_numbers(&chunks, 0), (0..300).collect::<Vec<_>>());
     assert!(server.alive());
+}
+
+#[tokio::test]
+async fn stalled_clients_read_a_private_copy_after_the_deadline() {
+    use arrow_array::{cast::AsArray, Array};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.arrow");
+    // Batches of 1.3 MB: a stalled Flight client leaves one partly sent,
+    // queued in h2 as a view of the map.
+    common::write_sample_rows(&path, LIVE_ROWS, DIM, 5000, &[]);
+    let mut server = ChildServer::start_with(
+        dir.path(),
+        &path,
+        &[(embedstream::serve::reload::REVOKE_DEADLINE_ENV, "2s")],
+    );
+    // One StreamEmbedding and one Flight client read a little, then stall:
+    // the server keeps their streams (and Flight's queued batch bodies, views
+    // of the map) alive.
+    let ch = server.channel().await;
+    let mut stream = open_stream(&ch, 10).await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    let mut flight_client = FlightClient::new(server.channel().await);
+    let mut flight = flight_client.do_get(Ticket::new("all")).await.unwrap();
+    let mut batches = vec![flight.next().await.unwrap().unwrap()];
+
+    let target = path.clone();
+    let writer = std::thread::spawn(move || {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len / 2).unwrap();
+    });
+    server.wait_log("still held at the deadline", 1);
+    server.wait_log("lease released", 1);
+    writer.join().unwrap();
+    assert!(server.alive(), "the server died");
+
+    // The file is now half its size; what the stalled clients get next comes
+    // from the private copy: intact rows, then UNAVAILABLE.
+    let (rest, end) = drain(&mut stream).await;
+    let status = end.expect_err("the stalled stream must be cut");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let mut chunks = vec![first];
+    chunks.extend(rest);
+    assert!(row_numbers(&chunks, 0).len() < LIVE_ROWS.len());
+    let status = loop {
+        match flight.next().await {
+            Some(Ok(batch)) => batches.push(batch),
+            Some(Err(arrow_flight::error::FlightError::Tonic(status))) => break status,
+            other => panic!("the stalled Flight stream must be cut, got {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let mut row = 0;
+    for batch in &batches {
+        let keys = batch.column_by_name("uuid").unwrap().as_fixed_size_binary();
+        for i in 0..keys.len() {
+            assert_eq!(keys.value(i), common::key_for_row(row), "Flight row {row}");
+            row += 1;
+        }
+    }
+    assert!(row >= 5000 && row < LIVE_ROWS.len(), "{row} rows over Flight");
+    assert!(server.alive(), "the server died");
 }
