@@ -6,7 +6,8 @@
 //! key column, that its columns can feed `RecruitRow` and the chunk limits)
 //! and binds the port, in that order, so every refusal happens before a
 //! client can connect. The services hold a [`LiveDataset`]; each request
-//! takes one snapshot of it. Tests start
+//! takes one snapshot of it; [`reload`] swaps in a new file (directory
+//! watch, SIGHUP) and revokes one written in place. Tests start
 //! servers in-process with [`Server::spawn`] on port 0.
 
 pub mod embedding;

@@ -193,6 +193,9 @@ impl Reloader {
                     tracing::info!(file = %self.path.display(), "SIGHUP: reloading");
                     pending = None;
                     self.reload(&live, &health, "SIGHUP").await;
+                    // A writer may have opened the new file while it was
+                    // validated: its SIGIO found no tracked lease then.
+                    self.check_leases(&live, &health, &released_tx).await;
                 }
                 event = next_change(&mut self.watch) => match event {
                     Ok(debounce) => {
@@ -216,6 +219,7 @@ impl Reloader {
                 _ = sleep_until(due) => {
                     pending = None;
                     self.reload(&live, &health, "the file changed").await;
+                    self.check_leases(&live, &health, &released_tx).await;
                 }
             }
         }

@@ -384,6 +384,23 @@ async fn a_bad_replacement_is_refused_and_the_old_file_keeps_serving() {
     end.unwrap();
     assert_eq!(row_numbers(&chunks, 0), (0..500).collect::<Vec<_>>());
     assert_eq!(generation_json(&ch).await["generation"], 1);
+
+    // A valid file still open for writing by its writer is not read yet;
+    // it is served once the writer closes it.
+    common::write_sample_rows(&tmp, 900..1000, DIM, 100, &[]);
+    let still_writing = std::fs::OpenOptions::new().write(true).open(&tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let line = server.wait_log("replacement refused", 4);
+    assert!(
+        line.contains("the file is open for writing by another process; it is reloaded when the writer closes it"),
+        "{line}"
+    );
+    assert_eq!(generation_json(&ch).await["generation"], 1);
+    drop(still_writing);
+    server.wait_log("serving generation 2", 1);
+    let (chunks, end) = drain(&mut open_stream(&ch, 0).await.unwrap()).await;
+    end.unwrap();
+    assert_eq!(row_numbers(&chunks, 900), (900..1000).collect::<Vec<_>>());
     assert!(server.alive());
 }
 
@@ -642,6 +659,9 @@ async fn stalled_clients_read_a_private_copy_after_the_deadline() {
             row += 1;
         }
     }
-    assert!(row >= 5000 && row < LIVE_ROWS.len(), "{row} rows over Flight");
+    assert!(
+        row >= 5000 && row < LIVE_ROWS.len(),
+        "{row} rows over Flight"
+    );
     assert!(server.alive(), "the server died");
 }
