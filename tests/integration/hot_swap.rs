@@ -385,12 +385,37 @@ async fn a_bad_replacement_is_refused_and_the_old_file_keeps_serving() {
     assert_eq!(row_numbers(&chunks, 0), (0..500).collect::<Vec<_>>());
     assert_eq!(generation_json(&ch).await["generation"], 1);
 
+    // A file without a column the served one has (`id`, which RecruitRow
+    // does not read).
+    common::write_sample_rows(&tmp, 0..100, DIM, 100, &[]);
+    let batches: Vec<_> =
+        arrow_ipc::reader::FileReader::try_new(std::fs::File::open(&tmp).unwrap(), None)
+            .unwrap()
+            .map(|b| b.unwrap().project(&[1, 2, 3, 4, 5, 6]).unwrap())
+            .collect();
+    let mut w = arrow_ipc::writer::FileWriter::try_new(
+        std::fs::File::create(&tmp).unwrap(),
+        &batches[0].schema(),
+    )
+    .unwrap();
+    for b in &batches {
+        w.write(b).unwrap();
+    }
+    w.finish().unwrap();
+    drop(w);
+    std::fs::rename(&tmp, &path).unwrap();
+    let line = server.wait_log("replacement refused", 4);
+    assert!(
+        line.contains("column `id` of the served file is missing"),
+        "{line}"
+    );
+
     // A valid file still open for writing by its writer is not read yet;
     // it is served once the writer closes it.
     common::write_sample_rows(&tmp, 900..1000, DIM, 100, &[]);
     let still_writing = std::fs::OpenOptions::new().write(true).open(&tmp).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    let line = server.wait_log("replacement refused", 4);
+    let line = server.wait_log("replacement refused", 5);
     assert!(
         line.contains("the file is open for writing by another process; it is reloaded when the writer closes it"),
         "{line}"
