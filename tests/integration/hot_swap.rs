@@ -438,6 +438,8 @@ enum InPlace {
     CopyOver,
     /// Overwrite bytes of a string in place: invalid UTF-8.
     Overwrite,
+    /// Overwrite string offsets of a batch every stream has decoded (cached).
+    Offsets,
 }
 
 /// 8 live streams (6 StreamEmbedding, 2 Flight) on a child server, then
@@ -496,6 +498,25 @@ async fn in_place_write_under_live_streams(write: InPlace) {
             f.seek(SeekFrom::Start(at as u64 + 3)).unwrap();
             f.write_all(&[0xff, 0xfe]).unwrap();
         }
+        InPlace::Offsets => {
+            // Batch 0's `Company Name` offsets (a served column): "Company 0"
+            // .. "Company 9" are 9 bytes each, "Company 10" 10.
+            let offsets: Vec<u8> = [0i32, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 100]
+                .iter()
+                .flat_map(|o| o.to_le_bytes())
+                .collect();
+            let bytes = std::fs::read(&target).unwrap();
+            let at = bytes
+                .windows(offsets.len())
+                .position(|w| w == offsets.as_slice())
+                .unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .unwrap();
+            f.seek(SeekFrom::Start(at as u64 + 4 * 5)).unwrap();
+            f.write_all(&i32::MAX.to_le_bytes()).unwrap();
+        }
     });
     server.wait_log("generation revoked", 1);
 
@@ -544,13 +565,14 @@ async fn in_place_write_under_live_streams(write: InPlace) {
                 (50_000..51_000).collect::<Vec<_>>()
             );
         }
-        InPlace::Truncate | InPlace::Overwrite => {
+        InPlace::Truncate | InPlace::Overwrite | InPlace::Offsets => {
             // The damaged file is refused: no generation is served, and
             // health and new streams say so.
             let line = server.wait_log("replacement refused", 1);
             assert!(line.contains("no generation is served"), "{line}");
             let reason = match write {
                 InPlace::Truncate => "not an Arrow IPC file",
+                InPlace::Offsets => "record batch 0 cannot be decoded",
                 // Row 1234's id lost its UTF-8: found by decoding every batch.
                 _ => "record batch 12 cannot be decoded",
             };
@@ -584,6 +606,11 @@ async fn cp_over_the_served_file_does_not_kill_the_server() {
 #[tokio::test]
 async fn overwriting_bytes_in_place_does_not_kill_the_server() {
     in_place_write_under_live_streams(InPlace::Overwrite).await;
+}
+
+#[tokio::test]
+async fn overwriting_cached_string_offsets_does_not_kill_the_server() {
+    in_place_write_under_live_streams(InPlace::Offsets).await;
 }
 
 #[tokio::test]
