@@ -37,6 +37,7 @@ use std::{
 };
 
 use arrow_flight::ActionType;
+use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use tokio::{
     io::unix::AsyncFd,
@@ -127,6 +128,9 @@ pub struct Reloader {
     watch: Option<DirWatch>,
     loads: u64,
     tracked: Vec<Tracked>,
+    /// The schema of the last generation installed (kept when it is
+    /// withdrawn): every replacement must have its columns.
+    shape: Option<SchemaRef>,
 }
 
 impl Reloader {
@@ -154,6 +158,7 @@ impl Reloader {
             watch,
             loads: 0,
             tracked: Vec::new(),
+            shape: None,
         })
     }
 
@@ -163,6 +168,7 @@ impl Reloader {
         self.loads += 1;
         let dataset = Arc::new(Dataset::open_served(&self.path, &self.options, self.loads)?);
         self.track(&dataset);
+        self.shape = Some(dataset.store().schema().clone());
         log_generation(&dataset, "start-up", began.elapsed());
         Ok(dataset)
     }
@@ -274,8 +280,8 @@ impl Reloader {
         let current = live.current().ok();
         // Validation reads the whole file: off the async workers.
         let (path, options, load) = (self.path.clone(), self.options.clone(), self.loads + 1);
-        let old = current.clone();
-        let checked = tokio::task::spawn_blocking(move || candidate(&path, &options, load, old))
+        let shape = self.shape.clone();
+        let checked = tokio::task::spawn_blocking(move || candidate(&path, &options, load, shape))
             .await
             .unwrap_or_else(|e| Err(format!("the validation task failed: {e}")));
         match checked {
@@ -283,6 +289,7 @@ impl Reloader {
                 self.loads += 1;
                 let dataset = Arc::new(dataset);
                 self.track(&dataset);
+                self.shape = Some(dataset.store().schema().clone());
                 live.replace(dataset.clone());
                 set_health(health, ServingStatus::Serving).await;
                 log_generation(&dataset, why, began.elapsed());
@@ -307,12 +314,12 @@ impl Reloader {
 }
 
 /// The file at `path` as generation `load`, fully validated, with the
-/// columns of `current` (the generation served, if any).
+/// columns of `shape` (the last generation installed).
 fn candidate(
     path: &Path,
     options: &DatasetOptions,
     load: u64,
-    current: Option<Arc<Dataset>>,
+    shape: Option<SchemaRef>,
 ) -> Result<Dataset, String> {
     if crate::store::lease::open_for_writing_elsewhere(path) {
         return Err(format!(
@@ -330,28 +337,29 @@ fn candidate(
         ));
     }
     dataset.validate_fully()?;
-    if let Some(current) = current {
-        same_shape(&current, &dataset)?;
+    if let Some(shape) = shape {
+        same_shape(&shape, &dataset)?;
     }
     Ok(dataset)
 }
 
 /// A replacement must keep the columns (names and types, so the vector
 /// dimension too) of the generation it replaces: consumers rely on them.
-fn same_shape(old: &Dataset, new: &Dataset) -> Result<(), String> {
-    let (old_fields, new_fields) = (old.store().schema().fields(), new.store().schema().fields());
+/// Changing them takes a restart.
+fn same_shape(old: &SchemaRef, new: &Dataset) -> Result<(), String> {
+    let (old_fields, new_fields) = (old.fields(), new.store().schema().fields());
     for field in old_fields.iter() {
         match new_fields.find(field.name()) {
             None => {
                 return Err(format!(
-                    "{}: column `{}` of the served file is missing",
+                    "{}: column `{}` of the served file is missing (changing the columns takes a restart)",
                     new.path().display(),
                     field.name()
                 ))
             }
             Some((_, f)) if f.data_type() != field.data_type() => {
                 return Err(format!(
-                    "{}: column `{}` is {} where the served file has {}",
+                    "{}: column `{}` is {} where the served file has {} (changing the columns takes a restart)",
                     new.path().display(),
                     field.name(),
                     f.data_type(),
