@@ -370,6 +370,14 @@ impl LiveDataset {
         }
     }
 
+    /// While no generation is served, change the reason requests are given.
+    pub fn explain(&self, reason: String) {
+        let mut guard = self.write();
+        if guard.is_err() {
+            *guard = Err(reason);
+        }
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Result<Arc<Dataset>, String>> {
         match self.current.write() {
             Ok(guard) => guard,

@@ -301,7 +301,13 @@ impl Reloader {
                         d.generation().number,
                         d.num_rows()
                     ),
-                    None => "no generation is served until a valid file is in place".into(),
+                    None => {
+                        live.explain(format!(
+                            "no generation is served: the file now at {} was refused ({reason}); put a complete, valid file there (`embedstream convert -o FILE --force` renames one atomically)",
+                            self.path.display()
+                        ));
+                        "no generation is served until a valid file is in place".into()
+                    }
                 };
                 tracing::warn!(
                     file = %self.path.display(),

@@ -580,7 +580,15 @@ async fn in_place_write_under_live_streams(write: InPlace) {
             assert_eq!(server.health().await, ServingStatus::NotServing as i32);
             let status = open_stream(&ch, 0).await.unwrap_err();
             assert_eq!(status.code(), Code::Unavailable);
-            assert!(status.message().contains(&shown), "{}", status.message());
+            // Explained as of the refusal logged above.
+            assert!(
+                status.message().starts_with(&format!(
+                    "no generation is served: the file now at {shown} was refused ("
+                )),
+                "{}",
+                status.message()
+            );
+            assert!(status.message().contains(reason), "{}", status.message());
             // A file of another vector dimension is still refused: the
             // columns of the generation withdrawn are kept.
             let tmp = dir.path().join("wide.tmp");
