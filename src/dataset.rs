@@ -14,15 +14,22 @@
 //! [`LiveDataset::replace`] installs a new generation: requests that start
 //! afterwards see it, running ones finish on the generation they started
 //! with, which stays mapped until its last snapshot is dropped.
+//! [`LiveDataset::withdraw`] removes a generation that can no longer be
+//! served (its file is being written in place) until a replacement passes
+//! validation: requests then get UNAVAILABLE naming the file.
 
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
+    time::SystemTime,
 };
 
+use tonic::Status;
+
 use crate::{
+    format,
     rows::{RecruitTable, RowMapping, RowsError},
-    store::{Store, StoreError},
+    store::{lease::Policy, Store, StoreError},
     wire,
 };
 
@@ -142,6 +149,47 @@ pub struct Dataset {
     path: PathBuf,
     table: RecruitTable,
     limits: ChunkLimits,
+    generation: Generation,
+}
+
+/// Which generation of the served file a [`Dataset`] is: what `serve` logs
+/// and answers to Flight's `DoAction("generation")`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    /// The file's `embedstream.generation` metadata, else the server's count
+    /// of generations loaded (this one included).
+    pub number: u64,
+    /// Where `number` comes from: `"file metadata"` or `"load counter"`.
+    pub source: &'static str,
+    /// The file it was opened from.
+    pub path: PathBuf,
+    /// Total rows.
+    pub rows: usize,
+    /// When it was opened.
+    pub loaded_at: SystemTime,
+    /// How its bytes are protected from writes to the file.
+    pub policy: Policy,
+}
+
+impl Generation {
+    /// The JSON object clients receive (Flight `DoAction("generation")` and
+    /// `FlightInfo.app_metadata`).
+    pub fn to_json(&self) -> String {
+        let policy = match self.policy {
+            Policy::Lease => "lease",
+            Policy::Copy(_) => "copy",
+            Policy::Unprotected => "none",
+        };
+        serde_json::json!({
+            "generation": self.number,
+            "generation_source": self.source,
+            "path": self.path.display().to_string(),
+            "rows": self.rows,
+            "loaded_at": humantime::format_rfc3339_millis(self.loaded_at).to_string(),
+            "protection": policy,
+        })
+        .to_string()
+    }
 }
 
 impl Dataset {
@@ -149,7 +197,30 @@ impl Dataset {
     /// RecruitRow columns ([`RowMapping::resolve`]) and the chunk limits:
     /// every refusal of a file. No batch body is decoded yet.
     pub fn open(path: &Path, options: &DatasetOptions) -> Result<Self, DatasetError> {
-        let store = Arc::new(Store::open(path, options.key_column.as_deref())?);
+        let store = Store::open(path, options.key_column.as_deref())?;
+        Self::from_store(path, options, store, 1)
+    }
+
+    /// [`Dataset::open`] for serving: the file is protected from in-place
+    /// writes ([`Store::open_protected`]; the caller must already catch
+    /// SIGIO). `load` numbers the generation when the file's metadata does
+    /// not.
+    pub fn open_served(
+        path: &Path,
+        options: &DatasetOptions,
+        load: u64,
+    ) -> Result<Self, DatasetError> {
+        let store = Store::open_protected(path, options.key_column.as_deref())?;
+        Self::from_store(path, options, store, load)
+    }
+
+    fn from_store(
+        path: &Path,
+        options: &DatasetOptions,
+        store: Store,
+        load: u64,
+    ) -> Result<Self, DatasetError> {
+        let store = Arc::new(store);
         let layout = options
             .mapping
             .resolve(store.schema(), store.layout())
@@ -158,11 +229,59 @@ impl Dataset {
                 source,
             })?;
         let limits = options.chunks.limits(layout.vector_dim())?;
+        let from_file = store
+            .schema()
+            .metadata()
+            .get(format::META_GENERATION)
+            .and_then(|n| n.parse::<u64>().ok());
+        let generation = Generation {
+            number: from_file.unwrap_or(load),
+            source: if from_file.is_some() {
+                "file metadata"
+            } else {
+                "load counter"
+            },
+            path: path.to_path_buf(),
+            rows: store.num_rows(),
+            loaded_at: SystemTime::now(),
+            policy: store.file().policy().clone(),
+        };
         Ok(Dataset {
             path: path.to_path_buf(),
             table: RecruitTable::new(store, layout),
             limits,
+            generation,
         })
+    }
+
+    /// Which generation this is.
+    pub fn generation(&self) -> &Generation {
+        &self.generation
+    }
+
+    /// `Ok` while the file's bytes can be trusted; UNAVAILABLE naming the
+    /// file once another process opened it for writing (the generation is
+    /// revoked: a stream reading it ends at its next step).
+    pub fn intact(&self) -> Result<(), Status> {
+        match self.store().file().lease() {
+            Some(lease) if lease.is_revoked() => Err(wire::rewritten(&self.path)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Check the whole file, as a hot swap does before switching: every
+    /// key in order (whatever the metadata vouches for), every batch decoded
+    /// and validated by arrow, every batch's RecruitRow columns resolved.
+    /// The decoded batches stay cached for the streams.
+    pub fn validate_fully(&self) -> Result<(), String> {
+        let shown = self.path.display().to_string();
+        self.store()
+            .check_every_key(&shown)
+            .map_err(|e| e.to_string())?;
+        for b in 0..self.store().num_batches() {
+            self.table.columns(b).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// The file this generation was opened from.
@@ -208,35 +327,62 @@ impl Dataset {
 /// swapped in. Services hold this; each request snapshots it once.
 #[derive(Debug)]
 pub struct LiveDataset {
-    current: RwLock<Arc<Dataset>>,
+    /// The generation served, or why none is (UNAVAILABLE's message).
+    current: RwLock<Result<Arc<Dataset>, String>>,
 }
 
 impl LiveDataset {
     /// Serve `dataset` until it is replaced.
     pub fn new(dataset: Arc<Dataset>) -> Self {
         LiveDataset {
-            current: RwLock::new(dataset),
+            current: RwLock::new(Ok(dataset)),
         }
     }
 
-    /// The generation to use for one request, from its start to its end.
-    pub fn current(&self) -> Arc<Dataset> {
-        // A poisoned lock still holds a whole `Arc` (replacing it is one
+    /// The generation to use for one request, from its start to its end;
+    /// UNAVAILABLE (naming the file) while none can be served.
+    pub fn current(&self) -> Result<Arc<Dataset>, Status> {
+        // A poisoned lock still holds a whole value (replacing it is one
         // assignment), so the value is usable.
-        match self.current.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Install a new generation; returns the previous one. Requests already
-    /// running keep their snapshot of the previous generation.
-    pub fn replace(&self, new: Arc<Dataset>) -> Arc<Dataset> {
-        let mut guard = match self.current.write() {
+        let guard = match self.current.read() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        std::mem::replace(&mut *guard, new)
+        guard.clone().map_err(Status::unavailable)
+    }
+
+    /// Install a new generation; returns the previous one, if one was
+    /// served. Requests already running keep their snapshot of it.
+    pub fn replace(&self, new: Arc<Dataset>) -> Option<Arc<Dataset>> {
+        std::mem::replace(&mut *self.write(), Ok(new)).ok()
+    }
+
+    /// Stop serving `old` if it is the current generation: requests get
+    /// UNAVAILABLE with `reason` until [`LiveDataset::replace`]. Returns
+    /// whether it was current.
+    pub fn withdraw(&self, old: &Arc<Dataset>, reason: String) -> bool {
+        let mut guard = self.write();
+        if guard.as_ref().is_ok_and(|d| Arc::ptr_eq(d, old)) {
+            *guard = Err(reason);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// While no generation is served, change the reason requests are given.
+    pub fn explain(&self, reason: String) {
+        let mut guard = self.write();
+        if guard.is_err() {
+            *guard = Err(reason);
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Result<Arc<Dataset>, String>> {
+        match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 }
 

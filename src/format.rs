@@ -41,6 +41,10 @@ pub const META_VERSION: &str = "embedstream.version";
 /// increasing. Readers may then check only batch boundaries at open.
 pub const META_KEYS_SORTED: &str = "embedstream.keys_sorted";
 
+/// Schema metadata: the file's generation number (a refresh writes the
+/// previous file's + 1); `serve` reports it for the generation it serves.
+pub const META_GENERATION: &str = "embedstream.generation";
+
 /// Width of a UUID in bytes.
 pub const UUID_WIDTH: i32 = 16;
 

@@ -85,6 +85,16 @@ pub fn damaged(e: &impl std::fmt::Display) -> Status {
     ))
 }
 
+/// The UNAVAILABLE status that ends a stream whose file another process
+/// opened for writing (or truncated) while it was served: the stream is cut
+/// before any changed byte could be read.
+pub fn rewritten(path: &std::path::Path) -> Status {
+    Status::unavailable(format!(
+        "the served file {} is being written in place by another process; this stream was ended before any changed row could be sent: resume after the last id you stored (the server reloads the file once the writer is done; replace it with `embedstream convert -o FILE --force` to avoid this)",
+        path.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

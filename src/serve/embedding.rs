@@ -127,7 +127,7 @@ impl EmbeddingService {
 
     /// Resolve a request into (first row, rows per chunk), or the status to refuse it with.
     pub fn plan(&self, req: &StreamEmbeddingRequest) -> Result<(usize, usize), Status> {
-        plan(&self.shared.dataset.current(), req)
+        plan(&*self.shared.dataset.current()?, req)
     }
 }
 
@@ -229,6 +229,13 @@ impl Stream for RowStream {
                 this.next
             )))));
         }
+        // A generation revoked (its file opened for writing) ends here,
+        // before its bytes are read again.
+        if let Err(status) = this.dataset.intact() {
+            this.failed = true;
+            tracing::warn!(peer = %this.peer, next_row = this.next, "StreamEmbedding ended: {}", status.message());
+            return Poll::Ready(Some(Err(status)));
+        }
         let total = this.dataset.num_rows();
         if this.next >= total {
             this.finished = true;
@@ -272,7 +279,7 @@ impl Drop for RowStream {
         } else {
             stats.cancelled.fetch_add(1, Ordering::SeqCst);
             if self.failed {
-                "ended by a damaged batch"
+                "ended by a damaged or rewritten file"
             } else if self.stalled {
                 "ended: stalled past --stall-timeout"
             } else if self.stopped {
@@ -377,7 +384,13 @@ where
                 let shared = self.shared.clone();
                 // The one snapshot this call uses, from its request to its last chunk.
                 let dataset = shared.dataset.current();
-                Box::pin(async move { Ok(stream_embedding(shared, dataset, req).await) })
+                Box::pin(async move {
+                    let dataset = match dataset {
+                        Ok(dataset) => dataset,
+                        Err(status) => return Ok(status.into_http()),
+                    };
+                    Ok(stream_embedding(shared, dataset, req).await)
+                })
             }
             INGEST_PATH => Box::pin(async {
                 Ok(Status::unimplemented(

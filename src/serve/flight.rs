@@ -3,8 +3,10 @@
 //! The server holds one dataset: the served file, named by its file stem
 //! (`ListFlights` shows it). `GetFlightInfo` and `GetSchema` take the path
 //! descriptor `[<stem>]` (or the command `<stem>`); any other descriptor is
-//! `NOT_FOUND`. Supported: `ListFlights`, `GetFlightInfo`, `GetSchema`,
-//! `DoGet`; every other call answers `UNIMPLEMENTED`.
+//! `NOT_FOUND`. Supported: `ListFlights`, `GetFlightInfo` (its `app_metadata`
+//! is the generation served, as JSON), `GetSchema`, `DoGet`, `ListActions`
+//! and `DoAction("generation")` (see [`super::reload`]); every other call
+//! answers `UNIMPLEMENTED`.
 //!
 //! # Tickets
 //! A `DoGet` ticket is UTF-8 text:
@@ -175,7 +177,7 @@ impl FlightEndpointService {
     }
 
     fn info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
-        let dataset = self.dataset.current();
+        let dataset = self.dataset.current()?;
         let store = dataset.store();
         let info = FlightInfo::new()
             .try_with_schema(store.schema())
@@ -184,7 +186,8 @@ impl FlightEndpointService {
             .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(TICKET_ALL)))
             .with_total_records(i64::try_from(store.num_rows()).unwrap_or(-1))
             .with_total_bytes(i64::try_from(store.file().len()).unwrap_or(-1))
-            .with_ordered(true);
+            .with_ordered(true)
+            .with_app_metadata(dataset.generation().to_json().into_bytes());
         Ok(info)
     }
 
@@ -201,7 +204,7 @@ impl FlightEndpointService {
     /// dictionaries and any re-encoded head slice are made now; the record
     /// batches as stored, one at a time, as the iterator is advanced.
     pub fn do_get_messages(&self, request: TicketRequest) -> Result<DoGetMessages, Status> {
-        let dataset = self.dataset.current();
+        let dataset = self.dataset.current()?;
         let store = dataset.store();
         let options = IpcWriteOptions::default();
         let schema = FlightData::from(SchemaAsIpc::new(store.schema(), &options));
@@ -255,6 +258,14 @@ impl Iterator for DoGetMessages {
     type Item = Result<FlightData, Status>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        // A revoked generation (its file opened for writing) ends here.
+        if let Err(status) = self.dataset.intact() {
+            if self.next_raw < self.end || self.head.len() > 0 {
+                self.head = Vec::new().into_iter();
+                self.next_raw = self.end;
+                return Some(Err(status));
+            }
+        }
         let item = match self.head.next() {
             Some(item) => item,
             None if self.next_raw < self.end => {
@@ -360,7 +371,7 @@ impl FlightService for FlightEndpointService {
     ) -> Result<Response<SchemaResult>, Status> {
         self.check_descriptor(request.get_ref())?;
         let options = IpcWriteOptions::default();
-        let dataset = self.dataset.current();
+        let dataset = self.dataset.current()?;
         SchemaResult::try_from(SchemaAsIpc::new(dataset.store().schema(), &options))
             .map(Response::new)
             .map_err(|e| Status::internal(format!("encoding the schema: {e}")))
@@ -398,16 +409,19 @@ impl FlightService for FlightEndpointService {
 
     async fn do_action(
         &self,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        Err(Status::unimplemented("no actions are supported"))
+        let body = super::reload::do_action(&self.dataset, &request.get_ref().r#type)?;
+        let result = arrow_flight::Result::new(body);
+        Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
     }
 
     async fn list_actions(
         &self,
         _request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        Err(Status::unimplemented("no actions are supported"))
+        let actions = super::reload::action_types().into_iter().map(Ok);
+        Ok(Response::new(Box::pin(stream::iter(actions))))
     }
 }
 

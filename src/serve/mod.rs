@@ -6,7 +6,8 @@
 //! key column, that its columns can feed `RecruitRow` and the chunk limits)
 //! and binds the port, in that order, so every refusal happens before a
 //! client can connect. The services hold a [`LiveDataset`]; each request
-//! takes one snapshot of it. Tests start
+//! takes one snapshot of it; [`reload`] swaps in a new file (directory
+//! watch, SIGHUP) and revokes one written in place. Tests start
 //! servers in-process with [`Server::spawn`] on port 0.
 
 pub mod conn;
@@ -17,6 +18,7 @@ pub mod flight_do_get;
 pub mod grpc_http;
 pub mod limits;
 pub mod package_alias;
+pub mod reload;
 pub mod row_body;
 
 use std::{
@@ -30,7 +32,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic_health::ServingStatus;
 
 use crate::{
-    dataset::{ChunkSettings, Dataset, DatasetError, DatasetOptions, LiveDataset},
+    dataset::{ChunkSettings, DatasetError, DatasetOptions, LiveDataset},
     rows::RowMapping,
     wire,
 };
@@ -178,6 +180,7 @@ pub struct Server {
     budget: Arc<SendBudget>,
     slots: StreamSlots,
     connections: Arc<conn::Connections>,
+    _reload: reload::ReloadTask,
 }
 
 impl ServerConfig {
@@ -205,7 +208,10 @@ impl Server {
             .limits
             .check(config.max_message_bytes)
             .map_err(ServeError::Settings)?;
-        let dataset = Arc::new(Dataset::open(&config.data, &config.dataset_options())?);
+        // SIGIO (lease breaks) and SIGHUP are caught before the file is opened.
+        let mut reloader = reload::Reloader::install(&config.data, config.dataset_options())
+            .map_err(ServeError::Settings)?;
+        let dataset = reloader.open_first()?;
         let live = Arc::new(LiveDataset::new(dataset.clone()));
         let listener = TcpListener::bind(config.addr).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
@@ -248,6 +254,7 @@ impl Server {
                 .set_service_status(service, ServingStatus::Serving)
                 .await;
         }
+        let reload = reloader.spawn(live.clone(), health.clone());
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -317,6 +324,7 @@ impl Server {
             budget,
             slots,
             connections,
+            _reload: reload,
         })
     }
 
@@ -348,7 +356,7 @@ impl Server {
 
     /// Rows in the file served now.
     pub fn num_rows(&self) -> usize {
-        self.dataset.current().num_rows()
+        self.dataset.current().map_or(0, |d| d.num_rows())
     }
 
     /// The served data set: where a new generation is swapped in

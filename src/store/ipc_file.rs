@@ -28,7 +28,10 @@ use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use super::StoreError;
+use super::{
+    lease::{Lease, Policy, ProtectedBytes},
+    StoreError,
+};
 
 const MAGIC: &[u8] = b"ARROW1";
 /// Trailer: footer length (4) + magic (6).
@@ -73,27 +76,19 @@ pub struct MappedIpcFile {
     decoder: FileDecoder,
     /// Each batch, decoded the first time it is asked for (or why it cannot be).
     batches: Vec<OnceLock<Result<RecordBatch, String>>>,
+    /// How the bytes are protected from writes to the file.
+    policy: Policy,
+    /// The read lease, under [`Policy::Lease`].
+    lease: Option<Arc<Lease>>,
 }
 
 impl MappedIpcFile {
     /// Map `path` and read its footer, dictionaries and record batch headers.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let shown = path.display().to_string();
-        let file = File::open(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                StoreError::Missing {
-                    path: shown.clone(),
-                }
-            } else {
-                StoreError::Io {
-                    path: shown.clone(),
-                    source,
-                }
-            }
-        })?;
-        // SAFETY: the map is read-only. Truncating the file while it is served
-        // is outside what we can defend against (as for any mmap reader);
-        // `convert` never rewrites a file in place (it renames a new one over it).
+        let (shown, file) = open_file(path)?;
+        // SAFETY: the map is read-only. This open is for one-shot readers
+        // (`upload`, `inspect`); a served file is opened with
+        // [`MappedIpcFile::open_protected`], which in-place writes cannot reach.
         let map = unsafe { Mmap::map(&file) }.map_err(|source| StoreError::Io {
             path: shown.clone(),
             source,
@@ -103,6 +98,35 @@ impl MappedIpcFile {
             reason,
         };
         Self::from_bytes(Bytes::from_owner(map)).map_err(not_arrow)
+    }
+
+    /// Open `path` for serving, protected from in-place writes (see
+    /// [`super::lease`]): under a read lease if one can be taken, else as a
+    /// private copy in memory. The caller must already catch SIGIO.
+    pub fn open_protected(path: &Path) -> Result<Self, StoreError> {
+        let (shown, file) = open_file(path)?;
+        let protected = ProtectedBytes::open(file, path).map_err(|source| StoreError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut opened =
+            Self::from_bytes(protected.bytes).map_err(|reason| StoreError::NotArrow {
+                path: shown.clone(),
+                reason,
+            })?;
+        opened.policy = protected.policy;
+        opened.lease = protected.lease;
+        Ok(opened)
+    }
+
+    /// How the bytes are protected from writes to the file.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The read lease, if the file is served under one.
+    pub fn lease(&self) -> Option<&Arc<Lease>> {
+        self.lease.as_ref()
     }
 
     /// Read an IPC file held in `bytes` (a map, or a buffer in tests): its
@@ -167,6 +191,8 @@ impl MappedIpcFile {
             rows,
             decoder,
             batches,
+            policy: Policy::Unprotected,
+            lease: None,
         })
     }
 
@@ -266,6 +292,24 @@ impl MappedIpcFile {
             .get(i)
             .map(|b| raw_block(&self.bytes, b))
     }
+}
+
+/// Open `path` read-only; returns its display form too.
+fn open_file(path: &Path) -> Result<(String, File), StoreError> {
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            StoreError::Missing {
+                path: shown.clone(),
+            }
+        } else {
+            StoreError::Io {
+                path: shown.clone(),
+                source,
+            }
+        }
+    })?;
+    Ok((shown, file))
 }
 
 /// The row count in a record batch block's message header; `None` for a

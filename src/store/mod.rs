@@ -28,6 +28,7 @@
 //! other file is checked row by row.
 
 mod ipc_file;
+pub mod lease;
 
 use std::{path::Path, sync::Arc};
 
@@ -118,7 +119,20 @@ impl Store {
     /// are decoded on first use ([`Store::batch`]).
     /// `key_column` overrides the key named in the file's metadata.
     pub fn open(path: &Path, key_column: Option<&str>) -> Result<Self, StoreError> {
-        let file = MappedIpcFile::open(path)?;
+        Self::from_file(MappedIpcFile::open(path)?, path, key_column)
+    }
+
+    /// [`Store::open`] for serving: the file is protected from in-place
+    /// writes ([`MappedIpcFile::open_protected`]).
+    pub fn open_protected(path: &Path, key_column: Option<&str>) -> Result<Self, StoreError> {
+        Self::from_file(MappedIpcFile::open_protected(path)?, path, key_column)
+    }
+
+    fn from_file(
+        file: MappedIpcFile,
+        path: &Path,
+        key_column: Option<&str>,
+    ) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
         let layout = FileLayout::from_schema(file.schema(), key_column).map_err(|source| {
             StoreError::Layout {
@@ -170,10 +184,20 @@ impl Store {
         Ok(store)
     }
 
+    /// Check every row's key is greater than the one before, whatever the
+    /// file's metadata says (what a hot swap checks before switching).
+    pub fn check_every_key(&self, path: &str) -> Result<(), StoreError> {
+        let column = self.schema().field(self.layout.key_index).name().clone();
+        self.check_order_of(path, &column, true)
+    }
+
     /// Strictly increasing keys: every row if the writer did not vouch for
     /// them, only across batch boundaries if it did.
     fn check_order(&self, path: &str, column: &str) -> Result<(), StoreError> {
-        let full = !self.layout.keys_verified_by_writer;
+        self.check_order_of(path, column, !self.layout.keys_verified_by_writer)
+    }
+
+    fn check_order_of(&self, path: &str, column: &str, full: bool) -> Result<(), StoreError> {
         let mut previous: Option<(usize, &[u8])> = None;
         for (b, keys) in self.keys.iter().enumerate() {
             let rows: Box<dyn Iterator<Item = usize>> = if full || keys.len() < 2 {

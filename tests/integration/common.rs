@@ -47,7 +47,7 @@ pub fn primary_keyword(i: usize) -> &'static str {
 /// `Exp Years`, `English Level`, `Primary Keyword`, `job_post_vectors`
 /// (FixedSizeList<Float32, dim>), `uuid` key; in batches of `batch_rows`.
 pub fn write_sample_file(path: &Path, rows: usize, dim: usize, batch_rows: usize) {
-    write_file(path, rows, dim, batch_rows, &company);
+    write_file(path, 0..rows, dim, batch_rows, &company, &[]);
 }
 
 /// [`write_sample_file`] with `Company Name` `name_len` characters long
@@ -59,23 +59,56 @@ pub fn write_long_names_file(
     batch_rows: usize,
     name_len: usize,
 ) {
-    write_file(path, rows, dim, batch_rows, &|i| {
+    let long_name = |i: usize| {
         let mut name = i.to_string();
         name.extend(std::iter::repeat_n(
             'x',
             name_len.saturating_sub(name.len()),
         ));
         name
-    });
+    };
+    write_file(path, 0..rows, dim, batch_rows, &long_name, &[]);
+}
+
+/// [`write_sample_file`] holding rows `range` (row `i` as above, so two
+/// ranges give two files with different rows), with extra schema metadata.
+pub fn write_sample_rows(
+    path: &Path,
+    range: std::ops::Range<usize>,
+    dim: usize,
+    batch_rows: usize,
+    extra_metadata: &[(&str, &str)],
+) {
+    write_file(path, range, dim, batch_rows, &company, extra_metadata);
 }
 
 fn write_file(
     path: &Path,
-    rows: usize,
+    range: std::ops::Range<usize>,
     dim: usize,
     batch_rows: usize,
     company: &dyn Fn(usize) -> String,
+    extra_metadata: &[(&str, &str)],
 ) {
+    let rows = range.len();
+    let mut metadata = HashMap::from([
+        (
+            format::META_KEY_COLUMN.to_string(),
+            format::DEFAULT_KEY_COLUMN.to_string(),
+        ),
+        (
+            format::META_VECTOR_COLUMN.to_string(),
+            "job_post_vectors".to_string(),
+        ),
+        (format::META_VECTOR_DIM.to_string(), dim.to_string()),
+        (format::META_ROWS.to_string(), rows.to_string()),
+        (format::META_KEYS_SORTED.to_string(), "true".to_string()),
+    ]);
+    metadata.extend(
+        extra_metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let vector_type = DataType::FixedSizeList(
         Arc::new(Field::new_list_field(DataType::Float32, false)),
         dim as i32,
@@ -90,19 +123,7 @@ fn write_file(
             Field::new("job_post_vectors", vector_type, false),
             format::key_field(format::DEFAULT_KEY_COLUMN),
         ])
-        .with_metadata(HashMap::from([
-            (
-                format::META_KEY_COLUMN.to_string(),
-                format::DEFAULT_KEY_COLUMN.to_string(),
-            ),
-            (
-                format::META_VECTOR_COLUMN.to_string(),
-                "job_post_vectors".to_string(),
-            ),
-            (format::META_VECTOR_DIM.to_string(), dim.to_string()),
-            (format::META_ROWS.to_string(), rows.to_string()),
-            (format::META_KEYS_SORTED.to_string(), "true".to_string()),
-        ])),
+        .with_metadata(metadata),
     );
     let mut writer = FileWriter::try_new(File::create(path).unwrap(), &schema).unwrap();
     let mut start = 0;
@@ -116,7 +137,7 @@ fn write_file(
         let mut vectors = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32)
             .with_field(Arc::new(Field::new_list_field(DataType::Float32, false)));
         let mut keys = FixedSizeBinaryBuilder::new(16);
-        for i in start..end {
+        for i in range.start + start..range.start + end {
             id.append_value(format!("v5-{i}"));
             company_b.append_value(company(i));
             exp.append_value(exp_years(i));

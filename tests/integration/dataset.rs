@@ -27,13 +27,13 @@ fn replace_swaps_the_generation_and_keeps_snapshots() {
     let first = open(&dir, "a.arrow", 40);
     let second = open(&dir, "b.arrow", 100);
     let live = LiveDataset::new(first.clone());
-    let snapshot = live.current();
+    let snapshot = live.current().unwrap();
     assert!(Arc::ptr_eq(&snapshot, &first));
 
-    let previous = live.replace(second.clone());
+    let previous = live.replace(second.clone()).unwrap();
     assert!(Arc::ptr_eq(&previous, &first));
-    assert!(Arc::ptr_eq(&live.current(), &second));
-    assert_eq!(live.current().num_rows(), 100);
+    assert!(Arc::ptr_eq(&live.current().unwrap(), &second));
+    assert_eq!(live.current().unwrap().num_rows(), 100);
     // The old snapshot still reads its own file.
     drop(previous);
     drop(first);

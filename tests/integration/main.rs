@@ -14,6 +14,7 @@ mod convert_cli;
 mod convert_write;
 mod dataset;
 mod frame_fixtures;
+mod hot_swap;
 mod pickle_machine;
 mod refresh;
 mod serve_e2e;

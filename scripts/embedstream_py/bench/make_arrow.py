@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch-rows", type=int, default=0, help="default: about 3 MiB per batch")
+    ap.add_argument("--first-row", type=int, default=0,
+                    help="key rule offset: row i gets the keys of row first_row + i "
+                         "(two files with other keys, for the hot swap benchmark)")
     a = ap.parse_args()
     row_bytes = a.dim * 4 + 16 + 36 + 40
     br = a.batch_rows or max(1, (3 * 2**20) // row_bytes)
@@ -79,7 +82,7 @@ def main() -> None:
     with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, schema) as w:
         for s in range(0, a.rows, br):
             n = min(br, a.rows - s)
-            k = keys_for(s, n)
+            k = keys_for(a.first_row + s, n)
             karr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(k.tobytes())])
             cols = [ids.slice(0, n), comp.slice(0, n), exp.slice(0, n), eng.slice(0, n),
                     kw.slice(0, n), vecs.slice(0, n),
