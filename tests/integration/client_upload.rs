@@ -576,3 +576,31 @@ async fn a_damaged_batch_fails_the_upload_before_sending() {
     );
     assert!(attempts.lock().unwrap().is_empty(), "nothing sent");
 }
+
+/// A damaged record batch header (a buffer offset past the body) panicked
+/// `upload` inside arrow-buffer; now it fails before sending, naming the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_batch_header_fails_the_upload_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sample(dir.path());
+    common::damage_batch_header(&file, 2, common::HeaderDamage::HugeOffset);
+    let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::Accept).await;
+    let opts = options(&file, addr.to_string(), ALIAS_PACKAGE);
+    let err = upload(&opts).await.unwrap_err();
+    assert!(matches!(err, UploadError::Damaged { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "{}: record batch 2 cannot be decoded (buffer 3 (offset ",
+            file.display()
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with(
+            "-byte body); the file is damaged: convert the source again with `embedstream convert`"
+        ),
+        "{msg}"
+    );
+    assert!(attempts.lock().unwrap().is_empty(), "nothing sent");
+}

@@ -11,6 +11,7 @@ mod client_stream;
 mod client_upload;
 mod convert_cli;
 mod convert_write;
+mod damaged_arrow;
 mod frame_fixtures;
 mod pickle_machine;
 mod serve_e2e;
