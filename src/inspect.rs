@@ -21,7 +21,7 @@ pub struct InspectArgs {
 
 /// Run `embedstream inspect` and print the report.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    print!("{}", report(&args)?);
+    crate::stdout::print(&report(&args)?)?;
     Ok(())
 }
 

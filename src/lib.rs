@@ -18,4 +18,5 @@ pub mod progress;
 pub mod proto;
 pub mod rows;
 pub mod serve;
+pub mod stdout;
 pub mod store;

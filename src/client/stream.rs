@@ -759,8 +759,8 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
         .build()?;
     let report = runtime.block_on(pull(&opts))?;
     let secs = report.elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "{} rows in {} {} from {}: dimension {}, keys {} .. {}",
+    let mut text = format!(
+        "{} rows in {} {} from {}: dimension {}, keys {} .. {}\n",
         report.rows,
         report.chunks,
         if opts.flight { "batches" } else { "chunks" },
@@ -771,13 +771,14 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
         report.first_key.as_deref().unwrap_or("-"),
         report.last_key.as_deref().unwrap_or("-"),
     );
-    println!(
-        "{:.2} s, {:.0} rows/s; all checks passed",
+    text += &format!(
+        "{:.2} s, {:.0} rows/s; all checks passed\n",
         secs,
         report.rows as f64 / secs
     );
     if let Some(out) = &report.out {
-        println!("saved to {}", out.display());
+        text += &format!("saved to {}\n", out.display());
     }
+    crate::stdout::print(&text)?;
     Ok(())
 }

@@ -196,13 +196,14 @@ pub fn human_bytes(bytes: u64) -> String {
 /// Run `embedstream convert` and print its summary.
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let summary = convert(&args)?;
-    println!("{summary}");
+    let mut text = format!("{summary}\n");
     if args.format == OutputFormat::Ipc {
-        println!(
-            "Serve it with: embedstream serve --data {}",
+        text += &format!(
+            "Serve it with: embedstream serve --data {}\n",
             summary.output.display()
         );
     }
+    crate::stdout::print(&text)?;
     Ok(())
 }
 

@@ -604,3 +604,34 @@ async fn a_damaged_batch_header_fails_the_upload_before_sending() {
     );
     assert!(attempts.lock().unwrap().is_empty(), "nothing sent");
 }
+
+/// `upload` prints its report at the end; with stdout a closed pipe it
+/// exits 0 without a word (println! panicked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_exits_quietly_on_a_closed_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sample(dir.path());
+    let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::Accept).await;
+    let out = tokio::task::spawn_blocking(move || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+            .arg("upload")
+            .arg(&file)
+            .args([
+                "--to",
+                &addr.to_string(),
+                "--service-package",
+                ALIAS_PACKAGE,
+            ])
+            .stdout(writer)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(attempts.lock().unwrap().len(), 1, "the upload happened");
+}

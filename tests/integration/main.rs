@@ -13,6 +13,7 @@ mod convert_cli;
 mod convert_write;
 mod damaged_arrow;
 mod frame_fixtures;
+mod output;
 mod pickle_machine;
 mod serve_e2e;
 mod store;
