@@ -47,7 +47,7 @@ pub fn report(args: &InspectArgs) -> anyhow::Result<String> {
         out,
         "file:     {} ({})",
         args.file.display(),
-        crate::convert::human_bytes(file.len() as u64)
+        crate::fs::human_bytes(file.len() as u64)
     );
     let (smallest, largest) = batches
         .iter()

@@ -11,6 +11,7 @@ pub mod client;
 pub mod convert;
 pub mod format;
 pub mod frame;
+pub mod fs;
 pub mod inspect;
 pub mod logging;
 pub mod pickle;

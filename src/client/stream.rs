@@ -32,8 +32,8 @@ use futures::StreamExt;
 
 use super::{endpoint, local_address, AddressError};
 use crate::{
-    convert::atomic::{AtomicFile, AtomicFileError},
     format::{self, format_uuid, FileLayout},
+    fs::{AtomicFile, AtomicFileError},
     progress::{Progress, ProgressMode, Unit},
     proto::{
         embedding_stream_service_client::EmbeddingStreamServiceClient, RowChunk,

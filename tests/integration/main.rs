@@ -6,6 +6,7 @@
 
 mod common;
 
+mod atomic_output;
 mod cli;
 mod client_stream;
 mod client_upload;
