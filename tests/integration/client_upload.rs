@@ -613,8 +613,6 @@ async fn upload_exits_quietly_on_a_closed_stdout() {
     let file = sample(dir.path());
     let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::Accept).await;
     let out = tokio::task::spawn_blocking(move || {
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
         std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
             .arg("upload")
             .arg(&file)
@@ -624,7 +622,7 @@ async fn upload_exits_quietly_on_a_closed_stdout() {
                 "--service-package",
                 ALIAS_PACKAGE,
             ])
-            .stdout(writer)
+            .stdout(common::closed_pipe())
             .output()
             .unwrap()
     })

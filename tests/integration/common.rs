@@ -186,3 +186,16 @@ pub fn damage_batch_header(path: &Path, batch: usize, damage: HeaderDamage) -> u
     std::fs::write(path, bytes).unwrap();
     at
 }
+
+/// The write end of a pipe whose read end is already closed: a child's
+/// stdout that fails every write with EPIPE (`… | head -1` after `head` ended).
+pub fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two-element array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader);
+    writer.into()
+}

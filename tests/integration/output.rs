@@ -12,13 +12,11 @@ use embedstream::serve::{Server, ServerConfig};
 
 /// Run the binary with stdout a pipe whose reader is already closed.
 fn with_closed_stdout(args: &[&str]) -> Output {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
     Command::new(env!("CARGO_BIN_EXE_embedstream"))
         .args(args)
         .env("NO_COLOR", "")
         .stdin(Stdio::null())
-        .stdout(writer)
+        .stdout(common::closed_pipe())
         .stderr(Stdio::piped())
         .output()
         .unwrap()
