@@ -564,8 +564,20 @@ impl BufferWalk {
                 self.values(width)?;
                 self.field(f.data_type())
             }
-            FixedSizeList(f, _) => {
-                self.node()?;
+            FixedSizeList(f, size) => {
+                let i = self.next_node;
+                let len = self.node()?;
+                // arrow-data multiplies the two unchecked (an overflow panics).
+                if self.checking()
+                    && len
+                        .checked_mul(i64::from(*size))
+                        .and_then(|n| usize::try_from(n).ok())
+                        .is_none()
+                {
+                    return Err(Walked::Bad(format!(
+                        "field node {i}: {len} lists of {size} values overflow"
+                    )));
+                }
                 self.buffer()?;
                 self.field(f.data_type())
             }
