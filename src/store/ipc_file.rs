@@ -156,7 +156,8 @@ impl MappedIpcFile {
         for (i, block) in dictionaries.iter().enumerate() {
             let data = block_buffer(&buffer, block)?;
             let raw = raw_block(&bytes, block)?;
-            check_batch_header(&raw, Part::Dictionary, None, version, None)
+            let values = dictionary_schema(&schema, &raw);
+            check_batch_header(&raw, Part::Dictionary, values.as_ref(), version, None)
                 .map_err(|e| format!("dictionary {i}: {e}"))?;
             contained("dictionary", || decoder.read_dictionary(block, &data))?
                 .map_err(|e| format!("dictionary {i}: {e}"))?;
@@ -341,6 +342,29 @@ fn contained<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
             .unwrap_or_else(|| "no message".into());
         format!("arrow failed to decode the {what}: {message}")
     })
+}
+
+/// The one-column schema a dictionary message's data is read with (its
+/// values' type, as arrow does), so its buffers are checked like a batch's;
+/// `None` if the message or its id is not readable (arrow then refuses it).
+fn dictionary_schema(
+    schema: &arrow_schema::Schema,
+    raw: &IpcBlock,
+) -> Option<arrow_schema::Schema> {
+    let message = root_as_message(&raw.header).ok()?;
+    let id = message.header_as_dictionary_batch()?.id();
+    #[allow(deprecated)] // arrow's reader finds the field the same way
+    let fields = schema.fields_with_dict_id(id);
+    match fields.first()?.data_type() {
+        DataType::Dictionary(_, values) => {
+            Some(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+                "",
+                values.as_ref().clone(),
+                true,
+            )]))
+        }
+        _ => None,
+    }
 }
 
 /// Which message a block should hold.

@@ -174,9 +174,9 @@ fn exercise(bytes: &[u8], scratch: &Path) -> Vec<String> {
     errors
 }
 
-/// 2,000 deterministic mutants of a small file (every other one with one
-/// byte changed, the rest with a 4-byte word overwritten by an extreme or
-/// random value), each opened and fully decoded: no panic, and no panic contained
+/// 2,000 deterministic mutants of two small files (a recruit-shaped one and
+/// a converted pandas fixture with dictionaries; half with one byte changed,
+/// half with a 4-byte word overwritten by an extreme or random value), each opened and fully decoded: no panic, and no panic contained
 /// either (the header checks catch every one before arrow sees it).
 /// `EMBEDSTREAM_MUTANTS=N` and `EMBEDSTREAM_MUTANT_SEED=S` run a longer or
 /// different campaign by hand (the default is what `cargo test` runs).
@@ -185,8 +185,31 @@ fn two_thousand_mutants_decode_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.arrow");
     common::write_sample_file(&path, 24, 3, 8);
-    let original = std::fs::read(&path).unwrap();
-    assert!(exercise(&original, &dir.path().join("x.arrow")).is_empty());
+    // And a converted pandas fixture with dictionary (categorical) columns,
+    // whose dictionary messages are checked too.
+    let kitchen = dir.path().join("kitchen.arrow");
+    let run = Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args(["convert", "--no-progress", "-o"])
+        .arg(&kitchen)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/pandas/pandas-2.2.3/kitchen_sink.to_pickle.pkl"),
+        )
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let originals = [
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&kitchen).unwrap(),
+    ];
+    let file = MappedIpcFile::open(&kitchen).unwrap();
+    assert!(
+        file.dictionary_blocks().count() > 0,
+        "the fixture has dictionaries"
+    );
+    for original in &originals {
+        assert!(exercise(original, &dir.path().join("x.arrow")).is_empty());
+    }
     let scratch = dir.path().join("mutant.arrow");
     let env = |name: &str, default: u64| {
         std::env::var(name)
@@ -198,13 +221,13 @@ fn two_thousand_mutants_decode_without_a_panic() {
     let mut state = env("EMBEDSTREAM_MUTANT_SEED", 7);
     let (mut refused, mut contained) = (0, Vec::new());
     for i in 0..mutants {
-        let mut bytes = original.clone();
+        let mut bytes = originals[i as usize % 2].clone();
         let at = lcg(&mut state) as usize % bytes.len();
-        if i % 2 == 0 {
+        if (i / 2) % 2 == 0 {
             bytes[at] ^= (lcg(&mut state) as u8) | 1;
         } else {
             let at = at.min(bytes.len() - 4);
-            let word: [u8; 4] = match (i / 2) % 4 {
+            let word: [u8; 4] = match (i / 4) % 4 {
                 0 => [0xff, 0xff, 0xff, 0x7f],
                 1 => [0, 0, 0, 0x80],
                 2 => [0xff; 4],
