@@ -67,6 +67,8 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout has gone (`… | head -1`): nothing to report to.
+        Err(err) if crate::stdout::closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // `{:#}` prints the whole context chain on one line: what failed, then why.
             eprintln!("error: {err:#}");

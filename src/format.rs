@@ -41,10 +41,6 @@ pub const META_VERSION: &str = "embedstream.version";
 /// increasing. Readers may then check only batch boundaries at open.
 pub const META_KEYS_SORTED: &str = "embedstream.keys_sorted";
 
-/// Schema metadata: the file's generation number (a refresh writes the
-/// previous file's + 1); `serve` reports it for the generation it serves.
-pub const META_GENERATION: &str = "embedstream.generation";
-
 /// Width of a UUID in bytes.
 pub const UUID_WIDTH: i32 = 16;
 
@@ -166,7 +162,8 @@ pub fn format_uuid(bytes: &[u8]) -> String {
 
 /// Schema metadata: generation of the file's keys. A plain conversion is
 /// generation 1; a refresh against OLD is OLD's generation + 1 (a file
-/// without this entry counts as generation 1).
+/// without this entry counts as generation 1). `serve` reports it for the
+/// generation it serves.
 pub const META_GENERATION: &str = "embedstream.generation";
 /// Schema metadata (refresh): the column rows were matched on.
 pub const META_REFRESH_MATCH_ON: &str = "embedstream.refresh.match_on";

@@ -21,7 +21,7 @@ pub struct InspectArgs {
 
 /// Run `embedstream inspect` and print the report.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    print!("{}", report(&args)?);
+    crate::stdout::print(&report(&args)?)?;
     Ok(())
 }
 
@@ -47,7 +47,7 @@ pub fn report(args: &InspectArgs) -> anyhow::Result<String> {
         out,
         "file:     {} ({})",
         args.file.display(),
-        crate::convert::human_bytes(file.len() as u64)
+        crate::fs::human_bytes(file.len() as u64)
     );
     let (smallest, largest) = batches
         .iter()

@@ -1,5 +1,8 @@
 //! tracing set-up shared by every subcommand. Logs go to stderr so that
-//! stdout stays for the summaries a user may pipe.
+//! stdout stays for the summaries a user may pipe. Colour codes only when
+//! stderr is a terminal and `NO_COLOR` is unset or empty (no-color.org).
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written (`--log-format`).
@@ -10,6 +13,11 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line (timestamp, level, target, fields), for log shippers.
     Json,
+}
+
+/// Whether log lines carry ANSI colour codes.
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Install the global subscriber. `level` follows the Python server's
@@ -26,9 +34,27 @@ pub fn init(level: &str, format: LogFormat) {
     // A second init (tests) is harmless: keep the first subscriber.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some("1".into())));
+    }
 }

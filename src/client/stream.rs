@@ -35,8 +35,8 @@ use super::{
     endpoint, local_address, AddressError,
 };
 use crate::{
-    convert::atomic::{AtomicFile, AtomicFileError},
     format::{self, format_uuid, FileLayout},
+    fs::{AtomicFile, AtomicFileError},
     progress::{Progress, ProgressMode, Unit},
     proto::{
         embedding_stream_service_client::EmbeddingStreamServiceClient, RowChunk,
@@ -791,8 +791,8 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
         .build()?;
     let report = runtime.block_on(pull(&opts))?;
     let secs = report.elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "{} rows in {} {} from {}: dimension {}, keys {} .. {}",
+    let mut text = format!(
+        "{} rows in {} {} from {}: dimension {}, keys {} .. {}\n",
         report.rows,
         report.chunks,
         if opts.flight { "batches" } else { "chunks" },
@@ -803,13 +803,14 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
         report.first_key.as_deref().unwrap_or("-"),
         report.last_key.as_deref().unwrap_or("-"),
     );
-    println!(
-        "{:.2} s, {:.0} rows/s; all checks passed",
+    text += &format!(
+        "{:.2} s, {:.0} rows/s; all checks passed\n",
         secs,
         report.rows as f64 / secs
     );
     if let Some(out) = &report.out {
-        println!("saved to {}", out.display());
+        text += &format!("saved to {}\n", out.display());
     }
+    crate::stdout::print(&text)?;
     Ok(())
 }

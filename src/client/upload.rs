@@ -668,12 +668,12 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         .build()?;
     let report = runtime.block_on(upload(&opts))?;
     let secs = report.elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "upload to {}: success, server received {} chunk(s): {}",
-        opts.to, report.response.received_chunks, report.response.message
-    );
-    println!(
-        "sent {} rows in {} chunks ({:.1} MB of JSON) in {:.2} s: {:.0} rows/s, {:.1} MB/s; {} attempt(s), {:.2} s in all",
+    crate::stdout::print(&format!(
+        "upload to {}: success, server received {} chunk(s): {}\n\
+         sent {} rows in {} chunks ({:.1} MB of JSON) in {:.2} s: {:.0} rows/s, {:.1} MB/s; {} attempt(s), {:.2} s in all\n",
+        opts.to,
+        report.response.received_chunks,
+        report.response.message,
         report.rows,
         report.chunks,
         report.json_bytes as f64 / 1e6,
@@ -682,6 +682,6 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         report.json_bytes as f64 / 1e6 / secs,
         report.attempts,
         report.total_elapsed.as_secs_f64()
-    );
+    ))?;
     Ok(())
 }

@@ -7,7 +7,6 @@
 //! to the file are slices of them, except vector columns, which stay views of
 //! the memory-mapped pickle until each batch of them is built and written.
 
-pub mod atomic;
 pub mod key;
 pub mod refresh;
 pub mod write;
@@ -25,6 +24,7 @@ use arrow_schema::DataType;
 use crate::{
     format::{self, format_uuid},
     frame::{self, FrameOptions},
+    fs::human_bytes,
     progress::{Progress, ProgressMode, Unit},
 };
 
@@ -210,27 +210,17 @@ impl fmt::Display for ConvertSummary {
     }
 }
 
-/// "812 B", "3.4 kB", "232.1 MB", "4.49 GB" (decimal units, as `ls --si`).
-pub fn human_bytes(bytes: u64) -> String {
-    let b = bytes as f64;
-    match bytes {
-        0..=999 => format!("{bytes} B"),
-        1_000..=999_999 => format!("{:.1} kB", b / 1e3),
-        1_000_000..=999_999_999 => format!("{:.1} MB", b / 1e6),
-        _ => format!("{:.2} GB", b / 1e9),
-    }
-}
-
 /// Run `embedstream convert` and print its summary.
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let summary = convert(&args)?;
-    println!("{summary}");
+    let mut text = format!("{summary}\n");
     if args.format == OutputFormat::Ipc {
-        println!(
-            "Serve it with: embedstream serve --data {}",
+        text += &format!(
+            "Serve it with: embedstream serve --data {}\n",
             summary.output.display()
         );
     }
+    crate::stdout::print(&text)?;
     Ok(())
 }
 

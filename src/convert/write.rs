@@ -9,7 +9,6 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterProperties};
 
 use super::{
-    atomic::AtomicFile,
     key::{self, KeyGenerator},
     refresh::{self, Plan},
     ConvertArgs, OutputFormat,
@@ -17,6 +16,7 @@ use super::{
 use crate::{
     format,
     frame::{ColumnData, Frame},
+    fs::AtomicFile,
     progress::Progress,
 };
 
@@ -286,33 +286,41 @@ pub fn write(
         .map(|start| table.batch(start, batch_rows));
     let write_err = || format!("{}: writing failed", output.display());
     let mut batches = 0;
-    match args.format {
-        OutputFormat::Ipc => {
-            let options = IpcWriteOptions::default();
-            let mut writer = FileWriter::try_new_with_options(&mut file, &schema, options)
-                .with_context(write_err)?;
-            for slice in slices {
-                let slice = slice?;
-                writer.write(&slice).with_context(write_err)?;
-                batches += 1;
-                progress.inc(slice.num_rows() as u64);
+    let written = (|| -> anyhow::Result<()> {
+        match args.format {
+            OutputFormat::Ipc => {
+                let options = IpcWriteOptions::default();
+                let mut writer = FileWriter::try_new_with_options(&mut file, &schema, options)
+                    .with_context(write_err)?;
+                for slice in slices {
+                    let slice = slice?;
+                    writer.write(&slice).with_context(write_err)?;
+                    batches += 1;
+                    progress.inc(slice.num_rows() as u64);
+                }
+                writer.finish().with_context(write_err)?;
             }
-            writer.finish().with_context(write_err)?;
-        }
-        OutputFormat::Parquet => {
-            let props = WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_max_row_group_row_count(Some(batch_rows.max(1) * 16))
-                .build();
-            let mut writer =
-                ArrowWriter::try_new(&mut file, schema, Some(props)).with_context(write_err)?;
-            for slice in slices {
-                let slice = slice?;
-                writer.write(&slice).with_context(write_err)?;
-                progress.inc(slice.num_rows() as u64);
+            OutputFormat::Parquet => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(batch_rows.max(1) * 16))
+                    .build();
+                let mut writer =
+                    ArrowWriter::try_new(&mut file, schema, Some(props)).with_context(write_err)?;
+                for slice in slices {
+                    let slice = slice?;
+                    writer.write(&slice).with_context(write_err)?;
+                    progress.inc(slice.num_rows() as u64);
+                }
+                batches = writer.close().with_context(write_err)?.num_row_groups();
             }
-            batches = writer.close().with_context(write_err)?.num_row_groups();
         }
+        Ok(())
+    })();
+    // A failed write of the file itself: its own message (destination,
+    // reason, advice) once, not as wrapped by the Arrow or Parquet writer.
+    if let Err(e) = written {
+        return Err(file.write_error().map_or(e, anyhow::Error::new));
     }
     file.commit()?;
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);

@@ -10,9 +10,18 @@
 //! by arrow: UTF-8, offsets, lengths) the first time [`MappedIpcFile::batch`]
 //! asks for it, then cached; [`MappedIpcFile::decode_column`] decodes one
 //! column of a batch without the others (how the store reads the key).
+//!
+//! arrow's decoder trusts the offsets and lengths in a message header (a
+//! buffer past the body panics in arrow-buffer, a negative width in the
+//! schema panics in arrow-data). Every header is therefore checked here
+//! before arrow sees it ([`check_batch_header`], [`check_types`]), and each
+//! call into arrow's decoder runs under [`contained`], which turns a panic
+//! the checks missed into an error: a damaged file is an error, never a
+//! crash (and a failed batch decode is cached like any other).
 
 use std::{
     fs::File,
+    panic::{catch_unwind, AssertUnwindSafe},
     path::Path,
     sync::{Arc, OnceLock},
 };
@@ -147,12 +156,18 @@ impl MappedIpcFile {
         let footer_start = (len - TRAILER)
             .checked_sub(footer_len)
             .ok_or("footer length points before the file start")?;
-        let footer = root_as_footer(&bytes[footer_start..len - TRAILER])
-            .map_err(|e| format!("unreadable footer: {e}"))?;
-        let schema = Arc::new(
-            try_fb_to_schema(footer.schema().ok_or("footer has no schema")?)
-                .map_err(|e| format!("unreadable schema: {e}"))?,
-        );
+        let footer = contained("footer", || {
+            root_as_footer(&bytes[footer_start..len - TRAILER])
+        })?
+        .map_err(|e| format!("unreadable footer: {e}"))?;
+        let fb_schema = footer.schema().ok_or("footer has no schema")?;
+        let schema = contained("schema", || try_fb_to_schema(fb_schema))?
+            .map_err(|e| format!("unreadable schema: {e}"))?;
+        for field in schema.fields() {
+            check_types(field.name(), field.data_type())
+                .map_err(|e| format!("unreadable schema: {e}"))?;
+        }
+        let schema = Arc::new(schema);
         let version = footer.version();
         let blocks = |list: Option<flatbuffers::Vector<'_, Block>>| -> Vec<Block> {
             list.map(|v| v.iter().copied().collect())
@@ -162,11 +177,14 @@ impl MappedIpcFile {
 
         let buffer = Buffer::from(bytes.clone());
         let mut decoder = FileDecoder::new(schema.clone(), version);
-        for block in &dictionaries {
+        for (i, block) in dictionaries.iter().enumerate() {
             let data = block_buffer(&buffer, block)?;
-            decoder
-                .read_dictionary(block, &data)
-                .map_err(|e| format!("dictionary: {e}"))?;
+            let raw = raw_block(&bytes, block)?;
+            let values = dictionary_schema(&schema, &raw);
+            check_batch_header(&raw, Part::Dictionary, values.as_ref(), version, None)
+                .map_err(|e| format!("dictionary {i}: {e}"))?;
+            contained("dictionary", || decoder.read_dictionary(block, &data))?
+                .map_err(|e| format!("dictionary {i}: {e}"))?;
         }
 
         // Record batches: only their flatbuffer headers are read here.
@@ -220,7 +238,7 @@ impl MappedIpcFile {
     /// cached: a view of the map. A decode failure is cached too.
     pub fn batch(&self, i: usize) -> Result<&RecordBatch, BatchError> {
         let cell = self.batches.get(i).ok_or_else(|| self.no_batch(i))?;
-        cell.get_or_init(|| self.decode(i, &self.decoder))
+        cell.get_or_init(|| self.decode(i, &self.decoder, None))
             .as_ref()
             .map_err(|reason| BatchError {
                 batch: i,
@@ -243,7 +261,7 @@ impl MappedIpcFile {
         let projected =
             FileDecoder::new(self.schema.clone(), self.version).with_projection(vec![column]);
         let batch = self
-            .decode(i, &projected)
+            .decode(i, &projected, Some(column))
             .map_err(|reason| BatchError { batch: i, reason })?;
         batch.columns().first().cloned().ok_or_else(|| BatchError {
             batch: i,
@@ -251,15 +269,28 @@ impl MappedIpcFile {
         })
     }
 
-    /// Decode batch `i` with `decoder` (whole or projected).
-    fn decode(&self, i: usize, decoder: &FileDecoder) -> Result<RecordBatch, String> {
+    /// Decode batch `i` with `decoder`: whole, or only column `projection`
+    /// (then only that column's part of the header is checked: arrow skips
+    /// the other columns' buffers without reading them).
+    fn decode(
+        &self,
+        i: usize,
+        decoder: &FileDecoder,
+        projection: Option<usize>,
+    ) -> Result<RecordBatch, String> {
         let block = self
             .record_batches
             .get(i)
             .ok_or_else(|| format!("no record batch {i}"))?;
+        check_batch_header(
+            &raw_block(&self.bytes, block)?,
+            Part::RecordBatch,
+            Some(&self.schema),
+            self.version,
+            projection,
+        )?;
         let data = block_buffer(&self.buffer, block)?;
-        decoder
-            .read_record_batch(block, &data)
+        contained("record batch", || decoder.read_record_batch(block, &data))?
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "the message holds no record batch".to_string())
     }
@@ -343,6 +374,349 @@ fn batch_rows(
     }
 }
 
+/// Run `f`, a call into arrow's decoder, turning a panic into an error:
+/// the last line of defence behind the header checks. (Under a fuzzer the
+/// panic hook aborts first, so fuzzing still finds what the checks miss.)
+fn contained<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        format!("arrow failed to decode the {what}: {message}")
+    })
+}
+
+/// The one-column schema a dictionary message's data is read with (its
+/// values' type, as arrow does), so its buffers are checked like a batch's;
+/// `None` if the message or its id is not readable (arrow then refuses it).
+fn dictionary_schema(
+    schema: &arrow_schema::Schema,
+    raw: &IpcBlock,
+) -> Option<arrow_schema::Schema> {
+    let message = root_as_message(&raw.header).ok()?;
+    let id = message.header_as_dictionary_batch()?.id();
+    #[allow(deprecated)] // arrow's reader finds the field the same way
+    let fields = schema.fields_with_dict_id(id);
+    match fields.first()?.data_type() {
+        DataType::Dictionary(_, values) => {
+            Some(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+                "",
+                values.as_ref().clone(),
+                true,
+            )]))
+        }
+        _ => None,
+    }
+}
+
+/// Which message a block should hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    RecordBatch,
+    Dictionary,
+}
+
+/// Check what arrow's decoder trusts in a record batch (or dictionary)
+/// message header: every buffer lies inside the message body, and every
+/// field node has a non-negative length and null count, the null count at
+/// most the length; and, given the schema, that each buffer arrow reads as
+/// an array of fixed-width values holds a whole number of them (arrow-buffer
+/// asserts it) and that a union's type ids and offsets cover its length (arrow
+/// slices them unchecked). A message with no header passes (arrow skips it).
+fn check_batch_header(
+    raw: &IpcBlock,
+    part: Part,
+    schema: Option<&arrow_schema::Schema>,
+    version: MetadataVersion,
+    projection: Option<usize>,
+) -> Result<(), String> {
+    let message = root_as_message(&raw.header).map_err(|e| format!("unreadable header: {e}"))?;
+    let batch = match (message.header_type(), part) {
+        (MessageHeader::NONE, _) => return Ok(()),
+        (MessageHeader::RecordBatch, Part::RecordBatch) => message
+            .header_as_record_batch()
+            .ok_or("unreadable record batch header")?,
+        (MessageHeader::DictionaryBatch, Part::Dictionary) => message
+            .header_as_dictionary_batch()
+            .ok_or("unreadable dictionary header")?
+            .data()
+            .ok_or("dictionary message without data")?,
+        (t, _) => return Err(format!("unexpected {t:?} message")),
+    };
+    if batch.length() < 0 {
+        return Err(format!("negative row count {}", batch.length()));
+    }
+    let mut walk = BufferWalk {
+        nodes: batch
+            .nodes()
+            .into_iter()
+            .flatten()
+            .map(|n| n.length())
+            .collect(),
+        buffers: batch
+            .buffers()
+            .into_iter()
+            .flatten()
+            .map(|b| b.length())
+            .collect(),
+        projection,
+        version,
+        ..BufferWalk::default()
+    };
+    // First pass: which column each node and buffer belongs to, so that a
+    // projected decode checks only its column's (and any unattributed) parts.
+    walk.run(schema, batch.variadicBufferCounts())?;
+    let (node_owner, buffer_owner) = (walk.node_owner.clone(), walk.buffer_owner.clone());
+    let wanted = |owner: Option<&Option<usize>>| match (owner.copied().flatten(), projection) {
+        (Some(column), Some(p)) => column == p,
+        _ => true,
+    };
+    let body = raw.body.len() as u64;
+    for (i, buffer) in batch.buffers().into_iter().flatten().enumerate() {
+        let (offset, length) = (buffer.offset(), buffer.length());
+        let inside = u64::try_from(offset)
+            .ok()
+            .zip(u64::try_from(length).ok())
+            .and_then(|(o, l)| o.checked_add(l))
+            .is_some_and(|end| end <= body);
+        if !inside && wanted(buffer_owner.get(i)) {
+            return Err(format!(
+                "buffer {i} (offset {offset}, length {length}) lies outside the {body}-byte body"
+            ));
+        }
+    }
+    for (i, node) in batch.nodes().into_iter().flatten().enumerate() {
+        let (length, nulls) = (node.length(), node.null_count());
+        if (length < 0 || nulls < 0 || nulls > length) && wanted(node_owner.get(i)) {
+            return Err(format!(
+                "field node {i} has length {length} and null count {nulls}"
+            ));
+        }
+    }
+    // Second pass, the buffers now known to lie in the body: their sizes.
+    walk.check = true;
+    walk.run(schema, batch.variadicBufferCounts())
+}
+
+/// Why [`BufferWalk`] stopped.
+enum Walked {
+    /// The header has fewer nodes, buffers or variadic counts than the schema needs.
+    RanOut,
+    /// What arrow would have trusted, and must not.
+    Bad(String),
+}
+
+/// A record batch header's field node lengths and buffer lengths, walked in
+/// the order arrow's reader consumes them (depth-first over the schema).
+#[derive(Default)]
+struct BufferWalk {
+    nodes: Vec<i64>,
+    next_node: usize,
+    buffers: Vec<i64>,
+    next_buffer: usize,
+    variadic: std::collections::VecDeque<i64>,
+    version: MetadataVersion,
+    /// The top-level column being walked.
+    column: usize,
+    /// Check only this column (a projected decode).
+    projection: Option<usize>,
+    /// Whether to check sizes (the second pass) or only attribute.
+    check: bool,
+    /// The top-level column of each node and buffer (`None`: not reached).
+    node_owner: Vec<Option<usize>>,
+    buffer_owner: Vec<Option<usize>>,
+}
+
+impl BufferWalk {
+    /// Walk every column of `schema` (nothing without one: a dictionary).
+    fn run(
+        &mut self,
+        schema: Option<&arrow_schema::Schema>,
+        variadic: Option<flatbuffers::Vector<'_, i64>>,
+    ) -> Result<(), String> {
+        let Some(schema) = schema else {
+            return Ok(());
+        };
+        self.variadic = variadic.into_iter().flatten().collect();
+        (self.next_node, self.next_buffer) = (0, 0);
+        self.node_owner = vec![None; self.nodes.len()];
+        self.buffer_owner = vec![None; self.buffers.len()];
+        for (column, field) in schema.fields().iter().enumerate() {
+            self.column = column;
+            match self.field(field.data_type()) {
+                Ok(()) => {}
+                // Fewer nodes or buffers than the schema needs: arrow says so.
+                Err(Walked::RanOut) => break,
+                Err(Walked::Bad(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether sizes of the current column are checked.
+    fn checking(&self) -> bool {
+        self.check && self.projection.is_none_or(|p| p == self.column)
+    }
+
+    fn node(&mut self) -> Result<i64, Walked> {
+        let i = self.next_node;
+        let n = *self.nodes.get(i).ok_or(Walked::RanOut)?;
+        self.node_owner[i] = Some(self.column);
+        self.next_node += 1;
+        Ok(n)
+    }
+
+    /// The next buffer: its index and length.
+    fn buffer(&mut self) -> Result<(usize, i64), Walked> {
+        let i = self.next_buffer;
+        let len = *self.buffers.get(i).ok_or(Walked::RanOut)?;
+        self.buffer_owner[i] = Some(self.column);
+        self.next_buffer += 1;
+        Ok((i, len))
+    }
+
+    /// The next buffer, read by arrow as `width`-byte values.
+    fn values(&mut self, width: usize) -> Result<(), Walked> {
+        let (i, len) = self.buffer()?;
+        if self.checking() && width > 1 && len as u64 % width as u64 != 0 {
+            return Err(Walked::Bad(format!(
+                "buffer {i} holds {len} bytes, not a whole number of {width}-byte values"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The next buffer, which arrow slices to `need` bytes unchecked.
+    fn at_least(&mut self, need: i64, what: &str) -> Result<(), Walked> {
+        let (i, len) = self.buffer()?;
+        if self.checking() && len < need {
+            return Err(Walked::Bad(format!(
+                "buffer {i} holds {len} bytes, fewer than the {need} the {what} need"
+            )));
+        }
+        Ok(())
+    }
+
+    fn field(&mut self, t: &DataType) -> Result<(), Walked> {
+        use DataType::*;
+        match t {
+            Null => self.node().map(drop),
+            Utf8 | Binary | LargeUtf8 | LargeBinary => {
+                self.node()?;
+                self.buffer()?;
+                self.values(if matches!(t, Utf8 | Binary) { 4 } else { 8 })?;
+                self.buffer().map(drop)
+            }
+            Utf8View | BinaryView => {
+                let count = self.variadic.pop_front().ok_or(Walked::RanOut)?;
+                self.buffer()?;
+                self.values(16)?;
+                for _ in 0..count.max(0) {
+                    self.buffer()?;
+                }
+                self.node().map(drop)
+            }
+            List(f) | LargeList(f) | Map(f, _) => {
+                self.node()?;
+                self.buffer()?;
+                self.values(if matches!(t, LargeList(_)) { 8 } else { 4 })?;
+                self.field(f.data_type())
+            }
+            ListView(f) | LargeListView(f) => {
+                self.node()?;
+                self.buffer()?;
+                let width = if matches!(t, LargeListView(_)) { 8 } else { 4 };
+                self.values(width)?;
+                self.values(width)?;
+                self.field(f.data_type())
+            }
+            FixedSizeList(f, size) => {
+                let i = self.next_node;
+                let len = self.node()?;
+                // arrow-data multiplies the two unchecked (an overflow panics).
+                if self.checking()
+                    && len
+                        .checked_mul(i64::from(*size))
+                        .and_then(|n| usize::try_from(n).ok())
+                        .is_none()
+                {
+                    return Err(Walked::Bad(format!(
+                        "field node {i}: {len} lists of {size} values overflow"
+                    )));
+                }
+                self.buffer()?;
+                self.field(f.data_type())
+            }
+            Struct(fields) => {
+                self.node()?;
+                self.buffer()?;
+                fields.iter().try_for_each(|f| self.field(f.data_type()))
+            }
+            RunEndEncoded(ends, values) => {
+                self.node()?;
+                self.field(ends.data_type())?;
+                self.field(values.data_type())
+            }
+            Union(fields, mode) => {
+                let len = self.node()?;
+                if self.version < MetadataVersion::V5 {
+                    self.buffer()?;
+                }
+                self.at_least(len, "union's type ids")?;
+                if *mode == arrow_schema::UnionMode::Dense {
+                    self.at_least(len.saturating_mul(4), "union's offsets")?;
+                }
+                fields
+                    .iter()
+                    .try_for_each(|(_, f)| self.field(f.data_type()))
+            }
+            Dictionary(key, _) => {
+                self.node()?;
+                self.buffer()?;
+                self.values(key.primitive_width().unwrap_or(1))
+            }
+            _ => {
+                self.node()?;
+                self.buffer()?;
+                self.values(t.primitive_width().unwrap_or(1))
+            }
+        }
+    }
+}
+
+/// Refuse the types arrow accepts from a schema but cannot lay out (a
+/// negative FixedSizeBinary width or FixedSizeList size panics in arrow-data).
+fn check_types(name: &str, t: &DataType) -> Result<(), String> {
+    match t {
+        DataType::FixedSizeBinary(n) if *n < 0 => {
+            Err(format!("field `{name}` has a negative byte width {n}"))
+        }
+        DataType::FixedSizeList(_, n) if *n < 0 => {
+            Err(format!("field `{name}` has a negative list size {n}"))
+        }
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => check_types(f.name(), f.data_type()),
+        DataType::Struct(fields) => fields
+            .iter()
+            .try_for_each(|f| check_types(f.name(), f.data_type())),
+        DataType::Union(fields, _) => fields
+            .iter()
+            .try_for_each(|(_, f)| check_types(f.name(), f.data_type())),
+        DataType::Dictionary(_, values) => check_types(name, values),
+        DataType::RunEndEncoded(ends, values) => {
+            check_types(ends.name(), ends.data_type())?;
+            check_types(values.name(), values.data_type())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Whether `t` is, or has a child that is, dictionary-encoded.
 fn has_dictionary(t: &DataType) -> bool {
     match t {
@@ -406,4 +780,26 @@ fn block_extent(block: &Block, file_len: usize) -> Result<(usize, usize, usize),
 fn block_buffer(buffer: &Buffer, block: &Block) -> Result<Buffer, String> {
     let (start, meta_len, body_len) = block_extent(block, buffer.len())?;
     Ok(buffer.slice_with_length(start, meta_len + body_len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last line of defence: a panic inside arrow becomes an error
+    /// naming what was being decoded and arrow's message.
+    #[test]
+    fn a_panic_in_the_decoder_becomes_an_error() {
+        let err = contained("record batch", || -> usize {
+            panic!("offset {} too big", 7)
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "arrow failed to decode the record batch: offset 7 too big"
+        );
+        let err = contained("schema", || -> usize { panic!("plain") }).unwrap_err();
+        assert_eq!(err, "arrow failed to decode the schema: plain");
+        assert_eq!(contained("footer", || 5), Ok(5));
+    }
 }

@@ -599,3 +599,60 @@ async fn a_damaged_batch_fails_the_upload_before_sending() {
     );
     assert!(attempts.lock().unwrap().is_empty(), "nothing sent");
 }
+
+/// A damaged record batch header (a buffer offset past the body) panicked
+/// `upload` inside arrow-buffer; now it fails before sending, naming the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_batch_header_fails_the_upload_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sample(dir.path());
+    common::damage_batch_header(&file, 2, common::HeaderDamage::HugeOffset);
+    let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::Accept).await;
+    let opts = options(&file, addr.to_string(), ALIAS_PACKAGE);
+    let err = upload(&opts).await.unwrap_err();
+    assert!(matches!(err, UploadError::Damaged { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "{}: record batch 2 cannot be decoded (buffer 3 (offset ",
+            file.display()
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with(
+            "-byte body); the file is damaged: convert the source again with `embedstream convert`"
+        ),
+        "{msg}"
+    );
+    assert!(attempts.lock().unwrap().is_empty(), "nothing sent");
+}
+
+/// `upload` prints its report at the end; with stdout a closed pipe it
+/// exits 0 without a word (println! panicked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_exits_quietly_on_a_closed_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = sample(dir.path());
+    let (addr, attempts) = start(ALIAS_PACKAGE, Behaviour::Accept).await;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+            .arg("upload")
+            .arg(&file)
+            .args([
+                "--to",
+                &addr.to_string(),
+                "--service-package",
+                ALIAS_PACKAGE,
+            ])
+            .stdout(common::closed_pipe())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(attempts.lock().unwrap().len(), 1, "the upload happened");
+}

@@ -196,3 +196,56 @@ pub fn write_damaged_sample_file(
     std::fs::write(path, bytes).unwrap();
     row / batch_rows
 }
+
+/// How [`damage_batch_header`] damages the header of a record batch.
+#[derive(Debug, Clone, Copy)]
+pub enum HeaderDamage {
+    /// `ff ff ff 7f` over bytes 3..7 of buffer 3's offset (the issue's
+    /// "byte 1427" of a converted `data/sample.pkl`).
+    HugeOffset,
+    /// One bit flipped: bit 0 of byte 5 of buffer 4's offset (the issue's
+    /// "byte 1445").
+    BitFlip,
+}
+
+/// Damage the flatbuffer header of record batch `batch` of the Arrow IPC
+/// file at `path` in place; the file position of the byte(s) changed.
+pub fn damage_batch_header(path: &Path, batch: usize, damage: HeaderDamage) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let len = bytes.len();
+    let footer_len = u32::from_le_bytes(bytes[len - 10..len - 6].try_into().unwrap()) as usize;
+    let footer = arrow_ipc::root_as_footer(&bytes[len - 10 - footer_len..len - 10]).unwrap();
+    let block = footer.recordBatches().unwrap().get(batch);
+    let start = block.offset() as usize + 8; // continuation marker and length
+    let message = arrow_ipc::root_as_message(&bytes[start..]).unwrap();
+    let buffers = message.header_as_record_batch().unwrap().buffers().unwrap();
+    // Each buffer is 16 bytes: offset (i64), then length (i64).
+    let vector = buffers.bytes().as_ptr() as usize - bytes.as_ptr() as usize;
+    let at = match damage {
+        HeaderDamage::HugeOffset => {
+            let at = vector + 3 * 16 + 3;
+            bytes[at..at + 4].copy_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
+            at
+        }
+        HeaderDamage::BitFlip => {
+            let at = vector + 4 * 16 + 5;
+            bytes[at] ^= 1;
+            at
+        }
+    };
+    std::fs::write(path, bytes).unwrap();
+    at
+}
+
+/// The write end of a pipe whose read end is already closed: a child's
+/// stdout that fails every write with EPIPE (`… | head -1` after `head` ended).
+pub fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two-element array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader);
+    writer.into()
+}

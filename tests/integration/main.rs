@@ -6,15 +6,18 @@
 
 mod common;
 
+mod atomic_output;
 mod cli;
 mod client_deadlines;
 mod client_stream;
 mod client_upload;
 mod convert_cli;
 mod convert_write;
+mod damaged_arrow;
 mod dataset;
 mod frame_fixtures;
 mod hot_swap;
+mod output;
 mod pickle_machine;
 mod refresh;
 mod serve_e2e;

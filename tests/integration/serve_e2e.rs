@@ -1107,3 +1107,45 @@ async fn a_damaged_batch_ends_the_stream_with_data_loss() {
     assert_eq!(server.stats().completed(), 1);
     server.shutdown().await.unwrap();
 }
+
+/// A damaged record batch header (a buffer offset past the body: the issue's
+/// `ff ff ff 7f` and one-bit flip) panicked a tokio worker on every request,
+/// which ended CANCELLED; now every request ends with DATA_LOSS naming the
+/// batch (the failed decode is cached), and the other batches stream.
+#[tokio::test]
+async fn a_damaged_batch_header_ends_the_stream_with_data_loss() {
+    for damage in [
+        common::HeaderDamage::HugeOffset,
+        common::HeaderDamage::BitFlip,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("damaged.arrow");
+        common::write_sample_file(&path, ROWS, DIM, 64);
+        common::damage_batch_header(&path, 3, damage);
+        let server = Server::spawn(ServerConfig::new(&path, local()))
+            .await
+            .unwrap();
+        let mut c = client(&server).await;
+        for _ in 0..3 {
+            let err = pull(&mut c, "", 64).await.unwrap_err();
+            assert_eq!(err.code(), Code::DataLoss, "{damage:?}: {err:?}");
+            assert!(
+                err.message().starts_with(
+                    "the served file is damaged: record batch 3 cannot be decoded (buffer "
+                ),
+                "{}",
+                err.message()
+            );
+            assert!(
+                err.message().contains("lies outside the"),
+                "{}",
+                err.message()
+            );
+        }
+        let chunks = pull(&mut c, &uuid_text(common::key_for_row(255)), 64)
+            .await
+            .unwrap();
+        check(&chunks, 256, ROWS, 64, DIM);
+        server.shutdown().await.unwrap();
+    }
+}
