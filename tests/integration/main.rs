@@ -12,6 +12,7 @@ mod client_upload;
 mod convert_cli;
 mod convert_write;
 mod frame_fixtures;
+mod health;
 mod pickle_machine;
 mod serve_e2e;
 mod store;
