@@ -44,7 +44,8 @@ COPY --from=build /usr/local/bin/embedstream /usr/local/bin/embedstream
 USER embedstream:embedstream
 WORKDIR /data
 # `serve --data` reads PKL_PATH: an Arrow file, or a pickle to convert once.
-ENV PKL_PATH=/data/embeddings.arrow
+# NO_COLOR: plain log lines for `docker logs` and log shippers.
+ENV PKL_PATH=/data/embeddings.arrow NO_COLOR=1
 VOLUME ["/data"]
 EXPOSE 50051
 # Follows GRPC_PORT when it is set (host networking may move the port).

@@ -161,7 +161,7 @@ else
 fi
 cfg() { docker image inspect --format "$1" "$IMAGE"; }
 [ "$(cfg '{{json .Config.Entrypoint}}')" = '["embedstream"]' ] && ok "ENTRYPOINT [\"embedstream\"]" || fail "entrypoint is $(cfg '{{json .Config.Entrypoint}}')"
-cfg '{{json .Config.ExposedPorts}}' | grep -q '"50051/tcp"' && ok "EXPOSE 50051" || fail "exposed: $(cfg '{{json .Config.ExposedPorts}}')"
+grep -q '"50051/tcp"' <<<"$(cfg '{{json .Config.ExposedPorts}}')" && ok "EXPOSE 50051" || fail "exposed: $(cfg '{{json .Config.ExposedPorts}}')"
 user=$(cfg '{{.Config.User}}')
 [ -n "$user" ] && [ "$user" != root ] && [ "$user" != 0 ] && ok "USER $user" || fail "image user is '$user'"
 
@@ -191,7 +191,7 @@ else
   die "health status '$status' after 180 s"
 fi
 [ -f "$WORK/data/sample.arrow" ] && ok "PKL_PATH pickle converted once to /data/sample.arrow" || fail "no /data/sample.arrow"
-docker logs "$CONTAINER" 2>&1 | grep -q "converting /data/sample.pkl" && ok "log says it converted the pickle" || fail "no conversion line in the log"
+grep -q "converting /data/sample.pkl" <<<"$(docker logs "$CONTAINER" 2>&1)" && ok "log says it converted the pickle" || fail "no conversion line in the log"
 
 rows=$(docker run --rm -v "$WORK/data:/data" "$IMAGE" inspect /data/sample.arrow 2>/dev/null | grep -oE '^rows: *[0-9]+' | grep -oE '[0-9]+')
 out=$(docker run --rm --name "$CONTAINER-check" --network host "$IMAGE" stream --server "127.0.0.1:$PORT" 2>&1)
@@ -211,16 +211,18 @@ fi
 
 uid_in=$(docker exec "$CONTAINER" id -u)
 [ -n "$uid_in" ] && [ "$uid_in" != 0 ] && ok "server process runs as uid $uid_in, not root" || fail "uid in container: '$uid_in'"
-pid1=$(docker top "$CONTAINER" -o user,comm 2>/dev/null | awk 'NR==2')
+pid1=$(docker top "$CONTAINER" -o user,pid,comm 2>&1 | awk 'NR==2')
 echo "docker top: $pid1"
-echo "$pid1" | grep -q '^root ' && fail "docker top shows root" || ok "docker top: not root"
+grep -q '^root ' <<<"$pid1" && fail "docker top shows root" || ok "docker top: not root"
 
 step "docker stop"
 docker stop -t 20 "$CONTAINER" >/dev/null
 code=$(docker inspect --format '{{.State.ExitCode}}' "$CONTAINER")
 [ "$code" = 0 ] && ok "docker stop: exit code 0" || fail "docker stop: exit code $code"
-docker logs "$CONTAINER" 2>&1 | tail -3
-docker logs "$CONTAINER" 2>&1 | grep -q "SIGTERM received" && docker logs "$CONTAINER" 2>&1 | grep -q "stopped" &&
+# Captured first: `cmd | grep -q` under pipefail fails when grep quits early (SIGPIPE).
+log=$(docker logs "$CONTAINER" 2>&1)
+tail -3 <<<"$log"
+grep -q "SIGTERM received" <<<"$log" && grep -q "INFO embedstream::serve: stopped" <<<"$log" &&
   ok "graceful: SIGTERM received ... stopped" || fail "no graceful shutdown lines in the log"
 
 # ---------------------------------------------------------------- compose
@@ -236,11 +238,11 @@ fi
 if [ ${#COMPOSE[@]} -gt 0 ]; then
   mkdir -p "$WORK/compose-data"
   cp "$WORK/data/sample.arrow" "$WORK/compose-data/embeddings.arrow"
-  export COMPOSE_PROJECT_NAME="embedstream-smoke-$$" EMBEDSTREAM_IMAGE="$IMAGE" NETWORK_MODE=host \
+  export COMPOSE_PROJECT_NAME="embedstream-smoke-$$" EMBEDSTREAM_IMAGE="$IMAGE" \
     GRPC_PORT=$((PORT + 1)) DATA_DIR="$WORK/compose-data"
   COMPOSE_USED=1
   if out=$("${COMPOSE[@]}" --profile check up --no-build --exit-code-from check 2>&1); then
-    echo "$out" | grep -E "rows in|all checks" | tail -2
+    grep -E "rows in|all checks" <<<"$out" | tail -2
     streamed_all "$out" "$rows" &&
       ok "compose --profile check: server healthy, stream got all $rows rows" ||
       fail "compose check output: $(echo "$out" | tail -5)"
