@@ -48,9 +48,12 @@ cleanup() {
   [ -n "$COMPOSE_USED" ] && "${COMPOSE[@]}" --profile check down >/dev/null 2>&1
   if [ "${KEEP_IMAGE:-0}" != 1 ]; then
     docker rmi "$IMAGE" >/dev/null 2>&1
-    # The legacy builder keeps the build stage's layers as untagged images;
-    # the Dockerfile labels that stage so they can be found.
-    docker image prune -f --filter "label=embedstream.stage=build" >/dev/null 2>&1
+    # The legacy builder keeps every step's layer as an untagged image (the
+    # build stage's are not under the tag): remove each one the log names,
+    # newest first, but never the FROM steps' (the cached base images).
+    [ -f "$WORK/build.log" ] && awk '/^Step [0-9]+\/[0-9]+ : FROM /{from=1; next}
+      /^ ---> [0-9a-f]+$/{if (!from) print $2; from=0}' "$WORK/build.log" | tac |
+      xargs -r docker rmi >/dev/null 2>&1
   fi
   # Files the container wrote belong to its user; root can still remove them.
   rm -rf "$WORK"
@@ -64,7 +67,7 @@ trap 'exit 130' INT TERM
 
 # `embedstream stream` prints "N rows in ..." and then "...; all checks passed".
 streamed_all() { # streamed_all OUTPUT ROWS
-  [ -n "$2" ] && grep -qE "(^|\| )$2 rows in " <<<"$1" && grep -q "all checks passed" <<<"$1"
+  [ -n "$2" ] && grep -qE "(^|[^0-9])$2 rows in " <<<"$1" && grep -q "all checks passed" <<<"$1"
 }
 
 # ---------------------------------------------------------------- docker up
@@ -228,9 +231,9 @@ grep -q "SIGTERM received" <<<"$log" && grep -q "INFO embedstream::serve: stoppe
 # ---------------------------------------------------------------- compose
 step "compose.yaml: serve + the check profile (host networking, port $((PORT + 1)))"
 if command -v docker-compose >/dev/null; then
-  COMPOSE=(docker-compose)
+  COMPOSE=(docker-compose --ansi never)
 elif docker compose version >/dev/null 2>&1; then
-  COMPOSE=(docker compose)
+  COMPOSE=(docker compose --ansi never)
 else
   COMPOSE=()
   echo "no docker compose here: compose.yaml not exercised"
