@@ -2,6 +2,7 @@
 //! Server upload ([`upload`]). Both are library functions (`pull`, `upload`)
 //! that the CLI only wraps, so tests drive them in-process.
 pub mod deadline;
+pub mod health;
 pub mod json;
 pub mod stream;
 pub mod upload;

@@ -16,6 +16,7 @@ mod convert_write;
 mod damaged_arrow;
 mod dataset;
 mod frame_fixtures;
+mod health;
 mod hot_swap;
 mod output;
 mod pickle_machine;
