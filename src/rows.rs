@@ -26,19 +26,14 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Schema};
 
+pub use crate::format::{
+    DEFAULT_COMPANY_NAME_COLUMN, DEFAULT_ENGLISH_LEVEL_COLUMN, DEFAULT_EXP_YEARS_COLUMN,
+    DEFAULT_PRIMARY_KEYWORD_COLUMN,
+};
 use crate::{
     format::{vector_shape, FileLayout},
     store::{BatchError, Store},
 };
-
-/// Default column feeding `company_name`.
-pub const DEFAULT_COMPANY_NAME_COLUMN: &str = "Company Name";
-/// Default column feeding `exp_years`.
-pub const DEFAULT_EXP_YEARS_COLUMN: &str = "Exp Years";
-/// Default column feeding `english_level`.
-pub const DEFAULT_ENGLISH_LEVEL_COLUMN: &str = "English Level";
-/// Default column feeding `primary_keyword`.
-pub const DEFAULT_PRIMARY_KEYWORD_COLUMN: &str = "Primary Keyword";
 
 /// Which file column feeds each `RecruitRow` field. Flatten it into a
 /// subcommand's flags with `#[command(flatten)]`.
