@@ -345,20 +345,24 @@ mod tests {
         RecruitTable::new(store, layout)
     }
 
+    /// The `RecruitRow` prost would encode for row `i`, every field named
+    /// (no `..Default`: a field added to the proto stops this compiling).
+    fn recruit_row(c: &RecruitColumns, i: usize) -> crate::proto::RecruitRow {
+        crate::proto::RecruitRow {
+            id: c.id(i).to_string(),
+            company_name: c.company_name(i).to_string(),
+            exp_years: c.exp_years(i),
+            english_level: c.english_level(i).to_string(),
+            primary_keyword: c.primary_keyword(i).to_string(),
+            vector: c.vector(i).iter().collect(),
+        }
+    }
+
     /// The chunk prost would produce, built field by field from the views.
     fn expected(t: &RecruitTable, start: usize, end: usize) -> RowChunk {
         let mut rows = Vec::new();
         t.for_segments(start, end, |c, a, b| {
-            for i in a..b {
-                rows.push(crate::proto::RecruitRow {
-                    id: c.id(i).to_string(),
-                    company_name: c.company_name(i).to_string(),
-                    exp_years: c.exp_years(i),
-                    english_level: c.english_level(i).to_string(),
-                    primary_keyword: c.primary_keyword(i).to_string(),
-                    vector: c.vector(i).iter().collect(),
-                });
-            }
+            rows.extend((a..b).map(|i| recruit_row(c, i)));
         })
         .unwrap();
         RowChunk { rows }
@@ -385,8 +389,9 @@ mod tests {
     }
 
     /// Fails when a `RecruitRow` field is added to the proto but not to the
-    /// encoder: the expected row names every field (no `..Default`, so a new
-    /// field stops this from compiling until it is added here), and every
+    /// encoder: the expected row names every field ([`recruit_row`]: no
+    /// `..Default`, so a new field stops this compiling until it is added
+    /// there, and to the non-default check below), and every
     /// row compared has a non-default value in every field (so a field the
     /// encoder leaves out changes the bytes, where prost's equality on
     /// default-valued rows could not see it).
@@ -400,18 +405,7 @@ mod tests {
         ] {
             let (_dir, t) = table(wide, ints);
             for row in rows {
-                let mut want = Vec::new();
-                t.for_segments(row, row + 1, |c, i, _| {
-                    want.push(crate::proto::RecruitRow {
-                        id: c.id(i).to_string(),
-                        company_name: c.company_name(i).to_string(),
-                        exp_years: c.exp_years(i),
-                        english_level: c.english_level(i).to_string(),
-                        primary_keyword: c.primary_keyword(i).to_string(),
-                        vector: c.vector(i).iter().collect(),
-                    });
-                })
-                .unwrap();
+                let want = expected(&t, row, row + 1).rows;
                 let r = &want[0];
                 let default = crate::proto::RecruitRow::default();
                 assert!(
