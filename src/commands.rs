@@ -64,5 +64,41 @@ fn converted_is_current(source: &Path, target: &Path) -> bool {
     }
     let expected = source.file_name().map(|n| n.to_string_lossy().into_owned());
     MappedIpcFile::open(target)
-        .is_ok_and(|file| file.schema().metadata().get(format::META_SOURCE).cloned() == expected)
+        .is_ok_and(|file| format::FileMetadata::read(file.schema().metadata()).source == expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow_ipc::writer::FileWriter;
+    use arrow_schema::Schema;
+
+    /// An empty Arrow file whose metadata says it came from `source`.
+    fn arrow_from(path: &Path, source: &str) {
+        let mut meta = format::FileMetadata::written("uuid");
+        meta.source = Some(source.to_string());
+        let schema =
+            Arc::new(Schema::new(vec![format::key_field("uuid")]).with_metadata(meta.to_map()));
+        let mut w = FileWriter::try_new(std::fs::File::create(path).unwrap(), &schema).unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn a_sibling_is_current_only_if_converted_from_that_pickle() {
+        let dir = tempfile::tempdir().unwrap();
+        let pickle = dir.path().join("x.pkl");
+        std::fs::write(&pickle, b"\x80\x04.").unwrap();
+        let target = dir.path().join("x.arrow");
+        assert!(!converted_is_current(&pickle, &target), "missing");
+        arrow_from(&target, "x.pkl");
+        assert!(converted_is_current(&pickle, &target));
+        arrow_from(&target, "other.pkl");
+        assert!(!converted_is_current(&pickle, &target), "another source");
+        std::fs::write(&target, b"not arrow").unwrap();
+        assert!(!converted_is_current(&pickle, &target), "not an Arrow file");
+        // Not a pickle: served as given, nothing converted.
+        assert_eq!(arrow_to_serve(&target).unwrap(), target);
+    }
 }

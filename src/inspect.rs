@@ -109,8 +109,8 @@ pub fn report(args: &InspectArgs) -> anyhow::Result<String> {
                     problem = Some(format!("null key at row {row}"));
                     break;
                 };
-                if previous.is_some_and(|p| p >= key) {
-                    problem = Some(format!("not strictly increasing at row {row}"));
+                if let Some(Err(e)) = previous.map(|p| format::check_key_order(row, p, key)) {
+                    problem = Some(e.to_string());
                     break;
                 }
                 previous = Some(key);
@@ -151,14 +151,15 @@ pub fn report(args: &InspectArgs) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// " (2026-11-26T21:00:00.000Z)" for a version 7 key, "" otherwise.
+/// " (v7, 2026-11-26T21:00:00.000Z)" for a version 7 key, "" otherwise.
 fn v7_time(key: &[u8]) -> String {
-    if key.len() != 16 || key[6] >> 4 != 7 {
+    let timestamp = uuid::Uuid::from_slice(key)
+        .ok()
+        .filter(|_| format::is_v7(key))
+        .and_then(|id| id.get_timestamp());
+    let Some((secs, nanos)) = timestamp.map(|t| t.to_unix()) else {
         return String::new();
-    }
-    let ms = key[..6]
-        .iter()
-        .fold(0u64, |acc, &b| acc << 8 | u64::from(b));
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    };
+    let time = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
     format!(" (v7, {})", humantime::format_rfc3339_millis(time))
 }

@@ -19,26 +19,22 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::{
-    types::{Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt8Type},
-    Array, ArrowPrimitiveType, DictionaryArray, FixedSizeBinaryArray, FixedSizeListArray,
-    Float32Array, Float64Array, LargeStringArray, PrimitiveArray, RecordBatch, StringArray,
-    StringViewArray,
+    cast::AsArray,
+    types::{Float32Type, Float64Type},
+    Array, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, Float64Array, LargeStringArray,
+    RecordBatch, StringArray, StringViewArray,
 };
+use arrow_buffer::{NullBuffer, ToByteSlice};
 use arrow_schema::{DataType, Schema};
 
+pub use crate::format::{
+    DEFAULT_COMPANY_NAME_COLUMN, DEFAULT_ENGLISH_LEVEL_COLUMN, DEFAULT_EXP_YEARS_COLUMN,
+    DEFAULT_PRIMARY_KEYWORD_COLUMN,
+};
 use crate::{
     format::{vector_shape, FileLayout},
     store::{BatchError, Store},
 };
-
-/// Default column feeding `company_name`.
-pub const DEFAULT_COMPANY_NAME_COLUMN: &str = "Company Name";
-/// Default column feeding `exp_years`.
-pub const DEFAULT_EXP_YEARS_COLUMN: &str = "Exp Years";
-/// Default column feeding `english_level`.
-pub const DEFAULT_ENGLISH_LEVEL_COLUMN: &str = "English Level";
-/// Default column feeding `primary_keyword`.
-pub const DEFAULT_PRIMARY_KEYWORD_COLUMN: &str = "Primary Keyword";
 
 /// Which file column feeds each `RecruitRow` field. Flatten it into a
 /// subcommand's flags with `#[command(flatten)]`.
@@ -265,8 +261,7 @@ impl RecruitLayout {
                 .ok_or(RowsError::BatchMismatch { index, expected })
         };
         let key = column(self.key, "FixedSizeBinary(16)")?
-            .as_any()
-            .downcast_ref::<FixedSizeBinaryArray>()
+            .as_fixed_size_binary_opt()
             .filter(|a| a.value_length() == 16)
             .ok_or(RowsError::BatchMismatch {
                 index: self.key,
@@ -296,14 +291,13 @@ impl RecruitLayout {
             expected: VECTOR_TYPES,
         };
         let list = column(self.vector, VECTOR_TYPES)?
-            .as_any()
-            .downcast_ref::<FixedSizeListArray>()
+            .as_fixed_size_list_opt()
             .ok_or(vector_mismatch.clone())?
             .clone();
         let values = list.values();
-        let vector_values = if let Some(v) = values.as_any().downcast_ref::<Float32Array>() {
+        let vector_values = if let Some(v) = values.as_primitive_opt::<Float32Type>() {
             VectorValuesArray::F32(v.clone())
-        } else if let Some(v) = values.as_any().downcast_ref::<Float64Array>() {
+        } else if let Some(v) = values.as_primitive_opt::<Float64Type>() {
             VectorValuesArray::F64(v.clone())
         } else {
             return Err(vector_mismatch);
@@ -447,7 +441,7 @@ impl<'a> VectorRef<'a> {
     }
 
     /// The components as f32 (Float64 narrowed with `as`).
-    pub fn iter(&self) -> impl Iterator<Item = f32> + 'a {
+    pub fn iter(&self) -> impl Iterator<Item = f32> + Clone + 'a {
         let (a, b) = match *self {
             VectorRef::F32(v) => (Some(v.iter().copied()), None),
             VectorRef::F64(v) => (None, Some(v.iter().map(|&x| x as f32))),
@@ -460,13 +454,7 @@ impl<'a> VectorRef<'a> {
     /// every target we build for); `None` for Float64 or a big-endian target.
     pub fn as_le_bytes(&self) -> Option<&'a [u8]> {
         match *self {
-            VectorRef::F32(v) if cfg!(target_endian = "little") => {
-                // SAFETY: f32 has no padding and any byte pattern is a valid u8;
-                // the slice covers exactly the same memory.
-                Some(unsafe {
-                    std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v))
-                })
-            }
+            VectorRef::F32(v) if cfg!(target_endian = "little") => Some(v.to_byte_slice()),
             _ => None,
         }
     }
@@ -504,45 +492,52 @@ enum ExpColumn {
     Int(IntColumn),
 }
 
-/// A string column in any of the layouts Arrow writers use.
+/// A string column in any of the layouts Arrow writers use, reached with
+/// arrow's `AsArray` downcasts.
 #[derive(Debug, Clone)]
 enum StrColumn {
     Utf8(StringArray),
     Large(LargeStringArray),
     View(StringViewArray),
-    Dict(DictKeys, Arc<StrColumn>),
+    /// A dictionary of strings (any integer key type): its keys as indices
+    /// into `values` (arrow's `AnyDictionaryArray::normalized_keys`), their
+    /// validity, and the values (zero-copy views of the map).
+    Dict {
+        keys: Arc<[usize]>,
+        nulls: Option<NullBuffer>,
+        values: Arc<StrColumn>,
+    },
 }
 
 impl StrColumn {
     fn new(array: &dyn Array) -> Option<Self> {
-        let any = array.as_any();
-        if let Some(a) = any.downcast_ref::<StringArray>() {
+        if let Some(a) = array.as_string_opt::<i32>() {
             return Some(StrColumn::Utf8(a.clone()));
         }
-        if let Some(a) = any.downcast_ref::<LargeStringArray>() {
+        if let Some(a) = array.as_string_opt::<i64>() {
             return Some(StrColumn::Large(a.clone()));
         }
-        if let Some(a) = any.downcast_ref::<StringViewArray>() {
+        if let Some(a) = array.as_string_view_opt() {
             return Some(StrColumn::View(a.clone()));
         }
-        fn dict<K: arrow_array::types::ArrowDictionaryKeyType>(
-            any: &dyn std::any::Any,
-            wrap: fn(PrimitiveArray<K>) -> DictKeys,
-        ) -> Option<StrColumn> {
-            let d = any.downcast_ref::<DictionaryArray<K>>()?;
-            let values = StrColumn::new(d.values().as_ref())?;
-            if matches!(values, StrColumn::Dict(..)) {
-                return None;
-            }
-            Some(StrColumn::Dict(wrap(d.keys().clone()), Arc::new(values)))
+        let dict = array.as_any_dictionary_opt()?;
+        let values = StrColumn::new(dict.values().as_ref())?;
+        if matches!(values, StrColumn::Dict { .. }) {
+            return None;
         }
-        dict::<Int8Type>(any, DictKeys::I8)
-            .or_else(|| dict::<Int16Type>(any, DictKeys::I16))
-            .or_else(|| dict::<Int32Type>(any, DictKeys::I32))
-            .or_else(|| dict::<Int64Type>(any, DictKeys::I64))
-            .or_else(|| dict::<UInt8Type>(any, DictKeys::U8))
-            .or_else(|| dict::<UInt16Type>(any, DictKeys::U16))
-            .or_else(|| dict::<UInt32Type>(any, DictKeys::U32))
+        // `normalized_keys` panics on an empty dictionary; arrow validated
+        // the keys against the values when it decoded them, so with no
+        // values every key is null: no row reads a value.
+        let keys: Arc<[usize]> = if dict.values().is_empty() {
+            Arc::from([])
+        } else {
+            dict.normalized_keys().into()
+        };
+        Some(StrColumn::Dict {
+            keys,
+            nulls: dict.keys().nulls().cloned(),
+            values: Arc::new(values),
+        })
     }
 
     fn value(&self, i: usize) -> &str {
@@ -557,75 +552,43 @@ impl StrColumn {
             StrColumn::Utf8(a) => get(a, i, |a, i| a.value(i)),
             StrColumn::Large(a) => get(a, i, |a, i| a.value(i)),
             StrColumn::View(a) => get(a, i, |a, i| a.value(i)),
-            StrColumn::Dict(keys, values) => match keys.get(i) {
-                Some(k) => values.value(k),
-                None => "",
+            StrColumn::Dict {
+                keys,
+                nulls,
+                values,
+            } => match keys.get(i) {
+                Some(&k) if nulls.as_ref().is_none_or(|n| n.is_valid(i)) => values.value(k),
+                _ => "",
             },
         }
     }
 }
 
+/// An integer column read as i32, saturating. arrow's `cast` turns any
+/// integer type into Float64 once per batch: exact for every value in
+/// i32's range, and a larger magnitude saturates in `as i32` exactly as
+/// clamping the integer would (f64 rounds it to a value still beyond the range).
 #[derive(Debug, Clone)]
-enum DictKeys {
-    I8(PrimitiveArray<Int8Type>),
-    I16(PrimitiveArray<Int16Type>),
-    I32(PrimitiveArray<Int32Type>),
-    I64(PrimitiveArray<Int64Type>),
-    U8(PrimitiveArray<UInt8Type>),
-    U16(PrimitiveArray<UInt16Type>),
-    U32(PrimitiveArray<UInt32Type>),
-}
-
-impl DictKeys {
-    /// The dictionary index of row `i`, `None` for a null or out of range.
-    fn get(&self, i: usize) -> Option<usize> {
-        fn at<T: ArrowPrimitiveType>(a: &PrimitiveArray<T>, i: usize) -> Option<T::Native> {
-            (i < a.len() && a.is_valid(i)).then(|| a.value(i))
-        }
-        match self {
-            DictKeys::I8(a) => at(a, i).and_then(|k| usize::try_from(k).ok()),
-            DictKeys::I16(a) => at(a, i).and_then(|k| usize::try_from(k).ok()),
-            DictKeys::I32(a) => at(a, i).and_then(|k| usize::try_from(k).ok()),
-            DictKeys::I64(a) => at(a, i).and_then(|k| usize::try_from(k).ok()),
-            DictKeys::U8(a) => at(a, i).map(usize::from),
-            DictKeys::U16(a) => at(a, i).map(usize::from),
-            DictKeys::U32(a) => at(a, i).and_then(|k| usize::try_from(k).ok()),
-        }
-    }
-}
-
-/// An integer column read as i32 (clamped).
-#[derive(Debug, Clone)]
-struct IntColumn(Arc<dyn Array>, fn(&dyn Array, usize) -> Option<i64>);
+struct IntColumn(Float64Array);
 
 impl IntColumn {
     fn new(array: &dyn Array) -> Option<Self> {
-        fn read<T: ArrowPrimitiveType>(a: &dyn Array, i: usize) -> Option<i64>
-        where
-            T::Native: TryInto<i64>,
-        {
-            let a = a.as_any().downcast_ref::<PrimitiveArray<T>>()?;
-            (i < a.len() && a.is_valid(i)).then(|| a.value(i).try_into().unwrap_or(i64::MAX))
+        if !is_int_type(array.data_type()) {
+            return None;
         }
-        use arrow_array::types::UInt64Type;
-        let reader: fn(&dyn Array, usize) -> Option<i64> = match array.data_type() {
-            DataType::Int8 => read::<Int8Type>,
-            DataType::Int16 => read::<Int16Type>,
-            DataType::Int32 => read::<Int32Type>,
-            DataType::Int64 => read::<Int64Type>,
-            DataType::UInt8 => read::<UInt8Type>,
-            DataType::UInt16 => read::<UInt16Type>,
-            DataType::UInt32 => read::<UInt32Type>,
-            DataType::UInt64 => read::<UInt64Type>,
-            _ => return None,
-        };
-        Some(IntColumn(arrow_array::make_array(array.to_data()), reader))
+        let wide = arrow_cast::cast(array, &DataType::Float64).ok()?;
+        wide.as_primitive_opt::<Float64Type>()
+            .cloned()
+            .map(IntColumn)
     }
 
     fn value(&self, i: usize) -> i32 {
-        (self.1)(self.0.as_ref(), i)
-            .map(|v| v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
-            .unwrap_or(0)
+        if i < self.0.len() && self.0.is_valid(i) {
+            // Saturating float-to-int conversion.
+            self.0.value(i) as i32
+        } else {
+            0
+        }
     }
 }
 
@@ -717,6 +680,7 @@ mod tests {
     use super::*;
     use arrow_array::{
         builder::{FixedSizeListBuilder, Float64Builder, StringDictionaryBuilder},
+        types::{Int32Type, Int8Type},
         ArrayRef, Int64Array,
     };
     use arrow_schema::Field;
@@ -784,6 +748,26 @@ mod tests {
             (c.company_name(9), c.exp_years(9), c.key(9).len()),
             ("", 0, 0)
         );
+    }
+
+    #[test]
+    fn dictionaries_of_any_key_type_and_an_empty_one() {
+        use arrow_array::{types::UInt16Type, DictionaryArray, UInt16Array};
+        let values: ArrayRef = Arc::new(StringArray::from(vec!["x", "y"]));
+        let keys = UInt16Array::from(vec![Some(1), None]);
+        let dict = DictionaryArray::<UInt16Type>::try_new(keys, values).unwrap();
+        let column = StrColumn::new(&dict).unwrap();
+        assert_eq!(
+            (column.value(0), column.value(1), column.value(2)),
+            ("y", "", "")
+        );
+        // No values at all (every key null): arrow's `normalized_keys`
+        // would panic on it; every row reads "".
+        let empty: ArrayRef = Arc::new(StringArray::from(Vec::<&str>::new()));
+        let keys = arrow_array::Int8Array::from(vec![None, None]);
+        let dict = DictionaryArray::<Int8Type>::try_new(keys, empty).unwrap();
+        let column = StrColumn::new(&dict).unwrap();
+        assert_eq!((column.value(0), column.value(1)), ("", ""));
     }
 
     #[test]

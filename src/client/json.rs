@@ -1,11 +1,9 @@
 //! The JSON of an `IngestDataStream` data chunk, written straight into a
 //! buffer: an array of objects keyed by the RecruitRow field names.
 //!
-//! Floats are written with `ryu`'s shortest representation of the *f32*
-//! value, so each parses back to exactly the same f32 (what the Batch Server
-//! stores) without the 17-digit noise of printing it as f64.
-
-use std::io::Write;
+//! Floats are written by serde_json as the shortest representation of the
+//! *f32* value, so each parses back to exactly the same f32 (what the Batch
+//! Server stores) without the 17-digit noise of printing it as f64.
 
 /// Why a row cannot be written as JSON.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -24,10 +22,13 @@ pub enum JsonError {
     },
 }
 
-/// One row's fields, borrowed from the mapped file.
-#[derive(Debug, Clone)]
+/// One row's fields, borrowed from the mapped file, serialized by serde in
+/// this field order.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(bound = "V: Iterator<Item = f32> + Clone")]
 pub struct JsonRow<'a, V> {
-    /// Global row number (for error messages).
+    /// Global row number (for error messages; not written).
+    #[serde(skip)]
     pub row: usize,
     /// The UUID, hyphenated.
     pub id: &'a str,
@@ -40,55 +41,42 @@ pub struct JsonRow<'a, V> {
     /// `Primary Keyword`.
     pub primary_keyword: &'a str,
     /// The vector's components, as f32.
+    #[serde(serialize_with = "components")]
     pub vector: V,
 }
 
-/// Append a JSON string literal (quotes and escapes included).
-fn write_str(buf: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping; writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, s);
+/// A vector as a JSON array. serde_json writes an `f32` as the shortest
+/// decimal that parses back to that very f32 (ryu's f32 form).
+fn components<V, S>(vector: &V, serializer: S) -> Result<S::Ok, S::Error>
+where
+    V: Iterator<Item = f32> + Clone,
+    S: serde::Serializer,
+{
+    serializer.collect_seq(vector.clone())
 }
 
 /// Append one row object to `buf`; `first` says whether it opens the array
-/// (no comma before it). On error `buf` is left as it was.
-pub fn write_row<V: Iterator<Item = f32>>(
+/// (no comma before it). A row with a NaN or infinite component (serde_json
+/// would write `null`) is refused and `buf` is left as it was.
+pub fn write_row<V: Iterator<Item = f32> + Clone>(
     buf: &mut Vec<u8>,
     row: JsonRow<'_, V>,
     first: bool,
 ) -> Result<(), JsonError> {
-    let mark = buf.len();
+    if let Some((component, value)) = row.vector.clone().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(JsonError::NonFinite {
+            row: row.row,
+            id: row.id.to_string(),
+            component,
+            value,
+        });
+    }
     if !first {
         buf.push(b',');
     }
-    buf.extend_from_slice(b"{\"id\":");
-    write_str(buf, row.id);
-    buf.extend_from_slice(b",\"company_name\":");
-    write_str(buf, row.company_name);
-    // Writing an integer into a Vec cannot fail.
-    let _ = write!(buf, ",\"exp_years\":{}", row.exp_years);
-    buf.extend_from_slice(b",\"english_level\":");
-    write_str(buf, row.english_level);
-    buf.extend_from_slice(b",\"primary_keyword\":");
-    write_str(buf, row.primary_keyword);
-    buf.extend_from_slice(b",\"vector\":[");
-    let mut fmt = ryu::Buffer::new();
-    for (component, value) in row.vector.enumerate() {
-        if !value.is_finite() {
-            buf.truncate(mark);
-            return Err(JsonError::NonFinite {
-                row: row.row,
-                id: row.id.to_string(),
-                component,
-                value,
-            });
-        }
-        if component > 0 {
-            buf.push(b',');
-        }
-        // The shortest decimal that parses back to this very f32.
-        buf.extend_from_slice(fmt.format_finite(value).as_bytes());
-    }
-    buf.extend_from_slice(b"]}");
+    // Serializing plain strings, an integer and finite floats into a Vec
+    // cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &row);
     Ok(())
 }
 
@@ -96,7 +84,7 @@ pub fn write_row<V: Iterator<Item = f32>>(
 mod tests {
     use super::*;
 
-    fn row(vector: &[f32]) -> JsonRow<'static, impl Iterator<Item = f32> + '_> {
+    fn row(vector: &[f32]) -> JsonRow<'static, impl Iterator<Item = f32> + Clone + '_> {
         JsonRow {
             row: 7,
             id: "0190a0c0-0000-7000-8000-000000000001",

@@ -45,8 +45,8 @@ use crate::{
     wire,
 };
 
-/// Name of the vector column in files written by `--out`.
-pub const OUT_VECTOR_COLUMN: &str = "job_post_vectors";
+/// Name of the vector column in files written by `--out` (the reference pickle's).
+pub const OUT_VECTOR_COLUMN: &str = format::DEFAULT_VECTOR_COLUMN;
 
 /// Flags of `embedstream stream`.
 #[derive(Debug, clap::Args)]
@@ -337,22 +337,22 @@ impl Checker {
     pub fn row(&mut self, key: [u8; 16], dim: usize) -> Result<(), Violation> {
         let row = self.rows;
         if let Some(previous) = self.last {
-            if key <= previous {
-                return Err(Violation::NotIncreasing {
+            format::check_key_order(row, &previous, &key).map_err(|e| {
+                Violation::NotIncreasing {
                     row,
-                    previous: format_uuid(&previous),
-                    key: format_uuid(&key),
-                });
-            }
+                    previous: e.previous,
+                    key: e.next,
+                }
+            })?;
         } else if let Some(checkpoint) = self.checkpoint {
             // Later rows are greater than this one, so checking the first suffices.
-            if key <= checkpoint {
-                return Err(Violation::NotAfterCheckpoint {
+            format::check_key_order(row, &checkpoint, &key).map_err(|e| {
+                Violation::NotAfterCheckpoint {
                     row,
-                    checkpoint: format_uuid(&checkpoint),
-                    key: format_uuid(&key),
-                });
-            }
+                    checkpoint: e.previous,
+                    key: e.next,
+                }
+            })?;
         }
         match self.dim {
             None => self.dim = Some(dim),
@@ -474,45 +474,31 @@ fn recruit_schema(dim: usize, server: &str) -> SchemaRef {
     Arc::new(
         Schema::new(vec![
             format::key_field(format::DEFAULT_KEY_COLUMN),
-            Field::new("Company Name", DataType::Utf8, false),
-            Field::new("Exp Years", DataType::Int32, false),
-            Field::new("English Level", DataType::Utf8, false),
-            Field::new("Primary Keyword", DataType::Utf8, false),
+            Field::new(format::DEFAULT_COMPANY_NAME_COLUMN, DataType::Utf8, false),
+            Field::new(format::DEFAULT_EXP_YEARS_COLUMN, DataType::Int32, false),
+            Field::new(format::DEFAULT_ENGLISH_LEVEL_COLUMN, DataType::Utf8, false),
+            Field::new(
+                format::DEFAULT_PRIMARY_KEYWORD_COLUMN,
+                DataType::Utf8,
+                false,
+            ),
             Field::new(OUT_VECTOR_COLUMN, vector_type, false),
         ])
         .with_metadata(out_metadata(
             format::DEFAULT_KEY_COLUMN,
-            Some(OUT_VECTOR_COLUMN),
+            OUT_VECTOR_COLUMN,
             dim,
             server,
         )),
     )
 }
 
-fn out_metadata(
-    key: &str,
-    vector: Option<&str>,
-    dim: usize,
-    server: &str,
-) -> HashMap<String, String> {
-    let mut meta = HashMap::from([
-        (format::META_KEY_COLUMN.to_string(), key.to_string()),
-        (format::META_VECTOR_DIM.to_string(), dim.to_string()),
-        (
-            format::META_SOURCE.to_string(),
-            format!("embedstream stream --server {server}"),
-        ),
-        (
-            format::META_VERSION.to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-        // Every key was checked on arrival; the file is not kept otherwise.
-        (format::META_KEYS_SORTED.to_string(), "true".to_string()),
-    ]);
-    if let Some(vector) = vector {
-        meta.insert(format::META_VECTOR_COLUMN.to_string(), vector.to_string());
-    }
-    meta
+/// The `embedstream.*` metadata of a file written by `--out`.
+fn out_metadata(key: &str, vector: &str, dim: usize, server: &str) -> HashMap<String, String> {
+    // Every key was checked on arrival; the file is not kept otherwise.
+    let mut meta = format::FileMetadata::written(key).with_vector(vector, dim);
+    meta.source = Some(format!("embedstream stream --server {server}"));
+    meta.to_map()
 }
 
 /// Arrow columns of one checked RowChunk, in [`recruit_schema`] order.
@@ -573,7 +559,7 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
                 .into_bytes(),
         ),
     };
-    let mut output = opts.out.as_ref().map(|path| Output {
+    let output = opts.out.as_ref().map(|path| Output {
         path: path.clone(),
         force: opts.force,
         writer: None,
@@ -584,185 +570,227 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
             return Err(AtomicFileError::Exists(out.path.clone()).into());
         }
     }
-    let progress = Progress::new("stream", None, Unit::Rows, opts.progress);
     let started = Instant::now();
-    let what = if opts.flight {
-        "Flight DoGet"
+    let pull = Pull {
+        server: &opts.server,
+        what: if opts.flight {
+            "Flight DoGet"
+        } else {
+            "StreamEmbedding"
+        },
+        checker: Checker::new(
+            (!opts.flight).then_some(opts.chunk_size as usize),
+            checkpoint,
+        ),
+        output,
+        progress: Progress::new("stream", None, Unit::Rows, opts.progress),
+    };
+    let channel = timeouts.connect(&endpoint).await.map_err(|s| pull.rpc(s))?;
+    let checker = if opts.flight {
+        pull_flight(channel, checkpoint, timeouts, pull).await?
     } else {
-        "StreamEmbedding"
+        pull_embedding(channel, opts.chunk_size, checkpoint, timeouts, pull).await?
     };
-    let rpc = |rows: usize, status: tonic::Status| StreamError::Rpc {
-        server: opts.server.clone(),
-        what,
-        rows,
-        code: status.code(),
-        message: status.message().to_string(),
-    };
-    let violation = |violation: Violation| StreamError::Violation {
-        server: opts.server.clone(),
-        violation,
-    };
-    let channel = timeouts.connect(&endpoint).await.map_err(|s| rpc(0, s))?;
+    Ok(checker.report(started.elapsed(), opts.out.clone()))
+}
 
-    let mut checker;
-    if opts.flight {
-        checker = Checker::new(None, checkpoint);
-        let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
-            .max_decoding_message_size(usize::MAX);
-        let mut client = arrow_flight::FlightClient::new_from_inner(inner);
-        let ticket = match checkpoint {
-            None => "all".to_string(),
-            Some(k) => format!("after:{}", format_uuid(&k)),
-        };
-        let flight_err = |rows: usize, e: arrow_flight::error::FlightError| match e {
-            arrow_flight::error::FlightError::Tonic(status) => rpc(rows, *status),
-            other => rpc(rows, tonic::Status::internal(other.to_string())),
-        };
-        let mut stream = match tokio::time::timeout(
-            timeouts.idle,
-            client.do_get(arrow_flight::Ticket::new(ticket)),
-        )
-        .await
-        {
-            Ok(started) => started.map_err(|e| flight_err(0, e))?,
-            Err(_) => {
-                return Err(rpc(
-                    0,
-                    timeouts.idle_status("waiting for the DoGet response"),
-                ))
-            }
-        };
-        let mut layout: Option<(FileLayout, SchemaRef)> = None;
-        loop {
-            let next = match tokio::time::timeout(timeouts.idle, stream.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    return Err(rpc(
-                        checker.rows(),
-                        timeouts.idle_status("waiting for the next record batch"),
-                    ))
-                }
-            };
-            let Some(batch) = next else { break };
-            let batch = batch.map_err(|e| flight_err(checker.rows(), e))?;
-            if layout.is_none() {
-                {
-                    let file_layout = FileLayout::from_schema(&batch.schema(), None)
-                        .map_err(|e| violation(Violation::Schema(e.to_string())))?;
-                    if file_layout.vector_index.is_none() {
-                        return Err(violation(Violation::Schema(
-                            "it has no vector column".into(),
-                        )));
-                    }
-                    let schema = batch.schema();
-                    let mut meta = schema.metadata().clone();
-                    meta.extend(out_metadata(
-                        schema.field(file_layout.key_index).name(),
-                        file_layout
-                            .vector_index
-                            .map(|i| schema.field(i).name().as_str()),
-                        file_layout.vector_dim,
-                        &opts.server,
-                    ));
-                    let out_schema =
-                        Arc::new(Schema::new(schema.fields().clone()).with_metadata(meta));
-                    layout = Some((file_layout, out_schema));
-                }
-            }
-            // invariant: set just above on the first batch.
-            let Some((file_layout, out_schema)) = layout.as_ref() else {
-                continue;
-            };
-            checker.chunk(batch.num_rows()).map_err(violation)?;
-            let keys = batch
-                .column(file_layout.key_index)
-                .as_any()
-                .downcast_ref::<FixedSizeBinaryArray>()
-                .ok_or_else(|| {
-                    violation(Violation::Schema("the key column changed type".into()))
-                })?;
-            for i in 0..keys.len() {
-                if keys.is_null(i) {
-                    return Err(violation(Violation::NullKey {
-                        row: checker.rows(),
-                    }));
-                }
-                let key = <[u8; 16]>::try_from(keys.value(i)).map_err(|_| {
-                    violation(Violation::Schema(
-                        "the key column is not 16 bytes wide".into(),
-                    ))
-                })?;
-                checker
-                    .row(key, file_layout.vector_dim)
-                    .map_err(violation)?;
-            }
-            if let Some(out) = output.as_mut() {
-                let schema = out_schema.clone();
-                out.write(|| schema, batch.columns().to_vec())?;
-            }
-            progress.inc(batch.num_rows() as u64);
-        }
-        progress.finish();
-        if let Some(out) = output.take() {
-            let empty = match &layout {
-                Some((_, s)) => s.clone(),
-                None => recruit_schema(0, &opts.server),
-            };
-            out.commit(checker.rows(), || empty)?;
-        }
-    } else {
-        let asked = opts.chunk_size as usize;
-        checker = Checker::new(Some(asked), checkpoint);
-        let mut client = EmbeddingStreamServiceClient::new(channel)
-            .max_decoding_message_size(wire::MAX_MESSAGE_BYTES);
-        let request = StreamEmbeddingRequest {
-            last_processed_uuid: checkpoint.map(|k| format_uuid(&k)).unwrap_or_default(),
-            chunk_size: i32::try_from(opts.chunk_size).unwrap_or(i32::MAX),
-        };
-        let mut stream = timeouts
-            .idle(
-                "waiting for the StreamEmbedding response",
-                client.stream_embedding(request),
-            )
-            .await
-            .map_err(|s| rpc(0, s))?
-            .into_inner();
-        let mut keys = Vec::new();
-        loop {
-            let chunk = match timeouts
-                .idle("waiting for the next chunk", stream.message())
-                .await
-            {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(status) => return Err(rpc(checker.rows(), status)),
-            };
-            checker.chunk(chunk.rows.len()).map_err(violation)?;
-            keys.clear();
-            for row in &chunk.rows {
-                let key = parse_key(checker.rows(), &row.id).map_err(violation)?;
-                checker.row(key, row.vector.len()).map_err(violation)?;
-                keys.push(key);
-            }
-            if let Some(out) = output.as_mut() {
-                let dim = checker.dim.unwrap_or(0);
-                let columns =
-                    chunk_columns(&chunk, &keys, dim).map_err(|message| StreamError::Write {
-                        path: out.path.clone(),
-                        message,
-                    })?;
-                let server = opts.server.clone();
-                out.write(|| recruit_schema(dim, &server), columns)?;
-            }
-            progress.inc(chunk.rows.len() as u64);
-        }
-        progress.finish();
-        if let Some(out) = output.take() {
-            let dim = checker.dim.unwrap_or(0);
-            out.commit(checker.rows(), || recruit_schema(dim, &opts.server))?;
+/// What both pullers share: the call's name for errors, the running
+/// [`Checker`], the `--out` [`Output`] and the progress display.
+struct Pull<'a> {
+    server: &'a str,
+    what: &'static str,
+    checker: Checker,
+    output: Option<Output>,
+    progress: Progress,
+}
+
+impl Pull<'_> {
+    /// The call failed after the rows checked so far.
+    fn rpc(&self, status: tonic::Status) -> StreamError {
+        StreamError::Rpc {
+            server: self.server.to_string(),
+            what: self.what,
+            rows: self.checker.rows(),
+            code: status.code(),
+            message: status.message().to_string(),
         }
     }
-    Ok(checker.report(started.elapsed(), opts.out.clone()))
+
+    /// The stream broke its contract.
+    fn violation(&self, violation: Violation) -> StreamError {
+        StreamError::Violation {
+            server: self.server.to_string(),
+            violation,
+        }
+    }
+
+    /// The stream ended cleanly: commit `--out` (with `empty_schema` if no
+    /// row came) and hand back the checks.
+    fn finish(mut self, empty_schema: impl FnOnce() -> SchemaRef) -> Result<Checker, StreamError> {
+        self.progress.finish();
+        if let Some(out) = self.output.take() {
+            out.commit(self.checker.rows(), empty_schema)?;
+        }
+        Ok(self.checker)
+    }
+}
+
+/// Pull with StreamEmbedding: RowChunks of `chunk_size` rows after `checkpoint`.
+async fn pull_embedding(
+    channel: tonic::transport::Channel,
+    chunk_size: u32,
+    checkpoint: Option<[u8; 16]>,
+    timeouts: Timeouts,
+    mut pull: Pull<'_>,
+) -> Result<Checker, StreamError> {
+    let mut client = EmbeddingStreamServiceClient::new(channel)
+        .max_decoding_message_size(wire::MAX_MESSAGE_BYTES);
+    let request = StreamEmbeddingRequest {
+        last_processed_uuid: checkpoint.map(|k| format_uuid(&k)).unwrap_or_default(),
+        chunk_size: i32::try_from(chunk_size).unwrap_or(i32::MAX),
+    };
+    let mut stream = timeouts
+        .idle(
+            "waiting for the StreamEmbedding response",
+            client.stream_embedding(request),
+        )
+        .await
+        .map_err(|s| pull.rpc(s))?
+        .into_inner();
+    let mut keys = Vec::new();
+    loop {
+        let chunk = match timeouts
+            .idle("waiting for the next chunk", stream.message())
+            .await
+        {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(status) => return Err(pull.rpc(status)),
+        };
+        pull.checker
+            .chunk(chunk.rows.len())
+            .map_err(|v| pull.violation(v))?;
+        keys.clear();
+        for row in &chunk.rows {
+            let key = parse_key(pull.checker.rows(), &row.id).map_err(|v| pull.violation(v))?;
+            pull.checker
+                .row(key, row.vector.len())
+                .map_err(|v| pull.violation(v))?;
+            keys.push(key);
+        }
+        let dim = pull.checker.dim.unwrap_or(0);
+        let server = pull.server;
+        if let Some(out) = pull.output.as_mut() {
+            let columns =
+                chunk_columns(&chunk, &keys, dim).map_err(|message| StreamError::Write {
+                    path: out.path.clone(),
+                    message,
+                })?;
+            out.write(|| recruit_schema(dim, server), columns)?;
+        }
+        pull.progress.inc(chunk.rows.len() as u64);
+    }
+    let dim = pull.checker.dim.unwrap_or(0);
+    let server = pull.server;
+    pull.finish(|| recruit_schema(dim, server))
+}
+
+/// Pull with Arrow Flight DoGet: ticket `all`, or `after:<checkpoint>`; the
+/// file's own record batches, written to `--out` as they come.
+async fn pull_flight(
+    channel: tonic::transport::Channel,
+    checkpoint: Option<[u8; 16]>,
+    timeouts: Timeouts,
+    mut pull: Pull<'_>,
+) -> Result<Checker, StreamError> {
+    let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX);
+    let mut client = arrow_flight::FlightClient::new_from_inner(inner);
+    let ticket = match checkpoint {
+        None => "all".to_string(),
+        Some(k) => format!("after:{}", format_uuid(&k)),
+    };
+    let flight_err = |pull: &Pull, e: arrow_flight::error::FlightError| match e {
+        arrow_flight::error::FlightError::Tonic(status) => pull.rpc(*status),
+        other => pull.rpc(tonic::Status::internal(other.to_string())),
+    };
+    let mut stream = match tokio::time::timeout(
+        timeouts.idle,
+        client.do_get(arrow_flight::Ticket::new(ticket)),
+    )
+    .await
+    {
+        Ok(started) => started.map_err(|e| flight_err(&pull, e))?,
+        Err(_) => return Err(pull.rpc(timeouts.idle_status("waiting for the DoGet response"))),
+    };
+    let mut layout: Option<(FileLayout, SchemaRef)> = None;
+    loop {
+        let Ok(next) = tokio::time::timeout(timeouts.idle, stream.next()).await else {
+            return Err(pull.rpc(timeouts.idle_status("waiting for the next record batch")));
+        };
+        let Some(batch) = next else { break };
+        let batch = batch.map_err(|e| flight_err(&pull, e))?;
+        let (file_layout, out_schema) = match &layout {
+            Some(known) => known,
+            None => layout.insert(
+                flight_layout(&batch.schema(), pull.server).map_err(|v| pull.violation(v))?,
+            ),
+        };
+        pull.checker
+            .chunk(batch.num_rows())
+            .map_err(|v| pull.violation(v))?;
+        let keys = batch
+            .column(file_layout.key_index)
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .ok_or_else(|| {
+                pull.violation(Violation::Schema("the key column changed type".into()))
+            })?;
+        for i in 0..keys.len() {
+            if keys.is_null(i) {
+                return Err(pull.violation(Violation::NullKey {
+                    row: pull.checker.rows(),
+                }));
+            }
+            let key = <[u8; 16]>::try_from(keys.value(i)).map_err(|_| {
+                pull.violation(Violation::Schema(
+                    "the key column is not 16 bytes wide".into(),
+                ))
+            })?;
+            pull.checker
+                .row(key, file_layout.vector_dim)
+                .map_err(|v| pull.violation(v))?;
+        }
+        if let Some(out) = pull.output.as_mut() {
+            let schema = out_schema.clone();
+            out.write(|| schema, batch.columns().to_vec())?;
+        }
+        pull.progress.inc(batch.num_rows() as u64);
+    }
+    let server = pull.server;
+    pull.finish(|| match layout {
+        Some((_, schema)) => schema,
+        None => recruit_schema(0, server),
+    })
+}
+
+/// The key and vector columns of a Flight stream's schema, and the schema
+/// `--out` writes: the stream's, with this client's `embedstream.*` metadata.
+fn flight_layout(schema: &SchemaRef, server: &str) -> Result<(FileLayout, SchemaRef), Violation> {
+    let layout =
+        FileLayout::from_schema(schema, None).map_err(|e| Violation::Schema(e.to_string()))?;
+    let Some(vector) = layout.vector_index else {
+        return Err(Violation::Schema("it has no vector column".into()));
+    };
+    let mut meta = schema.metadata().clone();
+    meta.extend(out_metadata(
+        schema.field(layout.key_index).name(),
+        schema.field(vector).name(),
+        layout.vector_dim,
+        server,
+    ));
+    let out_schema = Arc::new(Schema::new(schema.fields().clone()).with_metadata(meta));
+    Ok((layout, out_schema))
 }
 
 /// Run `embedstream stream`.

@@ -21,7 +21,7 @@ use arrow_array::{
 use arrow_buffer::Buffer;
 use arrow_schema::DataType;
 
-use crate::format::format_uuid;
+use crate::format::{self, format_uuid};
 
 const COUNTER_BITS: u32 = 42;
 /// The counter's exclusive upper bound.
@@ -199,20 +199,14 @@ pub fn adopt_existing(column: &str, array: &ArrayRef) -> Result<FixedSizeBinaryA
     let mut previous: Option<&[u8]> = None;
     for i in 0..keys.len() {
         let key = keys.value(i);
-        if key[6] >> 4 != 7 || key[8] >> 6 != 0b10 {
+        if !format::is_v7(key) {
             return Err(clash(format!(
                 "row {i} ({}) is not a version 7 UUID",
                 format_uuid(key)
             )));
         }
         if let Some(prev) = previous {
-            if prev >= key {
-                return Err(clash(format!(
-                    "keys are not strictly increasing at row {i} ({} then {})",
-                    format_uuid(prev),
-                    format_uuid(key)
-                )));
-            }
+            format::check_key_order(i, prev, key).map_err(|e| clash(format!("keys are {e}")))?;
         }
         previous = Some(key);
     }

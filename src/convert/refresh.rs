@@ -42,17 +42,16 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context};
-use arrow::{
-    array::make_comparator,
-    compute::{cast, concat, take},
-};
 use arrow_array::{
     cast::AsArray, Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, FixedSizeListArray,
     Int64Array, LargeBinaryArray, LargeStringArray, StringArray, StringViewArray, UInt32Array,
     UInt64Array,
 };
 use arrow_buffer::Buffer;
+use arrow_cast::cast::cast;
+use arrow_ord::ord::make_comparator;
 use arrow_schema::{DataType, SortOptions};
+use arrow_select::{concat::concat, take::take};
 use hashbrown::HashTable;
 use twox_hash::XxHash3_64;
 

@@ -1,6 +1,6 @@
 //! Columns → one schema with the key and metadata → record batches → file.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
 use anyhow::{bail, Context};
 use arrow_array::{Array, FixedSizeBinaryArray, RecordBatch};
@@ -145,32 +145,19 @@ impl Table {
             format::vector_shape(fields[i].data_type()).map(|(dim, ty)| (i, dim, ty))
         });
 
-        let mut metadata = HashMap::from([
-            (format::META_KEY_COLUMN.to_string(), key_column.to_string()),
-            (format::META_ROWS.to_string(), rows.to_string()),
-            (
-                format::META_VERSION.to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            ),
-            // Generated keys are increasing by construction; adopted ones were checked;
-            // a refresh's are OLD's (increasing in OLD's order), then fresh ones after them.
-            (format::META_KEYS_SORTED.to_string(), "true".to_string()),
-            (format::META_GENERATION.to_string(), "1".to_string()),
-        ]);
-        metadata.extend(refresh_meta);
-        if let Some(name) = source.file_name() {
-            metadata.insert(
-                format::META_SOURCE.to_string(),
-                name.to_string_lossy().into_owned(),
-            );
-        }
+        // Generated keys are increasing by construction; adopted ones were checked;
+        // a refresh's are OLD's (increasing in OLD's order), then fresh ones after them.
+        let mut metadata = format::FileMetadata::written(key_column);
         if let Some((i, dim, _)) = &vector {
-            metadata.insert(
-                format::META_VECTOR_COLUMN.to_string(),
-                fields[*i].name().clone(),
-            );
-            metadata.insert(format::META_VECTOR_DIM.to_string(), dim.to_string());
+            metadata = metadata.with_vector(fields[*i].name(), *dim);
         }
+        metadata.rows = Some(rows);
+        metadata.source = source
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned());
+        let mut metadata = metadata.to_map();
+        // A refresh's generation and lineage entries win over the plain ones.
+        metadata.extend(refresh_meta);
         let schema = Arc::new(Schema::new(fields).with_metadata(metadata));
         Ok(Table {
             schema,

@@ -190,8 +190,7 @@ mod tests {
             Field::new("vec", vtype, true),
             format::key_field("uuid"),
         ]));
-        let mut w = FileWriter::try_new(std::fs::File::create(&path).unwrap(), &schema).unwrap();
-        for (b, rows) in [(0usize, 3usize), (3, 2)] {
+        let batches = [(0usize, 3usize), (3, 2)].into_iter().map(|(b, rows)| {
             let range = b..b + rows;
             let mut keys = FixedSizeBinaryBuilder::new(16);
             let vectors: ArrayRef = if wide {
@@ -233,42 +232,57 @@ mod tests {
                         .map(|i| (i != 3).then(|| format!("{p} ✓ {i}"))),
                 ))
             };
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    text("Co"),
-                    exp,
-                    text("lvl"),
-                    text("kw"),
-                    vectors,
-                    Arc::new(keys.finish()),
-                ],
-            )
-            .unwrap();
-            w.write(&batch).unwrap();
+            vec![
+                text("Co"),
+                exp,
+                text("lvl"),
+                text("kw"),
+                vectors,
+                Arc::new(keys.finish()),
+            ]
+        });
+        let table = write_and_open(&path, &schema, batches);
+        (dir, Arc::new(table))
+    }
+
+    /// Write `batches` (columns under `schema`) as an Arrow IPC file at
+    /// `path`, then open it as a table under the default mapping.
+    fn write_and_open(
+        path: &std::path::Path,
+        schema: &arrow_schema::SchemaRef,
+        batches: impl IntoIterator<Item = Vec<ArrayRef>>,
+    ) -> RecruitTable {
+        let mut w = FileWriter::try_new(std::fs::File::create(path).unwrap(), schema).unwrap();
+        for columns in batches {
+            w.write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+                .unwrap();
         }
         w.finish().unwrap();
-        let store = Arc::new(crate::store::Store::open(&path, None).unwrap());
+        let store = Arc::new(crate::store::Store::open(path, None).unwrap());
         let layout = RowMapping::default()
             .resolve(store.schema(), store.layout())
             .unwrap();
-        (dir, Arc::new(RecruitTable::new(store, layout)))
+        RecruitTable::new(store, layout)
+    }
+
+    /// The `RecruitRow` prost would encode for row `i`, every field named
+    /// (no `..Default`: a field added to the proto stops this compiling).
+    fn recruit_row(c: &RecruitColumns, i: usize) -> crate::proto::RecruitRow {
+        crate::proto::RecruitRow {
+            id: c.id(i).to_string(),
+            company_name: c.company_name(i).to_string(),
+            exp_years: c.exp_years(i),
+            english_level: c.english_level(i).to_string(),
+            primary_keyword: c.primary_keyword(i).to_string(),
+            vector: c.vector(i).iter().collect(),
+        }
     }
 
     /// The chunk prost would produce, built field by field from the views.
     fn expected(t: &RecruitTable, start: usize, end: usize) -> RowChunk {
         let mut rows = Vec::new();
         t.for_segments(start, end, |c, a, b| {
-            for i in a..b {
-                rows.push(crate::proto::RecruitRow {
-                    id: c.id(i).to_string(),
-                    company_name: c.company_name(i).to_string(),
-                    exp_years: c.exp_years(i),
-                    english_level: c.english_level(i).to_string(),
-                    primary_keyword: c.primary_keyword(i).to_string(),
-                    vector: c.vector(i).iter().collect(),
-                });
-            }
+            rows.extend((a..b).map(|i| recruit_row(c, i)));
         })
         .unwrap();
         RowChunk { rows }
@@ -290,6 +304,42 @@ mod tests {
                     assert_eq!(&buf[..], &want.encode_to_vec()[..], "{start}..{end}");
                     assert_eq!(RowChunk::decode(&buf[..]).unwrap(), want);
                 }
+            }
+        }
+    }
+
+    /// Fails when a `RecruitRow` field is added to the proto but not to the
+    /// encoder: the expected row names every field ([`recruit_row`]: no
+    /// `..Default`, so a new field stops this compiling until it is added
+    /// there, and to the non-default check below), and every
+    /// row compared has a non-default value in every field (so a field the
+    /// encoder leaves out changes the bytes, where prost's equality on
+    /// default-valued rows could not see it).
+    #[test]
+    fn every_field_matches_prost() {
+        // (vectors f64, exp as ints, rows whose every field is non-default)
+        for (wide, ints, rows) in [
+            (false, false, vec![4]),
+            (true, true, vec![0, 4]),
+            (false, true, vec![0, 4]),
+        ] {
+            let (_dir, t) = table(wide, ints);
+            for row in rows {
+                let want = expected(&t, row, row + 1).rows;
+                let r = &want[0];
+                let default = crate::proto::RecruitRow::default();
+                assert!(
+                    r.id != default.id
+                        && r.company_name != default.company_name
+                        && r.exp_years != default.exp_years
+                        && r.english_level != default.english_level
+                        && r.primary_keyword != default.primary_keyword
+                        && r.vector != default.vector,
+                    "row {row} of ({wide}, {ints}) leaves a field at its default: {r:?}"
+                );
+                let mut buf = bytes::BytesMut::new();
+                encode_chunk(&t, row, row + 1, &mut buf).unwrap();
+                assert_eq!(&buf[..], &RowChunk { rows: want }.encode_to_vec()[..]);
             }
         }
     }
@@ -317,6 +367,76 @@ mod tests {
             assert!(
                 chunk_len(&t, i, i + 1).unwrap()
                     <= crate::wire::row_size_bound(t.layout().vector_dim(), 16)
+            );
+        }
+    }
+
+    /// A measurement, not a check: encoding every 300-row chunk of a
+    /// 141,897 × 384 Float32 file (the benchmark's size, reference layout,
+    /// Utf8 strings). Run by hand, in release:
+    /// `cargo test --release --lib encode_every_chunk_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a timing to read by hand, in release; never a threshold"]
+    fn encode_every_chunk_timing() {
+        const ROWS: usize = 141_897;
+        const DIM: i32 = 384;
+        const BATCH: usize = 16_384;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("timing.arrow");
+        let item = Arc::new(Field::new_list_field(DataType::Float32, false));
+        let schema = Arc::new(Schema::new(vec![
+            format::key_field("uuid"),
+            Field::new("Company Name", DataType::Utf8, true),
+            Field::new("Exp Years", DataType::Utf8, true),
+            Field::new("English Level", DataType::Utf8, true),
+            Field::new("Primary Keyword", DataType::Utf8, true),
+            Field::new("v", DataType::FixedSizeList(item.clone(), DIM), false),
+        ]));
+        let batches = (0..ROWS).step_by(BATCH).map(|start| {
+            let range = start..(start + BATCH).min(ROWS);
+            let mut keys = FixedSizeBinaryBuilder::new(16);
+            let mut v =
+                FixedSizeListBuilder::new(Float32Builder::new(), DIM).with_field(item.clone());
+            for i in range.clone() {
+                keys.append_value((i as u128 + 1).to_be_bytes()).unwrap();
+                v.values().append_slice(
+                    &(0..DIM)
+                        .map(|j| i as f32 + j as f32 / 7.0)
+                        .collect::<Vec<_>>(),
+                );
+                v.append(true);
+            }
+            let text = |f: &dyn Fn(usize) -> String| -> ArrayRef {
+                Arc::new(StringArray::from_iter_values(range.clone().map(f)))
+            };
+            vec![
+                Arc::new(keys.finish()) as ArrayRef,
+                text(&|i| format!("Company {}", i % 997)),
+                text(&|i| format!("{}y", i % 11)),
+                text(&|i| ["pre", "intermediate", "upper", "fluent"][i % 4].to_string()),
+                text(&|i| ["Java", "Python", "Rust", "Go", "QA"][i % 5].to_string()),
+                Arc::new(v.finish()),
+            ]
+        });
+        let t = write_and_open(&path, &schema, batches);
+        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+        let mut pass = || {
+            let began = std::time::Instant::now();
+            let mut bytes = 0;
+            for start in (0..ROWS).step_by(crate::wire::DEFAULT_CHUNK_SIZE) {
+                buf.clear();
+                bytes += encode_chunk(&t, start, start + crate::wire::DEFAULT_CHUNK_SIZE, &mut buf)
+                    .unwrap();
+            }
+            (began.elapsed(), bytes)
+        };
+        pass(); // decodes and caches every batch
+        for run in 1..=5 {
+            let (elapsed, bytes) = pass();
+            println!(
+                "encode_every_chunk run {run}: {:.1} ms, {bytes} bytes, {:.0} MB/s",
+                elapsed.as_secs_f64() * 1e3,
+                bytes as f64 / 1e6 / elapsed.as_secs_f64()
             );
         }
     }

@@ -37,10 +37,8 @@ use arrow_schema::SchemaRef;
 
 pub use ipc_file::{BatchError, IpcBlock, MappedIpcFile};
 
-use crate::format::{format_uuid, FileLayout, LayoutError};
-
-/// A UUID key as stored: 16 big-endian bytes.
-pub type Key = [u8; 16];
+pub use crate::format::Key;
+use crate::format::{check_key_order, FileLayout, LayoutError};
 
 /// Why a file cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +196,7 @@ impl Store {
     }
 
     fn check_order_of(&self, path: &str, column: &str, full: bool) -> Result<(), StoreError> {
-        let mut previous: Option<(usize, &[u8])> = None;
+        let mut previous: Option<&[u8]> = None;
         for (b, keys) in self.keys.iter().enumerate() {
             let rows: Box<dyn Iterator<Item = usize>> = if full || keys.len() < 2 {
                 Box::new(0..keys.len())
@@ -207,18 +205,18 @@ impl Store {
             };
             for i in rows {
                 let key = keys.value(i);
-                if let Some((_, prev)) = previous {
-                    if prev >= key {
-                        return Err(StoreError::Unsorted {
+                if let Some(prev) = previous {
+                    check_key_order(self.row_starts[b] + i, prev, key).map_err(|e| {
+                        StoreError::Unsorted {
                             path: path.to_string(),
                             column: column.to_string(),
-                            row: self.row_starts[b] + i,
-                            previous: format_uuid(prev),
-                            next: format_uuid(key),
-                        });
-                    }
+                            row: e.row,
+                            previous: e.previous,
+                            next: e.next,
+                        }
+                    })?;
                 }
-                previous = Some((i, key));
+                previous = Some(key);
             }
         }
         Ok(())

@@ -318,6 +318,15 @@ impl ChildServer {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Send SIGHUP to the child server (the reload signal).
+    fn sighup(&mut self) {
+        assert!(self.alive(), "the server exited before SIGHUP");
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) only sends a signal; `pid` is our own child, not
+        // yet reaped (checked just above), so it names no other process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    }
+
     async fn channel(&self) -> Channel {
         connect(&self.addr).await
     }
@@ -634,11 +643,7 @@ async fn sighup_reloads_and_does_not_kill() {
     let path = dir.path().join("live.arrow");
     common::write_sample_rows(&path, 0..300, DIM, 100, &[]);
     let mut server = ChildServer::start(dir.path(), &path);
-    // SAFETY: sending a signal to our own child, which is still running.
-    assert_eq!(
-        unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGHUP) },
-        0
-    );
+    server.sighup();
     server.wait_log("SIGHUP: reloading", 1);
     let line = server.wait_log("serving generation 2", 1);
     assert!(line.contains("trigger=\"SIGHUP\""), "{line}");
@@ -652,11 +657,7 @@ async fn sighup_reloads_and_does_not_kill() {
     // Deleting the served path keeps the current generation serving; a
     // SIGHUP then is refused with the reason and does not kill either.
     std::fs::remove_file(&path).unwrap();
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGHUP) },
-        0
-    );
+    server.sighup();
     let line = server.wait_log("replacement refused", 1);
     assert!(line.contains("no such file"), "{line}");
     let (chunks, end) = drain(&mut open_stream(&ch, 0).await.unwrap()).await;
