@@ -79,6 +79,13 @@ pub struct ConvertArgs {
     /// No progress bar or progress log lines.
     #[arg(long)]
     pub no_progress: bool,
+
+    /// Memory the pickle reader may use for the values it rebuilds: N × the pickle's size
+    /// + 32 MiB. Genuine DataFrame pickles need far less; a pickle made to exhaust memory
+    /// (millions of empty containers) is refused when it reaches the budget.
+    #[arg(long, value_name = "N", default_value_t = crate::pickle::DEFAULT_ARENA_FACTOR,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_memory_factor: u32,
 }
 
 impl ConvertArgs {
@@ -94,6 +101,7 @@ impl ConvertArgs {
             vector_column: None,
             keep_float64: false,
             no_progress: true,
+            max_memory_factor: crate::pickle::DEFAULT_ARENA_FACTOR,
         }
     }
 
@@ -248,11 +256,27 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         args.progress_mode(),
     ));
     let progress_sink = reading.clone();
+    let budget = crate::pickle::arena_budget(
+        usize::try_from(input_meta.len()).unwrap_or(usize::MAX),
+        args.max_memory_factor,
+    );
     let options = FrameOptions {
         keep_float64: args.keep_float64,
+        max_arena_bytes: Some(budget),
         progress: Some(Arc::new(move |bytes| progress_sink.set(bytes))),
     };
     let frame = frame::read_pickle(input, &options)
+        .map_err(|e| {
+            if e.is_over_memory_budget() {
+                anyhow::anyhow!(
+                    "{e}; if the file is genuine, allow more with --max-memory-factor \
+                     (now {})",
+                    args.max_memory_factor
+                )
+            } else {
+                e.into()
+            }
+        })
         .with_context(|| format!("{}: cannot convert", input.display()))?;
     reading.finish();
     tracing::debug!(

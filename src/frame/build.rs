@@ -49,8 +49,8 @@ impl<'h> Builder<'h> {
     pub fn frame(&self, root: Value) -> Result<Frame, FrameError> {
         let heap = self.heap;
         match root {
-            Value::Object(_) => {
-                let o = heap.object(root).expect("object"); // invariant: matched Value::Object above
+            Value::Object(id) => {
+                let o = heap.obj(id);
                 match o.kind() {
                     Kind::DataFrame => self.dataframe(o),
                     Kind::Series => Err(FrameError::Unsupported(
@@ -61,8 +61,9 @@ impl<'h> Builder<'h> {
                     _ => Err(not_a_frame(&heap.type_name(root))),
                 }
             }
-            Value::Dict(_) => self.dict_of_lists(root),
-            Value::List(_) | Value::Tuple(_) => self.list_of_dicts(root),
+            Value::Dict(id) => self.dict_of_lists(heap.dict_pairs(id)),
+            Value::List(id) => self.list_of_dicts(heap.list_items(id)),
+            Value::Tuple(id) => self.list_of_dicts(heap.tuple_items(id)),
             other => Err(not_a_frame(&heap.type_name(other))),
         }
     }
@@ -602,9 +603,8 @@ impl<'h> Builder<'h> {
     // Plain Python shapes
     // ------------------------------------------------------------------
 
-    fn dict_of_lists(&self, root: Value) -> Result<Frame, FrameError> {
+    fn dict_of_lists(&self, pairs: &[(Value, Value)]) -> Result<Frame, FrameError> {
         let heap = self.heap;
-        let pairs = heap.dict(root).expect("dict"); // invariant: only called for a root matched as a dict
         let mut columns = Vec::with_capacity(pairs.len());
         let mut rows: Option<(usize, String)> = None;
         for (k, v) in pairs {
@@ -644,14 +644,18 @@ impl<'h> Builder<'h> {
         })
     }
 
-    fn list_of_dicts(&self, root: Value) -> Result<Frame, FrameError> {
+    fn list_of_dicts(&self, rows: &[Value]) -> Result<Frame, FrameError> {
         let heap = self.heap;
-        let rows = heap.seq(root).expect("seq"); // invariant: only called for a root matched as a list
         let mut names: Vec<(Value, String)> = Vec::new();
+        let mut dicts: Vec<&[(Value, Value)]> = Vec::new();
+        dicts
+            .try_reserve_exact(rows.len())
+            .map_err(|_| bad("too many rows to index"))?;
         for (r, row) in rows.iter().enumerate() {
             let pairs = heap.dict(*row).ok_or_else(|| {
                 not_a_frame(&format!("list whose row {r} is a {}", heap.type_name(*row)))
             })?;
+            dicts.push(pairs);
             for (k, _) in pairs {
                 if !names.iter().any(|(kv, _)| same_key(heap, *kv, *k)) {
                     if names.len() >= 100_000 {
@@ -665,11 +669,10 @@ impl<'h> Builder<'h> {
         }
         let mut columns = Vec::with_capacity(names.len());
         for (key, name) in &names {
-            let cells: Vec<Value> = rows
+            let cells: Vec<Value> = dicts
                 .iter()
-                .map(|row| {
-                    heap.dict(*row)
-                        .expect("checked") // invariant: every row was checked to be a dict in the loop above
+                .map(|pairs| {
+                    pairs
                         .iter()
                         .rev()
                         .find(|(k, _)| same_key(heap, *k, *key))

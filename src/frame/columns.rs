@@ -193,15 +193,15 @@ impl<'h> Builder<'h> {
             Value::Int(i) => Cell::Int(i),
             Value::Float(f) if f.is_nan() => Cell::Null,
             Value::Float(f) => Cell::Float(f),
-            Value::Str(_) => Cell::Str(heap.str(v).expect("str").into()), // invariant: matched Value::Str
-            Value::LegacyStr(_) => {
-                let b = heap.bytes_of(v).expect("bytes"); // invariant: matched Value::Bytes/ByteArray
+            Value::Str(id) => Cell::Str(heap.string(id).into()),
+            Value::LegacyStr(id) => {
+                let b = heap.payload(id);
                 match std::str::from_utf8(b) {
                     Ok(s) => Cell::Str(s.into()),
                     Err(_) => Cell::Str(b.iter().map(|c| *c as char).collect::<String>().into()),
                 }
             }
-            Value::Bytes(_) | Value::ByteArray(_) => Cell::Bytes(heap.bytes_of(v).expect("bytes")), // invariant: matched Value::Bytes/ByteArray
+            Value::Bytes(id) | Value::ByteArray(id) => Cell::Bytes(heap.payload(id)),
             Value::List(_) | Value::Tuple(_) => Cell::Vector,
             Value::Global(_) if heap.kind(v) == Some(Kind::PandasNA) => Cell::Null,
             Value::Object(_) => match heap.kind(v) {
