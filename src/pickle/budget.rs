@@ -72,10 +72,14 @@ impl Budget {
         }
         // Items the budget still affords beyond the current capacity.
         let room = (self.limit.saturating_sub(self.used)) / size;
-        let target = need
-            .max(cap.saturating_mul(2))
-            .max(4)
-            .min(cap.saturating_add(room));
+        // The first reservation is exact (most containers never grow past
+        // their first batch of items); later ones double.
+        let target = if cap == 0 {
+            need
+        } else {
+            need.max(cap.saturating_mul(2))
+        }
+        .min(cap.saturating_add(room));
         if target < need {
             return Err(Exhausted::Budget);
         }

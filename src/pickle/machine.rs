@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Default of [`Limits::max_arena_bytes`] per byte of input.
-pub const DEFAULT_ARENA_FACTOR: u32 = 8;
+pub const DEFAULT_ARENA_FACTOR: u32 = 12;
 /// What [`Limits::max_arena_bytes`] always allows on top of the per-byte
 /// part, so that small pickles are never short of room (32 MiB).
 pub const ARENA_FLOOR: usize = 32 << 20;
@@ -63,7 +63,8 @@ impl Limits {
 
 /// `factor` × `len` + [`ARENA_FLOOR`], saturating.
 pub fn arena_budget(len: usize, factor: u32) -> usize {
-    len.saturating_mul(factor as usize).saturating_add(ARENA_FLOOR)
+    len.saturating_mul(factor as usize)
+        .saturating_add(ARENA_FLOOR)
 }
 
 /// What a finished run produced.
@@ -75,6 +76,8 @@ pub struct Loaded {
     pub root: Value,
     /// Protocol declared by PROTO (0 when absent).
     pub protocol: u8,
+    /// Bytes of memory reserved for the values (what the budget counted).
+    pub arena_bytes: usize,
 }
 
 // Opcodes.
@@ -239,6 +242,8 @@ pub struct Machine<'a> {
     limits: Limits,
     budget: Budget,
     encode_cache: HashMap<StrId, BytesId>,
+    /// The one `()` (see EMPTY_TUPLE).
+    empty_tuple: Option<Value>,
     protocol: u8,
     progress: Option<&'a mut dyn FnMut(usize)>,
     next_report: usize,
@@ -281,6 +286,7 @@ impl<'a> Machine<'a> {
             budget: Budget::new(limits.max_arena_bytes),
             limits,
             encode_cache: HashMap::new(),
+            empty_tuple: None,
             protocol: 0,
             progress: None,
             next_report: REPORT_EVERY,
@@ -797,6 +803,7 @@ impl<'a> Machine<'a> {
                         heap: self.heap,
                         root,
                         protocol: self.protocol,
+                        arena_bytes: self.budget.used(),
                     });
                 }
 
@@ -986,7 +993,16 @@ impl<'a> Machine<'a> {
 
                 // ---- containers ----
                 EMPTY_TUPLE => {
-                    let v = self.new_tuple(&[])?;
+                    // `()` is a singleton, as in Python: one for the whole
+                    // pickle, however many EMPTY_TUPLEs it has.
+                    let v = match self.empty_tuple {
+                        Some(v) => v,
+                        None => {
+                            let v = self.new_tuple(&[])?;
+                            self.empty_tuple = Some(v);
+                            v
+                        }
+                    };
                     self.push(v)?;
                 }
                 TUPLE1 | TUPLE2 | TUPLE3 => {
@@ -1078,9 +1094,7 @@ impl<'a> Machine<'a> {
                                 .max()
                                 .unwrap_or(0);
                             self.bump(Value::Set(i), inner)?;
-                            let added =
-                                self.heap
-                                    .extend_set(i, &self.stack[m..], &mut self.budget);
+                            let added = self.heap.extend_set(i, &self.stack[m..], &mut self.budget);
                             added.map_err(|e| self.exhausted(e))?;
                             self.stack.truncate(m);
                         }
@@ -1422,8 +1436,7 @@ impl<'a> Machine<'a> {
             }
             (Kind::CopyregNewObj, []) => Err(self.malformed("copyreg.__newobj__ without a class")),
             (Kind::GetAttr, [obj, name]) => {
-                let is_zoneinfo =
-                    matches!(obj, Value::Global(o) if o.kind() == Kind::ZoneInfo);
+                let is_zoneinfo = matches!(obj, Value::Global(o) if o.kind() == Kind::ZoneInfo);
                 if is_zoneinfo && self.heap.str(*name) == Some("_unpickle") {
                     if let Some(g) = allow::lookup("zoneinfo", "ZoneInfo._unpickle") {
                         return Ok(Value::Global(g));

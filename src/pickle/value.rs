@@ -235,7 +235,11 @@ impl Heap {
     }
 
     /// A list that takes `items` (their capacity is charged).
-    pub(super) fn add_list(&mut self, items: Vec<Value>, b: &mut Budget) -> Result<ListId, Exhausted> {
+    pub(super) fn add_list(
+        &mut self,
+        items: Vec<Value>,
+        b: &mut Budget,
+    ) -> Result<ListId, Exhausted> {
         b.charge(std::mem::size_of_val(items.as_slice()) + spare::<Value>(&items))?;
         add(&mut self.lists, items, b).map(ListId)
     }
@@ -251,7 +255,11 @@ impl Heap {
     }
 
     /// A set that takes `items` (their capacity is charged).
-    pub(super) fn add_set(&mut self, items: Vec<Value>, b: &mut Budget) -> Result<SetId, Exhausted> {
+    pub(super) fn add_set(
+        &mut self,
+        items: Vec<Value>,
+        b: &mut Budget,
+    ) -> Result<SetId, Exhausted> {
         b.charge(std::mem::size_of_val(items.as_slice()) + spare(&items))?;
         add(&mut self.sets, items, b).map(SetId)
     }
@@ -376,7 +384,9 @@ impl Heap {
     /// The payload of `bytes`, `bytearray` or a Python 2 `str`.
     pub fn bytes_of(&self, v: Value) -> Option<&Bytes> {
         match v {
-            Value::Bytes(id) | Value::ByteArray(id) | Value::LegacyStr(id) => Some(self.payload(id)),
+            Value::Bytes(id) | Value::ByteArray(id) | Value::LegacyStr(id) => {
+                Some(self.payload(id))
+            }
             _ => None,
         }
     }
