@@ -4,7 +4,7 @@
 use arrow_array::Array;
 
 use super::{
-    ndarray::{parse_ndarray, DTypeCache, Data, NdArray},
+    ndarray::{element_f64, element_int, parse_ndarray, DTypeCache, Data, NdArray, NpKind},
     ColumnData, Frame, FrameColumn, FrameError, FrameOptions,
 };
 use crate::pickle::{Heap, How, Kind, Object, PickleSource, Value};
@@ -277,7 +277,7 @@ impl<'h> Builder<'h> {
             }
             Kind::NpReconstruct | Kind::NpFromBuffer => {
                 let arr = self.ndarray(v)?;
-                if !matches!(arr.dtype.kind, b'i' | b'u') || arr.shape.len() != 1 {
+                if !matches!(arr.dtype.kind, NpKind::Int | NpKind::UInt) || arr.shape.len() != 1 {
                     return Err(bad("block placement array is not a 1-D int array"));
                 }
                 let raw = arr.column_bytes(0)?;
@@ -736,33 +736,18 @@ fn not_a_frame(what: &str) -> FrameError {
 
 /// `str()` of one numeric element (column labels of a numeric Index).
 fn number_label(dtype: &super::ndarray::DType, b: &[u8]) -> Result<String, FrameError> {
-    macro_rules! rd {
-        ($t:ty) => {{
-            let a: [u8; std::mem::size_of::<$t>()] = b.try_into().map_err(|_| bad("label size"))?;
-            if dtype.big_endian {
-                <$t>::from_be_bytes(a)
-            } else {
-                <$t>::from_le_bytes(a)
-            }
-        }};
-    }
-    Ok(match (dtype.kind, dtype.size) {
-        (b'i', 1) => rd!(i8).to_string(),
-        (b'i', 2) => rd!(i16).to_string(),
-        (b'i', 4) => rd!(i32).to_string(),
-        (b'i', 8) => rd!(i64).to_string(),
-        (b'u', 1) => rd!(u8).to_string(),
-        (b'u', 2) => rd!(u16).to_string(),
-        (b'u', 4) => rd!(u32).to_string(),
-        (b'u', 8) => rd!(u64).to_string(),
-        (b'f', 8) => crate::pickle::py_float_repr(rd!(f64)),
-        (b'f', 4) => crate::pickle::py_float_repr(rd!(f32) as f64),
-        (b'b', 1) => if b[0] != 0 { "True" } else { "False" }.to_string(),
+    let text = match dtype.kind {
+        NpKind::Int | NpKind::UInt => element_int(dtype, b).map(|v| v.to_string()),
+        NpKind::Float if dtype.size != 2 => element_f64(dtype, b).map(crate::pickle::py_float_repr),
+        NpKind::Bool => b
+            .first()
+            .map(|x| if *x != 0 { "True" } else { "False" }.to_string()),
         _ => {
             return Err(FrameError::Unsupported(format!(
                 "column labels of dtype {} are not supported",
                 dtype.name()
             )))
         }
-    })
+    };
+    text.ok_or_else(|| bad("label size"))
 }

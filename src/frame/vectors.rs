@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use super::{
     build::bad,
-    ndarray::{element_f64, half_to_f64, DType},
+    ndarray::{element_f64, half_to_f64, DType, NpKind},
     FrameError,
 };
 use crate::pickle::PickleSource;
@@ -173,19 +173,19 @@ impl Narrowed {
     /// dtypes go through [`element_f64`].
     pub(crate) fn push_raw(&mut self, dtype: &DType, raw: &[u8]) -> Result<(), FrameError> {
         match (dtype.kind, dtype.size, dtype.big_endian, &mut *self) {
-            (b'f', 8, false, Narrowed::F32(out)) => out.extend(
+            (NpKind::Float, 8, false, Narrowed::F32(out)) => out.extend(
                 raw.chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32),
             ),
-            (b'f', 8, false, Narrowed::F64(out)) => out.extend(
+            (NpKind::Float, 8, false, Narrowed::F64(out)) => out.extend(
                 raw.chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
             ),
-            (b'f', 4, false, Narrowed::F32(out)) => out.extend(
+            (NpKind::Float, 4, false, Narrowed::F32(out)) => out.extend(
                 raw.chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))),
             ),
-            (b'f', 2, big_endian, _) => {
+            (NpKind::Float, 2, big_endian, _) => {
                 for c in raw.chunks_exact(2) {
                     let pair = [c[0], c[1]];
                     let bits = if big_endian {
@@ -220,7 +220,7 @@ mod tests {
     use arrow_array::{cast::AsArray, types::Float32Type, Array};
     use arrow_buffer::BooleanBuffer;
 
-    fn dtype(kind: u8, size: usize, big_endian: bool) -> DType {
+    fn dtype(kind: NpKind, size: usize, big_endian: bool) -> DType {
         DType {
             kind,
             size,
@@ -254,9 +254,9 @@ mod tests {
         let column = VectorCells {
             cells,
             dtypes: vec![
-                dtype(b'f', 8, false),
-                dtype(b'f', 4, false),
-                dtype(b'i', 2, true),
+                dtype(NpKind::Float, 8, false),
+                dtype(NpKind::Float, 4, false),
+                dtype(NpKind::Int, 2, true),
             ],
             dim: 2,
             keep_float64: false,

@@ -149,9 +149,12 @@ impl Utf8Bytes {
     }
 
     fn as_str(&self) -> &str {
-        // SAFETY: `Utf8Bytes::new` is the only constructor and checks that the
-        // bytes are UTF-8; the field is private to this module and `Bytes` is
-        // immutable, so they are still valid UTF-8 here.
+        // SAFETY: `Utf8Bytes::new` is the only constructor and it checks that
+        // the bytes are UTF-8; the field is private to this module, and
+        // `Bytes` gives no way to change its contents, so they are still the
+        // bytes that were checked. (For a memory-mapped input that also needs
+        // the file to stay unchanged during the run: the precondition taken
+        // on where the map is made, `PickleSource::open`.)
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 }
