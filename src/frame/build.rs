@@ -13,6 +13,11 @@ use crate::pickle::{Heap, How, Kind, Object, PickleSource, Value};
 const LABEL_DEPTH: usize = 8;
 /// Most columns a frame may declare (a sanity bound on placements and labels).
 const MAX_COLUMNS: usize = 1 << 24;
+/// Columns a frame may always declare, whatever its size. Beyond this, no
+/// more columns than the pickle has bytes: every column with a row holds at
+/// least a byte of it, while a label or a placement made up from a `range`
+/// costs nothing in the pickle but memory here.
+const MIN_COLUMN_CAP: usize = 1 << 16;
 
 pub(super) fn bad(what: impl Into<String>) -> FrameError {
     FrameError::Malformed(what.into())
@@ -39,6 +44,11 @@ impl<'h> Builder<'h> {
             opts,
             cache: Default::default(),
         }
+    }
+
+    /// Most columns this pickle's frame may declare.
+    fn max_columns(&self) -> usize {
+        MAX_COLUMNS.min(self.src.bytes().len().max(MIN_COLUMN_CAP))
     }
 
     pub fn ndarray(&self, v: Value) -> Result<NdArray<'h>, FrameError> {
@@ -221,7 +231,7 @@ impl<'h> Builder<'h> {
                 .map_err(|_| bad("negative block placement"));
         }
         if let Some(items) = heap.seq(v) {
-            if items.len() > MAX_COLUMNS {
+            if items.len() > self.max_columns() {
                 return Err(bad("block placement is too long"));
             }
             return items
@@ -263,7 +273,7 @@ impl<'h> Builder<'h> {
                 } else {
                     0
                 };
-                if count as u64 > MAX_COLUMNS as u64 {
+                if count as u64 > self.max_columns() as u64 {
                     return Err(bad("block placement slice is too long"));
                 }
                 Ok((0..count).map(|k| (start + k * step) as usize).collect())
@@ -281,10 +291,11 @@ impl<'h> Builder<'h> {
                     return Err(bad("block placement array is not a 1-D int array"));
                 }
                 let raw = arr.column_bytes(0)?;
+                let max = self.max_columns() as f64;
                 raw.chunks_exact(arr.dtype.size)
                     .map(|c| {
                         let x = super::ndarray::element_f64(&arr.dtype, c).unwrap_or(-1.0);
-                        if x < 0.0 || x > MAX_COLUMNS as f64 {
+                        if x < 0.0 || x > max {
                             Err(bad("block placement index out of range"))
                         } else {
                             Ok(x as usize)
@@ -451,8 +462,11 @@ impl<'h> Builder<'h> {
         if cname == "RangeIndex" {
             let (start, stop, step) = self.range_parts(d)?;
             let n = range_len(start, stop, step);
-            if n > MAX_COLUMNS {
-                return Err(bad(format!("RangeIndex of {n} columns")));
+            if n > self.max_columns() {
+                return Err(bad(format!(
+                    "RangeIndex of {n} columns in a {}-byte pickle",
+                    self.src.bytes().len()
+                )));
             }
             return Ok((0..n as i64)
                 .map(|k| (start + k * step).to_string())

@@ -507,7 +507,9 @@ impl<'h> NdArray<'h> {
             let s = self.flat(j, 0) * sz;
             Ok(std::borrow::Cow::Borrowed(&b[s..s + n * sz]))
         } else {
-            let mut out = Vec::with_capacity(n * sz);
+            let mut out = Vec::new();
+            out.try_reserve_exact(n.saturating_mul(sz))
+                .map_err(|_| bad(format!("cannot allocate a column of {n} items")))?;
             for i in 0..n {
                 let s = self.flat(j, i) * sz;
                 out.extend_from_slice(&b[s..s + sz]);

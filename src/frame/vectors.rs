@@ -108,7 +108,7 @@ impl VectorCells {
     pub fn slice(&self, start: usize, len: usize) -> Result<ArrayRef, FrameError> {
         let start = start.min(self.cells.len());
         let end = start.saturating_add(len).min(self.cells.len());
-        let mut out = Narrowed::new(self.keep_float64, (end - start) * self.dim);
+        let mut out = Narrowed::new(self.keep_float64, (end - start) * self.dim)?;
         let mut last_raw: Option<&Bytes> = None;
         for cell in &self.cells[start..end] {
             match cell {
@@ -146,12 +146,23 @@ pub(crate) enum Narrowed {
 }
 
 impl Narrowed {
-    pub(crate) fn new(keep_float64: bool, capacity: usize) -> Self {
-        if keep_float64 {
-            Narrowed::F64(Vec::with_capacity(capacity))
+    /// Room for `capacity` items, reserved with `try_reserve` so that a batch
+    /// too large for memory is an error, not an abort.
+    pub(crate) fn new(keep_float64: bool, capacity: usize) -> Result<Self, FrameError> {
+        let too_large = |_| {
+            bad(format!(
+                "cannot allocate {capacity} vector items for one batch; use smaller batches"
+            ))
+        };
+        Ok(if keep_float64 {
+            let mut v = Vec::new();
+            v.try_reserve_exact(capacity).map_err(too_large)?;
+            Narrowed::F64(v)
         } else {
-            Narrowed::F32(Vec::with_capacity(capacity))
-        }
+            let mut v = Vec::new();
+            v.try_reserve_exact(capacity).map_err(too_large)?;
+            Narrowed::F32(v)
+        })
     }
 
     pub(crate) fn push(&mut self, x: f64) {

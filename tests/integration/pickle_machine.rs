@@ -797,3 +797,58 @@ fn other_amplifiers_stay_within_the_budget() {
     // At 400,000 items each, the bombs (not the memo copies or BUILDs) pass 4 MiB.
     assert!(refused >= 6, "only {refused} refused");
 }
+
+/// A DataFrame whose column axis is `RangeIndex(0, n)`: a few hundred bytes
+/// of pickle that would make `n` labels.
+fn range_columns_frame(n: u32) -> Vec<u8> {
+    let new_index = global("pandas.core.indexes.base", "_new_Index");
+    let range = global("pandas.core.indexes.range", "RangeIndex");
+    let range_index = |stop: u32| {
+        cat(&[
+            &new_index,
+            b"(",
+            &range,
+            b"}(",
+            &short_str("start"),
+            b"K\x00",
+            &short_str("stop"),
+            b"J",
+            &stop.to_le_bytes(),
+            &short_str("step"),
+            b"K\x01",
+            b"u", // SETITEMS
+            b"tR",
+        ])
+    };
+    p4(&cat(&[
+        &global("pandas.core.frame", "DataFrame"),
+        b")\x81}",
+        &short_str("_mgr"),
+        &global("pandas.core.internals.managers", "BlockManager"),
+        b")(", // no blocks; axes:
+        &range_index(n),
+        &range_index(0),
+        b"l\x86R", // [columns, index] -> (blocks, axes) -> BlockManager(...)
+        b"sb",
+    ]))
+}
+
+/// Column labels and placements are bounded by the pickle's size (beyond
+/// 65,536), so a made-up `RangeIndex` of ten million columns is refused
+/// before ten million labels are made.
+#[test]
+fn column_counts_are_bounded_by_the_pickle_size() {
+    let data = range_columns_frame(10_000_000);
+    assert_eq!(
+        frame_err(&data),
+        format!(
+            "malformed DataFrame pickle: RangeIndex of 10000000 columns in a {}-byte pickle",
+            data.len()
+        )
+    );
+    // Within the bound the same shape gets as far as its (missing) blocks.
+    assert_contains(
+        &frame_err(&range_columns_frame(1000)),
+        &["column 0 ('0') is in no block"],
+    );
+}
