@@ -62,6 +62,17 @@ impl Budget {
         self.grow(v, extra)
     }
 
+    /// Append `items` to `v` within the budget.
+    pub(super) fn extend<T: Clone>(
+        &mut self,
+        v: &mut Vec<T>,
+        items: &[T],
+    ) -> Result<(), Exhausted> {
+        self.reserve(v, items.len())?;
+        v.extend_from_slice(items);
+        Ok(())
+    }
+
     #[cold]
     fn grow<T>(&mut self, v: &mut Vec<T>, extra: usize) -> Result<(), Exhausted> {
         let size = std::mem::size_of::<T>();

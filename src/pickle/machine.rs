@@ -1254,12 +1254,9 @@ impl<'a> Machine<'a> {
         self.bump(target, inner)?;
         let added = match target {
             Value::List(i) => self.heap.extend_list(i, items, &mut self.budget),
-            Value::Object(i) => {
-                let o = self.heap.obj_mut(i);
-                self.budget
-                    .reserve(&mut o.list_items, items.len())
-                    .map(|()| o.list_items.extend_from_slice(items))
-            }
+            Value::Object(i) => self
+                .budget
+                .extend(&mut self.heap.obj_mut(i).list_items, items),
             other => {
                 return Err(
                     self.malformed(format!("cannot append to a {}", self.heap.type_name(other)))
@@ -1278,12 +1275,9 @@ impl<'a> Machine<'a> {
         self.bump(target, inner)?;
         let added = match target {
             Value::Dict(i) => self.heap.extend_dict(i, pairs, &mut self.budget),
-            Value::Object(i) => {
-                let o = self.heap.obj_mut(i);
-                self.budget
-                    .reserve(&mut o.dict_items, pairs.len())
-                    .map(|()| o.dict_items.extend_from_slice(pairs))
-            }
+            Value::Object(i) => self
+                .budget
+                .extend(&mut self.heap.obj_mut(i).dict_items, pairs),
             other => {
                 return Err(self.malformed(format!(
                     "cannot set items on a {}",

@@ -278,10 +278,7 @@ impl Heap {
         items: &[Value],
         b: &mut Budget,
     ) -> Result<(), Exhausted> {
-        let v = &mut self.lists[id.index()];
-        b.reserve(v, items.len())?;
-        v.extend_from_slice(items);
-        Ok(())
+        b.extend(&mut self.lists[id.index()], items)
     }
 
     /// Add pairs to a dict within `budget`.
@@ -291,10 +288,7 @@ impl Heap {
         pairs: &[(Value, Value)],
         b: &mut Budget,
     ) -> Result<(), Exhausted> {
-        let v = &mut self.dicts[id.index()];
-        b.reserve(v, pairs.len())?;
-        v.extend_from_slice(pairs);
-        Ok(())
+        b.extend(&mut self.dicts[id.index()], pairs)
     }
 
     /// Add items to a set within `budget`.
@@ -304,10 +298,7 @@ impl Heap {
         items: &[Value],
         b: &mut Budget,
     ) -> Result<(), Exhausted> {
-        let v = &mut self.sets[id.index()];
-        b.reserve(v, items.len())?;
-        v.extend_from_slice(items);
-        Ok(())
+        b.extend(&mut self.sets[id.index()], items)
     }
 
     /// A recorded construction, to change (BUILD, APPENDS, SETITEMS on an
