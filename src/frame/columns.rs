@@ -357,8 +357,16 @@ impl<'h> Builder<'h> {
             .checked_mul(dim)
             .ok_or_else(|| bad("vector column too large"))?;
         let mut dtypes: Vec<DType> = Vec::new();
-        let mut out = Vec::with_capacity(cells.len());
-        let mut valid: Vec<bool> = Vec::with_capacity(cells.len());
+        let mut out = Vec::new();
+        let mut valid: Vec<bool> = Vec::new();
+        out.try_reserve_exact(cells.len())
+            .and_then(|()| valid.try_reserve_exact(cells.len()))
+            .map_err(|_| {
+                bad(format!(
+                    "column '{name}': cannot allocate {} rows",
+                    cells.len()
+                ))
+            })?;
         for (row, c) in cells.iter().enumerate() {
             match self.cell(*c) {
                 Cell::Null => {
@@ -702,8 +710,12 @@ impl<'h> Builder<'h> {
         macro_rules! dict {
             ($t:ty, $kt:ty) => {{
                 let v = decode::<$t>(&raw, be)?;
-                let mut valid = Vec::with_capacity(v.len());
-                let mut keys = Vec::with_capacity(v.len());
+                let mut valid = Vec::new();
+                let mut keys = Vec::new();
+                valid
+                    .try_reserve_exact(v.len())
+                    .and_then(|()| keys.try_reserve_exact(v.len()))
+                    .map_err(|_| bad(format!("column '{name}': cannot allocate {} rows", v.len())))?;
                 for (row, c) in v.into_iter().enumerate() {
                     let ci = c as i64;
                     if ci < 0 {

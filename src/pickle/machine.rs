@@ -608,18 +608,22 @@ impl<'a> Machine<'a> {
 
     #[inline]
     fn pop(&mut self) -> Result<Value> {
-        if self.stack.len() <= self.floor() {
-            return Err(self.malformed("stack underflow"));
-        }
-        Ok(self.stack.pop().expect("checked")) // invariant: the length was checked just above
+        let v = if self.stack.len() > self.floor() {
+            self.stack.pop()
+        } else {
+            None
+        };
+        v.ok_or_else(|| self.malformed("stack underflow"))
     }
 
     #[inline]
     fn top(&self) -> Result<Value> {
-        if self.stack.len() <= self.floor() {
-            return Err(self.malformed("stack underflow (nothing on the stack)"));
-        }
-        Ok(*self.stack.last().expect("checked")) // invariant: the length was checked just above
+        let v = if self.stack.len() > self.floor() {
+            self.stack.last().copied()
+        } else {
+            None
+        };
+        v.ok_or_else(|| self.malformed("stack underflow (nothing on the stack)"))
     }
 
     /// Start index of the items above the innermost MARK (which is removed).

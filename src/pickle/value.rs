@@ -572,10 +572,14 @@ pub fn py_float_repr(f: f64) -> String {
     } else {
         // Rust's `{:e}` gives shortest digits as `1.5e20` / `1e-5`.
         let s = format!("{f:e}");
-        let (mant, exp) = s.split_once('e').expect("exponent"); // invariant: `{:e}` output always has an `e`
-        let exp: i32 = exp.parse().expect("exponent digits"); // invariant: `{:e}` writes the exponent as an integer
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mant}e{sign}{:02}", exp.abs())
+        match s.split_once('e').map(|(m, e)| (m, e.parse::<i32>())) {
+            Some((mant, Ok(exp))) => {
+                let sign = if exp < 0 { '-' } else { '+' };
+                format!("{mant}e{sign}{:02}", exp.abs())
+            }
+            // `{:e}` always writes `<digits>e<int>`; keep its text otherwise.
+            _ => s,
+        }
     }
 }
 
