@@ -852,3 +852,44 @@ fn column_counts_are_bounded_by_the_pickle_size() {
         &["column 0 ('0') is in no block"],
     );
 }
+
+/// The flag reaches the reader: `--max-memory-factor 1` refuses a 4 MB dict
+/// bomb (4 MB + 32 MiB of budget), exits 1 and says which flag to raise;
+/// 0 is no factor.
+#[test]
+fn max_memory_factor_flag_sets_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bomb.pkl");
+    let data = list_of(b"}a", 2_000_000);
+    std::fs::write(&input, &data).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args(["convert", "--no-progress", "--max-memory-factor", "1"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let budget = arena_budget(data.len(), 1);
+    assert_contains(
+        &err,
+        &[
+            "cannot convert: pickle exceeds its memory budget at byte offset ",
+            &format!(
+                "would take more than {budget} bytes, the budget for a {}-byte input",
+                data.len()
+            ),
+            "allow more with --max-memory-factor (now 1)",
+        ],
+    );
+    assert!(!input.with_extension("arrow").exists());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args(["convert", "--max-memory-factor", "0"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_contains(
+        &String::from_utf8_lossy(&out.stderr),
+        &["--max-memory-factor"],
+    );
+}
