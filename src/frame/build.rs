@@ -1,6 +1,8 @@
 //! DataFrame structure: block manager, blocks, placements, indexes, and the
 //! plain dict-of-lists / list-of-dicts shapes.
 
+use std::collections::HashMap;
+
 use arrow_array::Array;
 
 use super::{
@@ -660,7 +662,13 @@ impl<'h> Builder<'h> {
 
     fn list_of_dicts(&self, rows: &[Value]) -> Result<Frame, FrameError> {
         let heap = self.heap;
-        let mut names: Vec<(Value, String)> = Vec::new();
+        // Columns in order of first appearance, found by key through a map
+        // (a scan of every column per key would take 10^10 steps for a dict
+        // of 100,000 keys).
+        let mut names: Vec<String> = Vec::new();
+        let mut by_key: HashMap<KeyOf<'_>, usize> = HashMap::new();
+        let mut others: Vec<(Value, usize)> = Vec::new();
+        let mut pairs_total = 0usize;
         let mut dicts: Vec<&[(Value, Value)]> = Vec::new();
         dicts
             .try_reserve_exact(rows.len())
@@ -670,40 +678,56 @@ impl<'h> Builder<'h> {
                 not_a_frame(&format!("list whose row {r} is a {}", heap.type_name(*row)))
             })?;
             dicts.push(pairs);
+            pairs_total += pairs.len();
             for (k, _) in pairs {
-                if !names.iter().any(|(kv, _)| same_key(heap, *kv, *k)) {
-                    if names.len() >= 100_000 {
-                        return Err(FrameError::Unsupported(
-                            "more than 100,000 distinct keys".into(),
-                        ));
+                if column_of(heap, &by_key, &others, *k).is_some() {
+                    continue;
+                }
+                if names.len() >= 100_000 {
+                    return Err(FrameError::Unsupported(
+                        "more than 100,000 distinct keys".into(),
+                    ));
+                }
+                match KeyOf::of(heap, *k) {
+                    Some(key) => by_key.insert(key, names.len()),
+                    None => {
+                        others.push((*k, names.len()));
+                        None
                     }
-                    names.push((*k, self.plain_label(*k)?));
+                };
+                names.push(self.plain_label(*k)?);
+            }
+        }
+        // Every row gets a cell in every column: refuse rows so sparse that
+        // the cells would dwarf the pairs the pickle holds.
+        let n = rows.len();
+        let cells = n.saturating_mul(names.len());
+        if cells > pairs_total.saturating_mul(SPARSE_CELLS_PER_PAIR) + (1 << 20) {
+            return Err(FrameError::Unsupported(format!(
+                "a list of {n} dicts with {} distinct keys would make {cells} cells from only \
+                 {pairs_total} key/value pairs; rows this sparse are not supported",
+                names.len()
+            )));
+        }
+        let mut matrix: Vec<Value> = Vec::new();
+        matrix
+            .try_reserve_exact(cells)
+            .map_err(|_| bad(format!("cannot allocate {cells} cells")))?;
+        matrix.resize(cells, Value::None);
+        for (r, pairs) in dicts.iter().enumerate() {
+            // In order, so that a later duplicate key wins, as in Python.
+            for (k, v) in pairs.iter() {
+                if let Some(c) = column_of(heap, &by_key, &others, *k) {
+                    matrix[c * n + r] = *v;
                 }
             }
         }
         let mut columns = Vec::with_capacity(names.len());
-        for (key, name) in &names {
-            let cells: Vec<Value> = dicts
-                .iter()
-                .map(|pairs| {
-                    pairs
-                        .iter()
-                        .rev()
-                        .find(|(k, _)| same_key(heap, *k, *key))
-                        .map(|(_, v)| *v)
-                        .unwrap_or(Value::None)
-                })
-                .collect();
-            let data = self.object_column(name, &cells)?;
-            columns.push(FrameColumn {
-                name: name.clone(),
-                data,
-            });
+        for (c, name) in names.into_iter().enumerate() {
+            let data = self.object_column(&name, &matrix[c * n..(c + 1) * n])?;
+            columns.push(FrameColumn { name, data });
         }
-        Ok(Frame {
-            rows: rows.len(),
-            columns,
-        })
+        Ok(Frame { rows: n, columns })
     }
 
     fn plain_label(&self, k: Value) -> Result<String, FrameError> {
@@ -716,13 +740,39 @@ impl<'h> Builder<'h> {
     }
 }
 
-fn same_key(heap: &Heap, a: Value, b: Value) -> bool {
-    if a == b {
-        return true;
+/// Cells a list of dicts may have per key/value pair it holds (rows that
+/// lack some keys get null cells; beyond this the rows are too sparse).
+const SPARSE_CELLS_PER_PAIR: usize = 8;
+
+/// A dict key that can be looked up by hash: text (a `str` or a Python 2
+/// `str` that is UTF-8), or an int. Two keys are the same column when they
+/// are the same value or have the same text.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyOf<'h> {
+    Text(&'h str),
+    Int(i64),
+}
+
+impl<'h> KeyOf<'h> {
+    fn of(heap: &'h Heap, v: Value) -> Option<KeyOf<'h>> {
+        match (heap.text(v), v) {
+            (Some(t), _) => Some(KeyOf::Text(t)),
+            (None, Value::Int(i)) => Some(KeyOf::Int(i)),
+            _ => None,
+        }
     }
-    match (heap.text(a), heap.text(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => false,
+}
+
+/// The column of key `k`, if it has one yet.
+fn column_of(
+    heap: &Heap,
+    by_key: &HashMap<KeyOf<'_>, usize>,
+    others: &[(Value, usize)],
+    k: Value,
+) -> Option<usize> {
+    match KeyOf::of(heap, k) {
+        Some(key) => by_key.get(&key).copied(),
+        None => others.iter().find(|(o, _)| *o == k).map(|(_, c)| *c),
     }
 }
 

@@ -893,3 +893,39 @@ fn max_memory_factor_flag_sets_the_budget() {
         &["--max-memory-factor"],
     );
 }
+
+/// A list of `n` dicts, row `i` holding `{key(i): i}`.
+fn list_of_one_key_dicts(n: usize, key: impl Fn(usize) -> String) -> Vec<u8> {
+    let mut body = vec![b']', b'('];
+    for i in 0..n {
+        body.push(b'}');
+        body.extend(short_str(&key(i)));
+        body.push(b'J');
+        body.extend((i as i32).to_le_bytes());
+        body.push(b's');
+    }
+    body.push(b'e');
+    p4(&body)
+}
+
+/// Every row of a list of dicts gets a cell in every column: rows so sparse
+/// that the cells would dwarf the pairs are refused (3,000 dicts of one
+/// distinct key each would make 9,000,000 cells from a 45 kB pickle);
+/// shared keys, missing in some rows, still make columns with nulls.
+#[test]
+fn sparse_list_of_dicts_is_bounded_by_its_pairs() {
+    let data = list_of_one_key_dicts(3000, |i| format!("k{i}"));
+    assert_eq!(
+        frame_err(&data),
+        "a list of 3000 dicts with 3000 distinct keys would make 9000000 cells from only 3000 \
+         key/value pairs; rows this sparse are not supported"
+    );
+    let data = list_of_one_key_dicts(3000, |i| format!("k{}", i % 3));
+    let frame = read_pickle_bytes(Bytes::from(data), &FrameOptions::default()).unwrap();
+    assert_eq!(frame.rows, 3000);
+    let names: Vec<&str> = frame.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["k0", "k1", "k2"]);
+    for c in &frame.columns {
+        assert_eq!(c.data.null_count(), 2000, "{}", c.name);
+    }
+}
