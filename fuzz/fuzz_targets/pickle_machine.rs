@@ -11,6 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let bytes = Bytes::copy_from_slice(data);
     // The machine alone (every opcode path), then the whole reader.
     let _ = embedstream::pickle::load(bytes.clone());
+    // A small arena budget, so that refusals happen at every kind of growth.
+    let mut limits = embedstream::pickle::Limits::for_input(bytes.len());
+    limits.max_arena_bytes = 1 << 14;
+    let _ = embedstream::pickle::Machine::with_limits(bytes.clone(), limits).run();
     let _ = read_pickle_bytes(bytes.clone(), &FrameOptions::default());
     let _ = read_pickle_bytes(
         bytes,

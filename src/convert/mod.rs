@@ -96,6 +96,14 @@ pub struct ConvertArgs {
     /// it (a fresh key after OLD's, so consumers pulling only new rows see it again).
     #[arg(long, value_enum, default_value_t = refresh::OnChange::Keep, requires = "previous")]
     pub on_change: refresh::OnChange,
+
+    /// Memory the pickle reader may use for the values it rebuilds, as N times the pickle's
+    /// size, plus 32 MiB. DataFrames of embeddings need 0.2-3x, dense pickles of small Python
+    /// objects up to about 11x; a pickle made to exhaust memory (millions of empty
+    /// containers) is refused when it reaches the budget.
+    #[arg(long, value_name = "N", default_value_t = crate::pickle::DEFAULT_ARENA_FACTOR,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_memory_factor: u32,
 }
 
 impl ConvertArgs {
@@ -114,6 +122,7 @@ impl ConvertArgs {
             previous: None,
             match_on: None,
             on_change: refresh::OnChange::Keep,
+            max_memory_factor: crate::pickle::DEFAULT_ARENA_FACTOR,
         }
     }
 
@@ -278,11 +287,27 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         args.progress_mode(),
     ));
     let progress_sink = reading.clone();
+    let budget = crate::pickle::arena_budget(
+        usize::try_from(input_meta.len()).unwrap_or(usize::MAX),
+        args.max_memory_factor,
+    );
     let options = FrameOptions {
         keep_float64: args.keep_float64,
+        max_arena_bytes: Some(budget),
         progress: Some(Arc::new(move |bytes| progress_sink.set(bytes))),
     };
     let frame = frame::read_pickle(input, &options)
+        .map_err(|e| {
+            if e.is_over_memory_budget() {
+                anyhow::anyhow!(
+                    "{e}; if the file is genuine, allow more with --max-memory-factor \
+                     (now {})",
+                    args.max_memory_factor
+                )
+            } else {
+                e.into()
+            }
+        })
         .with_context(|| format!("{}: cannot convert", input.display()))?;
     reading.finish();
     tracing::debug!(

@@ -1,10 +1,12 @@
 //! DataFrame structure: block manager, blocks, placements, indexes, and the
 //! plain dict-of-lists / list-of-dicts shapes.
 
+use std::collections::HashMap;
+
 use arrow_array::Array;
 
 use super::{
-    ndarray::{parse_ndarray, DTypeCache, Data, NdArray},
+    ndarray::{element_f64, element_int, parse_ndarray, DTypeCache, Data, NdArray, NpKind},
     ColumnData, Frame, FrameColumn, FrameError, FrameOptions,
 };
 use crate::pickle::{Heap, How, Kind, Object, PickleSource, Value};
@@ -13,6 +15,11 @@ use crate::pickle::{Heap, How, Kind, Object, PickleSource, Value};
 const LABEL_DEPTH: usize = 8;
 /// Most columns a frame may declare (a sanity bound on placements and labels).
 const MAX_COLUMNS: usize = 1 << 24;
+/// Columns a frame may always declare, whatever its size. Beyond this, no
+/// more columns than the pickle has bytes: every column with a row holds at
+/// least a byte of it, while a label or a placement made up from a `range`
+/// costs nothing in the pickle but memory here.
+const MIN_COLUMN_CAP: usize = 1 << 16;
 
 pub(super) fn bad(what: impl Into<String>) -> FrameError {
     FrameError::Malformed(what.into())
@@ -41,6 +48,11 @@ impl<'h> Builder<'h> {
         }
     }
 
+    /// Most columns this pickle's frame may declare.
+    fn max_columns(&self) -> usize {
+        MAX_COLUMNS.min(self.src.bytes().len().max(MIN_COLUMN_CAP))
+    }
+
     pub fn ndarray(&self, v: Value) -> Result<NdArray<'h>, FrameError> {
         parse_ndarray(self.heap, v, &mut self.cache.borrow_mut())
     }
@@ -49,8 +61,8 @@ impl<'h> Builder<'h> {
     pub fn frame(&self, root: Value) -> Result<Frame, FrameError> {
         let heap = self.heap;
         match root {
-            Value::Object(_) => {
-                let o = heap.object(root).expect("object"); // invariant: matched Value::Object above
+            Value::Object(id) => {
+                let o = heap.obj(id);
                 match o.kind() {
                     Kind::DataFrame => self.dataframe(o),
                     Kind::Series => Err(FrameError::Unsupported(
@@ -61,8 +73,9 @@ impl<'h> Builder<'h> {
                     _ => Err(not_a_frame(&heap.type_name(root))),
                 }
             }
-            Value::Dict(_) => self.dict_of_lists(root),
-            Value::List(_) | Value::Tuple(_) => self.list_of_dicts(root),
+            Value::Dict(id) => self.dict_of_lists(heap.dict_pairs(id)),
+            Value::List(id) => self.list_of_dicts(heap.list_items(id)),
+            Value::Tuple(id) => self.list_of_dicts(heap.tuple_items(id)),
             other => Err(not_a_frame(&heap.type_name(other))),
         }
     }
@@ -220,7 +233,7 @@ impl<'h> Builder<'h> {
                 .map_err(|_| bad("negative block placement"));
         }
         if let Some(items) = heap.seq(v) {
-            if items.len() > MAX_COLUMNS {
+            if items.len() > self.max_columns() {
                 return Err(bad("block placement is too long"));
             }
             return items
@@ -262,7 +275,7 @@ impl<'h> Builder<'h> {
                 } else {
                     0
                 };
-                if count as u64 > MAX_COLUMNS as u64 {
+                if count as u64 > self.max_columns() as u64 {
                     return Err(bad("block placement slice is too long"));
                 }
                 Ok((0..count).map(|k| (start + k * step) as usize).collect())
@@ -276,14 +289,15 @@ impl<'h> Builder<'h> {
             }
             Kind::NpReconstruct | Kind::NpFromBuffer => {
                 let arr = self.ndarray(v)?;
-                if !matches!(arr.dtype.kind, b'i' | b'u') || arr.shape.len() != 1 {
+                if !matches!(arr.dtype.kind, NpKind::Int | NpKind::UInt) || arr.shape.len() != 1 {
                     return Err(bad("block placement array is not a 1-D int array"));
                 }
                 let raw = arr.column_bytes(0)?;
+                let max = self.max_columns() as f64;
                 raw.chunks_exact(arr.dtype.size)
                     .map(|c| {
                         let x = super::ndarray::element_f64(&arr.dtype, c).unwrap_or(-1.0);
-                        if x < 0.0 || x > MAX_COLUMNS as f64 {
+                        if x < 0.0 || x > max {
                             Err(bad("block placement index out of range"))
                         } else {
                             Ok(x as usize)
@@ -450,8 +464,11 @@ impl<'h> Builder<'h> {
         if cname == "RangeIndex" {
             let (start, stop, step) = self.range_parts(d)?;
             let n = range_len(start, stop, step);
-            if n > MAX_COLUMNS {
-                return Err(bad(format!("RangeIndex of {n} columns")));
+            if n > self.max_columns() {
+                return Err(bad(format!(
+                    "RangeIndex of {n} columns in a {}-byte pickle",
+                    self.src.bytes().len()
+                )));
             }
             return Ok((0..n as i64)
                 .map(|k| (start + k * step).to_string())
@@ -602,9 +619,8 @@ impl<'h> Builder<'h> {
     // Plain Python shapes
     // ------------------------------------------------------------------
 
-    fn dict_of_lists(&self, root: Value) -> Result<Frame, FrameError> {
+    fn dict_of_lists(&self, pairs: &[(Value, Value)]) -> Result<Frame, FrameError> {
         let heap = self.heap;
-        let pairs = heap.dict(root).expect("dict"); // invariant: only called for a root matched as a dict
         let mut columns = Vec::with_capacity(pairs.len());
         let mut rows: Option<(usize, String)> = None;
         for (k, v) in pairs {
@@ -644,49 +660,74 @@ impl<'h> Builder<'h> {
         })
     }
 
-    fn list_of_dicts(&self, root: Value) -> Result<Frame, FrameError> {
+    fn list_of_dicts(&self, rows: &[Value]) -> Result<Frame, FrameError> {
         let heap = self.heap;
-        let rows = heap.seq(root).expect("seq"); // invariant: only called for a root matched as a list
-        let mut names: Vec<(Value, String)> = Vec::new();
+        // Columns in order of first appearance, found by key through a map
+        // (a scan of every column per key would take 10^10 steps for a dict
+        // of 100,000 keys).
+        let mut names: Vec<String> = Vec::new();
+        let mut by_key: HashMap<KeyOf<'_>, usize> = HashMap::new();
+        let mut others: Vec<(Value, usize)> = Vec::new();
+        let mut pairs_total = 0usize;
+        let mut dicts: Vec<&[(Value, Value)]> = Vec::new();
+        dicts
+            .try_reserve_exact(rows.len())
+            .map_err(|_| bad("too many rows to index"))?;
         for (r, row) in rows.iter().enumerate() {
             let pairs = heap.dict(*row).ok_or_else(|| {
                 not_a_frame(&format!("list whose row {r} is a {}", heap.type_name(*row)))
             })?;
+            dicts.push(pairs);
+            pairs_total += pairs.len();
             for (k, _) in pairs {
-                if !names.iter().any(|(kv, _)| same_key(heap, *kv, *k)) {
-                    if names.len() >= 100_000 {
-                        return Err(FrameError::Unsupported(
-                            "more than 100,000 distinct keys".into(),
-                        ));
+                if column_of(heap, &by_key, &others, *k).is_some() {
+                    continue;
+                }
+                if names.len() >= 100_000 {
+                    return Err(FrameError::Unsupported(
+                        "more than 100,000 distinct keys".into(),
+                    ));
+                }
+                match KeyOf::of(heap, *k) {
+                    Some(key) => by_key.insert(key, names.len()),
+                    None => {
+                        others.push((*k, names.len()));
+                        None
                     }
-                    names.push((*k, self.plain_label(*k)?));
+                };
+                names.push(self.plain_label(*k)?);
+            }
+        }
+        // Every row gets a cell in every column: refuse rows so sparse that
+        // the cells would dwarf the pairs the pickle holds.
+        let n = rows.len();
+        let cells = n.saturating_mul(names.len());
+        if cells > pairs_total.saturating_mul(SPARSE_CELLS_PER_PAIR) + (1 << 20) {
+            return Err(FrameError::Unsupported(format!(
+                "a list of {n} dicts with {} distinct keys would make {cells} cells from only \
+                 {pairs_total} key/value pairs; rows this sparse are not supported",
+                names.len()
+            )));
+        }
+        let mut matrix: Vec<Value> = Vec::new();
+        matrix
+            .try_reserve_exact(cells)
+            .map_err(|_| bad(format!("cannot allocate {cells} cells")))?;
+        matrix.resize(cells, Value::None);
+        for (r, pairs) in dicts.iter().enumerate() {
+            // In order, so that a later duplicate key wins, as in Python.
+            for (k, v) in pairs.iter() {
+                if let Some(c) = column_of(heap, &by_key, &others, *k) {
+                    matrix[c * n + r] = *v;
                 }
             }
         }
         let mut columns = Vec::with_capacity(names.len());
-        for (key, name) in &names {
-            let cells: Vec<Value> = rows
-                .iter()
-                .map(|row| {
-                    heap.dict(*row)
-                        .expect("checked") // invariant: every row was checked to be a dict in the loop above
-                        .iter()
-                        .rev()
-                        .find(|(k, _)| same_key(heap, *k, *key))
-                        .map(|(_, v)| *v)
-                        .unwrap_or(Value::None)
-                })
-                .collect();
-            let data = self.object_column(name, &cells)?;
-            columns.push(FrameColumn {
-                name: name.clone(),
-                data,
-            });
+        for (c, name) in names.into_iter().enumerate() {
+            let data = self.object_column(&name, &matrix[c * n..(c + 1) * n])?;
+            columns.push(FrameColumn { name, data });
         }
-        Ok(Frame {
-            rows: rows.len(),
-            columns,
-        })
+        Ok(Frame { rows: n, columns })
     }
 
     fn plain_label(&self, k: Value) -> Result<String, FrameError> {
@@ -699,13 +740,39 @@ impl<'h> Builder<'h> {
     }
 }
 
-fn same_key(heap: &Heap, a: Value, b: Value) -> bool {
-    if a == b {
-        return true;
+/// Cells a list of dicts may have per key/value pair it holds (rows that
+/// lack some keys get null cells; beyond this the rows are too sparse).
+const SPARSE_CELLS_PER_PAIR: usize = 8;
+
+/// A dict key that can be looked up by hash: text (a `str` or a Python 2
+/// `str` that is UTF-8), or an int. Two keys are the same column when they
+/// are the same value or have the same text.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyOf<'h> {
+    Text(&'h str),
+    Int(i64),
+}
+
+impl<'h> KeyOf<'h> {
+    fn of(heap: &'h Heap, v: Value) -> Option<KeyOf<'h>> {
+        match (heap.text(v), v) {
+            (Some(t), _) => Some(KeyOf::Text(t)),
+            (None, Value::Int(i)) => Some(KeyOf::Int(i)),
+            _ => None,
+        }
     }
-    match (heap.text(a), heap.text(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => false,
+}
+
+/// The column of key `k`, if it has one yet.
+fn column_of(
+    heap: &Heap,
+    by_key: &HashMap<KeyOf<'_>, usize>,
+    others: &[(Value, usize)],
+    k: Value,
+) -> Option<usize> {
+    match KeyOf::of(heap, k) {
+        Some(key) => by_key.get(&key).copied(),
+        None => others.iter().find(|(o, _)| *o == k).map(|(_, c)| *c),
     }
 }
 
@@ -733,33 +800,18 @@ fn not_a_frame(what: &str) -> FrameError {
 
 /// `str()` of one numeric element (column labels of a numeric Index).
 fn number_label(dtype: &super::ndarray::DType, b: &[u8]) -> Result<String, FrameError> {
-    macro_rules! rd {
-        ($t:ty) => {{
-            let a: [u8; std::mem::size_of::<$t>()] = b.try_into().map_err(|_| bad("label size"))?;
-            if dtype.big_endian {
-                <$t>::from_be_bytes(a)
-            } else {
-                <$t>::from_le_bytes(a)
-            }
-        }};
-    }
-    Ok(match (dtype.kind, dtype.size) {
-        (b'i', 1) => rd!(i8).to_string(),
-        (b'i', 2) => rd!(i16).to_string(),
-        (b'i', 4) => rd!(i32).to_string(),
-        (b'i', 8) => rd!(i64).to_string(),
-        (b'u', 1) => rd!(u8).to_string(),
-        (b'u', 2) => rd!(u16).to_string(),
-        (b'u', 4) => rd!(u32).to_string(),
-        (b'u', 8) => rd!(u64).to_string(),
-        (b'f', 8) => crate::pickle::py_float_repr(rd!(f64)),
-        (b'f', 4) => crate::pickle::py_float_repr(rd!(f32) as f64),
-        (b'b', 1) => if b[0] != 0 { "True" } else { "False" }.to_string(),
+    let text = match dtype.kind {
+        NpKind::Int | NpKind::UInt => element_int(dtype, b).map(|v| v.to_string()),
+        NpKind::Float if dtype.size != 2 => element_f64(dtype, b).map(crate::pickle::py_float_repr),
+        NpKind::Bool => b
+            .first()
+            .map(|x| if *x != 0 { "True" } else { "False" }.to_string()),
         _ => {
             return Err(FrameError::Unsupported(format!(
                 "column labels of dtype {} are not supported",
                 dtype.name()
             )))
         }
-    })
+    };
+    text.ok_or_else(|| bad("label size"))
 }

@@ -11,11 +11,14 @@ use arrow_array::{
     TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
     TimestampSecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
-use arrow_buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
+use arrow_array::{GenericStringArray, OffsetSizeTrait};
+use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 
 use super::{
     build::{bad, Builder},
-    ndarray::{element_f64, half_to_f64, DType, Data, NdArray, Unit},
+    ndarray::{
+        decode, element_f64, element_int, half_to_f64, DType, Data, Element, NdArray, NpKind, Unit,
+    },
     vectors::{VectorCell, VectorCells},
     ColumnData, FrameError,
 };
@@ -30,23 +33,6 @@ enum Cell<'a> {
     Float(f64),
     Bytes(&'a [u8]),
     Vector,
-}
-
-macro_rules! decode_vec {
-    ($raw:expr, $be:expr, $t:ty) => {{
-        const N: usize = std::mem::size_of::<$t>();
-        let raw: &[u8] = $raw;
-        let v: Vec<$t> = if $be {
-            raw.chunks_exact(N)
-                .map(|c| <$t>::from_be_bytes(c.try_into().expect("chunk"))) // invariant: chunks_exact yields slices of exactly this width
-                .collect()
-        } else {
-            raw.chunks_exact(N)
-                .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk"))) // invariant: chunks_exact yields slices of exactly this width
-                .collect()
-        };
-        v
-    }};
 }
 
 fn nulls_from(valid: Vec<bool>) -> Option<NullBuffer> {
@@ -92,26 +78,26 @@ fn primitive_column(
 ) -> Result<ArrayRef, FrameError> {
     let be = dtype.big_endian;
     Ok(match (dtype.kind, dtype.size) {
-        (b'b', 1) => {
+        (NpKind::Bool, 1) => {
             let vals: Vec<bool> = raw.iter().map(|b| *b != 0).collect();
             Arc::new(BooleanArray::new(BooleanBuffer::from(vals), nulls))
         }
-        (b'i', 1) => Arc::new(Int8Array::new(decode_vec!(raw, be, i8).into(), nulls)),
-        (b'i', 2) => Arc::new(Int16Array::new(decode_vec!(raw, be, i16).into(), nulls)),
-        (b'i', 4) => Arc::new(Int32Array::new(decode_vec!(raw, be, i32).into(), nulls)),
-        (b'i', 8) => Arc::new(Int64Array::new(decode_vec!(raw, be, i64).into(), nulls)),
-        (b'u', 1) => Arc::new(UInt8Array::new(decode_vec!(raw, be, u8).into(), nulls)),
-        (b'u', 2) => Arc::new(UInt16Array::new(decode_vec!(raw, be, u16).into(), nulls)),
-        (b'u', 4) => Arc::new(UInt32Array::new(decode_vec!(raw, be, u32).into(), nulls)),
-        (b'u', 8) => Arc::new(UInt64Array::new(decode_vec!(raw, be, u64).into(), nulls)),
-        (b'f', 2) => {
+        (NpKind::Int, 1) => Arc::new(Int8Array::new(decode::<i8>(raw, be)?.into(), nulls)),
+        (NpKind::Int, 2) => Arc::new(Int16Array::new(decode::<i16>(raw, be)?.into(), nulls)),
+        (NpKind::Int, 4) => Arc::new(Int32Array::new(decode::<i32>(raw, be)?.into(), nulls)),
+        (NpKind::Int, 8) => Arc::new(Int64Array::new(decode::<i64>(raw, be)?.into(), nulls)),
+        (NpKind::UInt, 1) => Arc::new(UInt8Array::new(decode::<u8>(raw, be)?.into(), nulls)),
+        (NpKind::UInt, 2) => Arc::new(UInt16Array::new(decode::<u16>(raw, be)?.into(), nulls)),
+        (NpKind::UInt, 4) => Arc::new(UInt32Array::new(decode::<u32>(raw, be)?.into(), nulls)),
+        (NpKind::UInt, 8) => Arc::new(UInt64Array::new(decode::<u64>(raw, be)?.into(), nulls)),
+        (NpKind::Float, 2) => {
             // float16 is widened to Float32 (exact).
-            let bits = decode_vec!(raw, be, u16);
+            let bits = decode::<u16>(raw, be)?;
             let vals: Vec<f32> = bits.into_iter().map(|b| half_to_f64(b) as f32).collect();
             Arc::new(Float32Array::new(vals.into(), nulls))
         }
-        (b'f', 4) => Arc::new(Float32Array::new(decode_vec!(raw, be, f32).into(), nulls)),
-        (b'f', 8) => Arc::new(Float64Array::new(decode_vec!(raw, be, f64).into(), nulls)),
+        (NpKind::Float, 4) => Arc::new(Float32Array::new(decode::<f32>(raw, be)?.into(), nulls)),
+        (NpKind::Float, 8) => Arc::new(Float64Array::new(decode::<f64>(raw, be)?.into(), nulls)),
         _ => {
             return Err(unsupported(
                 name,
@@ -133,26 +119,22 @@ impl<'h> Builder<'h> {
         let dtype = &arr.dtype;
         let raw = arr.column_bytes(j)?;
         match dtype.kind {
-            b'b' | b'i' | b'u' | b'f' => primitive_column(name, dtype, &raw, None),
-            b'M' | b'm' => {
-                let vals = decode_vec!(&raw, dtype.big_endian, i64);
-                Ok(time_array(
-                    vals,
-                    dtype.unit.expect("unit"), // invariant: datetime64/timedelta64 dtypes are built with their unit or refused
-                    tz,
-                    dtype.kind == b'm',
-                ))
+            NpKind::Bool | NpKind::Int | NpKind::UInt | NpKind::Float => {
+                primitive_column(name, dtype, &raw, None)
             }
-            b'U' => {
+            NpKind::Datetime | NpKind::Timedelta => {
+                let unit = dtype
+                    .unit
+                    .ok_or_else(|| bad(format!("{} without its unit", dtype.name())))?;
+                let vals = decode::<i64>(&raw, dtype.big_endian)?;
+                Ok(time_array(vals, unit, tz, dtype.kind == NpKind::Timedelta))
+            }
+            NpKind::Unicode => {
                 let mut b = StringBuilder::new();
                 for item in raw.chunks_exact(dtype.size.max(1)) {
                     let mut s = String::new();
                     for c in item.chunks_exact(4) {
-                        let cp = if dtype.big_endian {
-                            u32::from_be_bytes(c.try_into().expect("4")) // invariant: chunks_exact yields slices of exactly this width
-                        } else {
-                            u32::from_le_bytes(c.try_into().expect("4")) // invariant: chunks_exact yields slices of exactly this width
-                        };
+                        let cp = u32::read(c, dtype.big_endian).unwrap_or(0);
                         if cp == 0 {
                             break;
                         }
@@ -165,7 +147,7 @@ impl<'h> Builder<'h> {
                 }
                 Ok(Arc::new(b.finish()))
             }
-            b'S' => {
+            NpKind::Bytes => {
                 let mut b = BinaryBuilder::new();
                 for item in raw.chunks_exact(dtype.size.max(1)) {
                     let end = item
@@ -193,15 +175,15 @@ impl<'h> Builder<'h> {
             Value::Int(i) => Cell::Int(i),
             Value::Float(f) if f.is_nan() => Cell::Null,
             Value::Float(f) => Cell::Float(f),
-            Value::Str(_) => Cell::Str(heap.str(v).expect("str").into()), // invariant: matched Value::Str
-            Value::LegacyStr(_) => {
-                let b = heap.bytes_of(v).expect("bytes"); // invariant: matched Value::Bytes/ByteArray
+            Value::Str(id) => Cell::Str(heap.string(id).into()),
+            Value::LegacyStr(id) => {
+                let b = heap.payload(id);
                 match std::str::from_utf8(b) {
                     Ok(s) => Cell::Str(s.into()),
                     Err(_) => Cell::Str(b.iter().map(|c| *c as char).collect::<String>().into()),
                 }
             }
-            Value::Bytes(_) | Value::ByteArray(_) => Cell::Bytes(heap.bytes_of(v).expect("bytes")), // invariant: matched Value::Bytes/ByteArray
+            Value::Bytes(id) | Value::ByteArray(id) => Cell::Bytes(heap.payload(id)),
             Value::List(_) | Value::Tuple(_) => Cell::Vector,
             Value::Global(_) if heap.kind(v) == Some(Kind::PandasNA) => Cell::Null,
             Value::Object(_) => match heap.kind(v) {
@@ -209,35 +191,17 @@ impl<'h> Builder<'h> {
                 Some(Kind::NaT) => Cell::Null,
                 Some(Kind::NpScalar) => match self.np_scalar(v) {
                     Some((dtype, b)) => match dtype.kind {
-                        b'f' => match element_f64(&dtype, &b) {
+                        NpKind::Float => match element_f64(&dtype, &b) {
                             Some(f) if f.is_nan() => Cell::Null,
                             Some(f) => Cell::Float(f),
                             None => Cell::Vector,
                         },
-                        b'b' => Cell::Bool(b[0] != 0),
-                        b'i' | b'u' => {
-                            let mut a = [0u8; 8];
-                            let n = dtype.size;
-                            if dtype.big_endian {
-                                let mut le = b.to_vec();
-                                le.reverse();
-                                a[..n].copy_from_slice(&le);
-                            } else {
-                                a[..n].copy_from_slice(&b);
-                            }
-                            let neg = dtype.kind == b'i' && a[n - 1] & 0x80 != 0;
-                            if neg {
-                                for x in a.iter_mut().skip(n) {
-                                    *x = 0xff;
-                                }
-                            }
-                            let v = i64::from_le_bytes(a);
-                            if dtype.kind == b'u' && v < 0 {
-                                Cell::Float(u64::from_le_bytes(a) as f64)
-                            } else {
-                                Cell::Int(v)
-                            }
-                        }
+                        NpKind::Bool => Cell::Bool(b.first().is_some_and(|x| *x != 0)),
+                        // A uint64 past i64::MAX becomes a float, as before.
+                        NpKind::Int | NpKind::UInt => match element_int(&dtype, &b) {
+                            Some(v) => i64::try_from(v).map_or(Cell::Float(v as f64), Cell::Int),
+                            None => Cell::Vector,
+                        },
                         _ => Cell::Vector,
                     },
                     None => Cell::Vector,
@@ -393,8 +357,16 @@ impl<'h> Builder<'h> {
             .checked_mul(dim)
             .ok_or_else(|| bad("vector column too large"))?;
         let mut dtypes: Vec<DType> = Vec::new();
-        let mut out = Vec::with_capacity(cells.len());
-        let mut valid: Vec<bool> = Vec::with_capacity(cells.len());
+        let mut out = Vec::new();
+        let mut valid: Vec<bool> = Vec::new();
+        out.try_reserve_exact(cells.len())
+            .and_then(|()| valid.try_reserve_exact(cells.len()))
+            .map_err(|_| {
+                bad(format!(
+                    "column '{name}': cannot allocate {} rows",
+                    cells.len()
+                ))
+            })?;
         for (row, c) in cells.iter().enumerate() {
             match self.cell(*c) {
                 Cell::Null => {
@@ -564,7 +536,7 @@ impl<'h> Builder<'h> {
                 let mask = self.ndarray(mask)?;
                 let (kd, n) = data.as_columns()?;
                 let (km, nm) = mask.as_columns()?;
-                if kd != k || km != k || n != nm || mask.dtype.kind != b'b' {
+                if kd != k || km != k || n != nm || mask.dtype.kind != NpKind::Bool {
                     return Err(bad("masked array data and mask do not match"));
                 }
                 (0..k)
@@ -609,7 +581,7 @@ impl<'h> Builder<'h> {
         match kind {
             Some(Kind::DatetimeArray) | Some(Kind::TimedeltaArray) => {
                 let arr = self.ndarray(values)?;
-                if !matches!(arr.dtype.kind, b'M' | b'm') {
+                if !arr.dtype.kind.is_time() {
                     return Err(bad("DatetimeArray over a non-datetime64 array"));
                 }
                 let tz = self.tz_of(dtype)?;
@@ -727,7 +699,7 @@ impl<'h> Builder<'h> {
             .ok_or_else(|| bad("CategoricalDtype without categories"))?;
         let cat_values = self.index_values(name, cats)?;
         let codes = self.ndarray(codes)?;
-        if codes.shape.len() != 1 || codes.dtype.kind != b'i' {
+        if codes.shape.len() != 1 || codes.dtype.kind != NpKind::Int {
             return Err(bad(format!(
                 "column '{name}': categorical codes are not a 1-D int array"
             )));
@@ -737,9 +709,13 @@ impl<'h> Builder<'h> {
         let be = codes.dtype.big_endian;
         macro_rules! dict {
             ($t:ty, $kt:ty) => {{
-                let v = decode_vec!(&raw, be, $t);
-                let mut valid = Vec::with_capacity(v.len());
-                let mut keys = Vec::with_capacity(v.len());
+                let v = decode::<$t>(&raw, be)?;
+                let mut valid = Vec::new();
+                let mut keys = Vec::new();
+                valid
+                    .try_reserve_exact(v.len())
+                    .and_then(|()| keys.try_reserve_exact(v.len()))
+                    .map_err(|_| bad(format!("column '{name}': cannot allocate {} rows", v.len())))?;
                 for (row, c) in v.into_iter().enumerate() {
                     let ci = c as i64;
                     if ci < 0 {
@@ -881,7 +857,7 @@ impl<'h> Builder<'h> {
         let bufs = heap
             .seq(*buffers)
             .ok_or_else(|| bad("Arrow buffers are not a list"))?;
-        let buf = |i: usize| -> Result<Option<&[u8]>, FrameError> {
+        let buf = |i: usize| -> Result<Option<&bytes::Bytes>, FrameError> {
             match bufs.get(i).copied() {
                 None | Some(Value::None) => Ok(None),
                 Some(x) => {
@@ -894,57 +870,133 @@ impl<'h> Builder<'h> {
                         .and_then(|a| a.first().copied())
                         .and_then(|d| heap.bytes_of(d))
                         .ok_or_else(|| bad("py_buffer without bytes"))?;
-                    Ok(Some(&data[..]))
+                    Ok(Some(data))
                 }
             }
         };
         let validity = buf(0)?;
-        let offsets = buf(1)?.unwrap_or(&[]);
-        let data = buf(2)?.unwrap_or(&[]);
+        let offsets = buf(1)?.map(|b| &b[..]).unwrap_or(&[]);
+        let data = buf(2)?.cloned().unwrap_or_default();
         let end = offset
             .checked_add(length)
             .ok_or_else(|| bad("Arrow length overflows"))?;
-        let w = if wide { 8 } else { 4 };
-        if length > 0 && offsets.len() < (end + 1) * w {
-            return Err(bad(format!(
-                "column '{name}': Arrow offsets buffer is too short"
-            )));
+        if length == 0 {
+            return Ok(());
         }
-        if let Some(vb) = validity {
-            if vb.len() * 8 < end {
-                return Err(bad(format!(
-                    "column '{name}': Arrow validity buffer is too short"
-                )));
-            }
-        }
-        // invariant: offsets.len() >= (end + 1) * w was checked above, so the
-        // slices below are in bounds and exactly w bytes wide.
-        let off_at = |i: usize| -> i64 {
-            if wide {
-                let b = &offsets[i * 8..i * 8 + 8];
-                i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-            } else {
-                let b = &offsets[i * 4..i * 4 + 4];
-                i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        let nulls = match validity {
+            None => None,
+            Some(vb) => {
+                // `BooleanBuffer::new` asserts this; checked first so that a
+                // short buffer is an error, not a panic.
+                if vb.len().saturating_mul(8) < end {
+                    return Err(bad(format!(
+                        "column '{name}': Arrow validity buffer is too short"
+                    )));
+                }
+                let bits = BooleanBuffer::new(Buffer::from(vb.clone()), offset, length);
+                Some(NullBuffer::new(bits))
             }
         };
-        for i in offset..end {
-            if let Some(vb) = validity {
-                if vb[i / 8] & (1 << (i % 8)) == 0 {
-                    b.append_null();
-                    continue;
-                }
-            }
-            let (s, e) = (off_at(i), off_at(i + 1));
-            if s < 0 || e < s || e as usize > data.len() {
-                return Err(bad(format!(
-                    "column '{name}': Arrow string offsets out of range"
-                )));
-            }
-            let text = std::str::from_utf8(&data[s as usize..e as usize])
-                .map_err(|_| bad(format!("column '{name}': Arrow string is not UTF-8")))?;
-            b.append_value(text);
+        // arrow validates the offsets against the data and the text as UTF-8.
+        if wide {
+            let a = string_array::<i64>(name, offsets, data, offset, length, nulls)?;
+            b.extend(a.iter());
+        } else {
+            let a = string_array::<i32>(name, offsets, data, offset, length, nulls)?;
+            b.extend(a.iter());
         }
         Ok(())
+    }
+}
+
+/// Rows `offset..offset + length` of a pyarrow (large) string array's
+/// buffers, validated by arrow: offsets within the data, text UTF-8.
+fn string_array<O: OffsetSizeTrait>(
+    name: &str,
+    offsets: &[u8],
+    data: bytes::Bytes,
+    offset: usize,
+    length: usize,
+    nulls: Option<NullBuffer>,
+) -> Result<GenericStringArray<O>, FrameError> {
+    let w = std::mem::size_of::<O>();
+    let span = offset
+        .checked_add(length)
+        .and_then(|e| e.checked_add(1))
+        .and_then(|n| n.checked_mul(w))
+        .filter(|n| *n <= offsets.len())
+        .ok_or_else(|| {
+            bad(format!(
+                "column '{name}': Arrow offsets buffer is too short"
+            ))
+        })?;
+    // Copied into an aligned buffer: the pickle's bytes may not be aligned.
+    let own = Buffer::from_slice_ref(&offsets[offset * w..span]);
+    let scalars = ScalarBuffer::<O>::new(own, 0, length + 1);
+    // `OffsetBuffer::new` asserts these (arrow 60 has no fallible
+    // constructor); checked first so that bad offsets are an error.
+    if scalars[0] < O::usize_as(0) || scalars.windows(2).any(|p| p[0] > p[1]) {
+        return Err(bad(format!(
+            "column '{name}': Arrow string offsets out of range"
+        )));
+    }
+    GenericStringArray::<O>::try_new(OffsetBuffer::new(scalars), Buffer::from(data), nulls)
+        .map_err(|e| bad(format!("column '{name}': Arrow strings: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets32(v: &[i32]) -> Vec<u8> {
+        // One leading byte so that the offsets are not 4-byte aligned in it.
+        let mut out = vec![0xee];
+        out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        out
+    }
+
+    fn strings(
+        offsets: &[i32],
+        data: &[u8],
+        offset: usize,
+        length: usize,
+    ) -> Result<Vec<Option<String>>, String> {
+        let raw = offsets32(offsets);
+        string_array::<i32>(
+            "c",
+            &raw[1..],
+            bytes::Bytes::copy_from_slice(data),
+            offset,
+            length,
+            None,
+        )
+        .map(|a| a.iter().map(|s| s.map(str::to_owned)).collect())
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pyarrow_string_buffers_are_validated_by_arrow() {
+        let ok = |v: &[&str]| Ok(v.iter().map(|s| Some(s.to_string())).collect());
+        assert_eq!(
+            strings(&[0, 2, 2, 5], b"abcde", 0, 3),
+            ok(&["ab", "", "cde"])
+        );
+        assert_eq!(strings(&[0, 2, 2, 5], b"abcde", 1, 2), ok(&["", "cde"]));
+        let err = |r: Result<Vec<Option<String>>, String>, part: &str| {
+            let e = r.unwrap_err();
+            assert!(e.contains(part), "{e:?} lacks {part:?}");
+        };
+        err(
+            strings(&[0, 2], b"abcde", 0, 2),
+            "offsets buffer is too short",
+        );
+        err(
+            strings(&[0, 2], b"abcde", usize::MAX, 2),
+            "offsets buffer is too short",
+        );
+        err(strings(&[-1, 2], b"abcde", 0, 1), "offsets out of range");
+        err(strings(&[0, 3, 2], b"abcde", 0, 2), "offsets out of range");
+        err(strings(&[0, 9], b"abcde", 0, 1), "Arrow strings");
+        err(strings(&[0, 2], b"\xff\xfe", 0, 1), "Arrow strings");
     }
 }

@@ -27,13 +27,18 @@ use bytes::Bytes;
 
 pub use vectors::VectorCells;
 
-use crate::pickle::{Machine, PickleError, PickleSource};
+use crate::pickle::{Limits, Machine, PickleError, PickleSource};
 
 /// Options that change how columns are rebuilt.
 #[derive(Clone, Default)]
 pub struct FrameOptions {
     /// Keep float64 vectors as Float64 instead of narrowing to Float32.
     pub keep_float64: bool,
+    /// Most bytes the pickle machine may reserve for the values it builds
+    /// (see [`crate::pickle::Limits::max_arena_bytes`]). Default:
+    /// [`crate::pickle::DEFAULT_ARENA_FACTOR`] × the input's size +
+    /// [`crate::pickle::ARENA_FLOOR`].
+    pub max_arena_bytes: Option<usize>,
     /// Called with the number of input bytes consumed so far (for progress bars).
     pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
@@ -42,6 +47,7 @@ impl std::fmt::Debug for FrameOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrameOptions")
             .field("keep_float64", &self.keep_float64)
+            .field("max_arena_bytes", &self.max_arena_bytes)
             .finish()
     }
 }
@@ -169,6 +175,14 @@ pub enum FrameError {
     },
 }
 
+impl FrameError {
+    /// Whether the pickle was refused for needing more memory than its
+    /// budget ([`FrameOptions::max_arena_bytes`]).
+    pub fn is_over_memory_budget(&self) -> bool {
+        matches!(self, FrameError::Pickle(PickleError::MemoryBudget { .. }))
+    }
+}
+
 /// Read the pickle at `path` safely and rebuild its columns. The file is
 /// memory-mapped; pages already consumed are released as the reader moves on.
 pub fn read_pickle(path: &Path, options: &FrameOptions) -> Result<Frame, FrameError> {
@@ -190,7 +204,12 @@ fn read_source(source: &PickleSource, options: &FrameOptions) -> Result<Frame, F
             p(pos as u64);
         }
     };
-    let loaded = Machine::new(source.bytes().clone())
+    let data = source.bytes().clone();
+    let mut limits = Limits::for_input(data.len());
+    if let Some(max) = options.max_arena_bytes {
+        limits.max_arena_bytes = max;
+    }
+    let loaded = Machine::with_limits(data, limits)
         .on_progress(&mut on_progress)
         .run()?;
     source.rewind_release();

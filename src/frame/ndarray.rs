@@ -19,11 +19,63 @@ pub enum Unit {
     Ns,
 }
 
+/// numpy's kind of a dtype (its kind character, parsed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NpKind {
+    /// `b` (or `?`): bool.
+    Bool,
+    /// `i`: signed int.
+    Int,
+    /// `u`: unsigned int.
+    UInt,
+    /// `f`: float.
+    Float,
+    /// `c`: complex.
+    Complex,
+    /// `M`: datetime64.
+    Datetime,
+    /// `m`: timedelta64.
+    Timedelta,
+    /// `O`: Python objects.
+    Object,
+    /// `U`: fixed-width UTF-32 text.
+    Unicode,
+    /// `S`: fixed-width bytes.
+    Bytes,
+    /// `V`: raw void.
+    Void,
+}
+
+impl NpKind {
+    /// The kind of a numpy kind character, if numpy has it.
+    pub fn parse(c: u8) -> Option<NpKind> {
+        Some(match c {
+            b'b' | b'?' => NpKind::Bool,
+            b'i' => NpKind::Int,
+            b'u' => NpKind::UInt,
+            b'f' => NpKind::Float,
+            b'c' => NpKind::Complex,
+            b'M' => NpKind::Datetime,
+            b'm' => NpKind::Timedelta,
+            b'O' => NpKind::Object,
+            b'U' => NpKind::Unicode,
+            b'S' => NpKind::Bytes,
+            b'V' => NpKind::Void,
+            _ => return None,
+        })
+    }
+
+    /// datetime64 or timedelta64.
+    pub fn is_time(self) -> bool {
+        matches!(self, NpKind::Datetime | NpKind::Timedelta)
+    }
+}
+
 /// A numpy dtype.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DType {
-    /// numpy kind character: b i u f c M m O U S V.
-    pub kind: u8,
+    /// What its items are.
+    pub kind: NpKind,
     /// Item size in bytes.
     pub size: usize,
     /// Byte order is big-endian.
@@ -37,17 +89,17 @@ impl DType {
     pub fn name(&self) -> String {
         let bits = self.size * 8;
         match self.kind {
-            b'b' => "bool".into(),
-            b'i' => format!("int{bits}"),
-            b'u' => format!("uint{bits}"),
-            b'f' => format!("float{bits}"),
-            b'c' => format!("complex{bits}"),
-            b'O' => "object".into(),
-            b'U' => format!("<U{}", self.size / 4),
-            b'S' => format!("|S{}", self.size),
-            b'V' => format!("|V{}", self.size),
-            b'M' | b'm' => {
-                let base = if self.kind == b'M' {
+            NpKind::Bool => "bool".into(),
+            NpKind::Int => format!("int{bits}"),
+            NpKind::UInt => format!("uint{bits}"),
+            NpKind::Float => format!("float{bits}"),
+            NpKind::Complex => format!("complex{bits}"),
+            NpKind::Object => "object".into(),
+            NpKind::Unicode => format!("<U{}", self.size / 4),
+            NpKind::Bytes => format!("|S{}", self.size),
+            NpKind::Void => format!("|V{}", self.size),
+            NpKind::Datetime | NpKind::Timedelta => {
+                let base = if self.kind == NpKind::Datetime {
                     "datetime64"
                 } else {
                     "timedelta64"
@@ -61,13 +113,15 @@ impl DType {
                 };
                 format!("{base}[{unit}]")
             }
-            k => format!("dtype kind {:?}", k as char),
         }
     }
 
     /// A plain number kind (bool, int, uint, float).
     pub fn is_numeric(&self) -> bool {
-        matches!(self.kind, b'b' | b'i' | b'u' | b'f')
+        matches!(
+            self.kind,
+            NpKind::Bool | NpKind::Int | NpKind::UInt | NpKind::Float
+        )
     }
 }
 
@@ -137,23 +191,19 @@ pub fn parse_dtype(heap: &Heap, v: Value) -> Result<DType, FrameError> {
         None => (None, ""),
     };
     let kind = kind.ok_or_else(|| bad("empty numpy dtype code"))?;
-    let kind = match kind {
-        b'?' => b'b',
-        k => k,
-    };
+    let unsupported = || FrameError::Unsupported(format!("numpy dtype {code:?} is not supported"));
+    let kind = NpKind::parse(kind).ok_or_else(unsupported)?;
     let size: usize = if digits.is_empty() {
         match (kind, elsize) {
-            (b'U' | b'S' | b'V', Some(e)) if e >= 0 => e as usize,
-            (b'b', _) => 1,
+            (NpKind::Unicode | NpKind::Bytes | NpKind::Void, Some(e)) if e >= 0 => e as usize,
+            (NpKind::Bool, _) => 1,
             _ => return Err(bad(format!("numpy dtype {code:?} without an item size"))),
         }
     } else {
-        let n: usize = digits.parse().map_err(|_| {
-            FrameError::Unsupported(format!("numpy dtype {code:?} is not supported"))
-        })?;
+        let n: usize = digits.parse().map_err(|_| unsupported())?;
         match kind {
             // 'U5' counts characters of 4 bytes; the state's elsize has the bytes.
-            b'U' => elsize
+            NpKind::Unicode => elsize
                 .filter(|e| *e >= 0)
                 .map(|e| e as usize)
                 .unwrap_or(n * 4),
@@ -165,26 +215,23 @@ pub fn parse_dtype(heap: &Heap, v: Value) -> Result<DType, FrameError> {
         "<" | "|" | "=" => false,
         other => return Err(bad(format!("unknown numpy byte order {other:?}"))),
     };
-    let unit = if matches!(kind, b'M' | b'm') {
+    let unit = if kind.is_time() {
         Some(datetime_unit(heap, state)?)
     } else {
         None
     };
     let ok = match kind {
-        b'b' => size == 1,
-        b'i' | b'u' => matches!(size, 1 | 2 | 4 | 8),
-        b'f' => matches!(size, 2 | 4 | 8),
-        b'c' => matches!(size, 8 | 16),
-        b'M' | b'm' => size == 8,
-        b'O' => size == 8 || size == 4,
-        b'U' => size % 4 == 0,
-        b'S' | b'V' => true,
-        _ => false,
+        NpKind::Bool => size == 1,
+        NpKind::Int | NpKind::UInt => matches!(size, 1 | 2 | 4 | 8),
+        NpKind::Float => matches!(size, 2 | 4 | 8),
+        NpKind::Complex => matches!(size, 8 | 16),
+        NpKind::Datetime | NpKind::Timedelta => size == 8,
+        NpKind::Object => size == 8 || size == 4,
+        NpKind::Unicode => size % 4 == 0,
+        NpKind::Bytes | NpKind::Void => true,
     };
     if !ok {
-        return Err(FrameError::Unsupported(format!(
-            "numpy dtype {code:?} is not supported"
-        )));
+        return Err(unsupported());
     }
     Ok(DType {
         kind,
@@ -321,7 +368,7 @@ pub fn parse_ndarray<'h>(
                 Some("C") | Some("A") | Some("K") => false,
                 _ => return Err(bad("numpy _frombuffer order is not 'C' or 'F'")),
             };
-            if dtype.kind == b'O' {
+            if dtype.kind == NpKind::Object {
                 return Err(bad("numpy _frombuffer with object dtype"));
             }
             NdArray {
@@ -353,7 +400,7 @@ pub fn parse_ndarray<'h>(
             let dtype = cache.get(heap, *dtype)?;
             let shape = parse_shape(heap, *shape)?;
             let fortran = matches!(fortran, Value::Bool(true) | Value::Int(1));
-            let data = if dtype.kind == b'O' {
+            let data = if dtype.kind == NpKind::Object {
                 Data::Objects(
                     heap.list(*data)
                         .or_else(|| heap.tuple(*data))
@@ -460,7 +507,9 @@ impl<'h> NdArray<'h> {
             let s = self.flat(j, 0) * sz;
             Ok(std::borrow::Cow::Borrowed(&b[s..s + n * sz]))
         } else {
-            let mut out = Vec::with_capacity(n * sz);
+            let mut out = Vec::new();
+            out.try_reserve_exact(n.saturating_mul(sz))
+                .map_err(|_| bad(format!("cannot allocate a column of {n} items")))?;
             for i in 0..n {
                 let s = self.flat(j, i) * sz;
                 out.extend_from_slice(&b[s..s + sz]);
@@ -479,53 +528,82 @@ impl<'h> NdArray<'h> {
     }
 }
 
-/// Decode a fixed-size numeric element to f64 (for vector cells and scalars).
-#[inline]
-pub fn element_f64(dtype: &DType, b: &[u8]) -> Option<f64> {
-    macro_rules! rd {
-        ($t:ty) => {{
-            let a: [u8; std::mem::size_of::<$t>()] = b.try_into().ok()?;
-            if dtype.big_endian {
-                <$t>::from_be_bytes(a)
-            } else {
-                <$t>::from_le_bytes(a)
+/// A number numpy stores as raw bytes of either byte order: the one way
+/// every fixed-size column, label and scalar is decoded.
+pub trait Element: Copy {
+    /// Width in bytes.
+    const SIZE: usize;
+    /// The value in `b` (exactly [`Self::SIZE`] bytes), in that byte order.
+    fn read(b: &[u8], big_endian: bool) -> Option<Self>;
+}
+
+macro_rules! element {
+    ($($t:ty),*) => {$(
+        impl Element for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            #[inline]
+            fn read(b: &[u8], big_endian: bool) -> Option<Self> {
+                let a = b.try_into().ok()?;
+                Some(if big_endian { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) })
             }
-        }};
-    }
-    Some(match (dtype.kind, dtype.size) {
-        (b'f', 8) => rd!(f64),
-        (b'f', 4) => rd!(f32) as f64,
-        (b'f', 2) => {
-            let bits = rd!(u16);
-            half_to_f64(bits)
         }
-        (b'i', 1) => rd!(i8) as f64,
-        (b'i', 2) => rd!(i16) as f64,
-        (b'i', 4) => rd!(i32) as f64,
-        (b'i', 8) => rd!(i64) as f64,
-        (b'u', 1) => rd!(u8) as f64,
-        (b'u', 2) => rd!(u16) as f64,
-        (b'u', 4) => rd!(u32) as f64,
-        (b'u', 8) => rd!(u64) as f64,
-        (b'b', 1) => (b[0] != 0) as u8 as f64,
+    )*};
+}
+element!(i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
+
+/// Every whole element of `raw`, in memory reserved with `try_reserve` (so
+/// that an allocation failure is an error, not an abort).
+pub fn decode<T: Element>(raw: &[u8], big_endian: bool) -> Result<Vec<T>, FrameError> {
+    let n = raw.len() / T::SIZE;
+    let mut out = Vec::new();
+    out.try_reserve_exact(n)
+        .map_err(|_| bad(format!("cannot allocate {n} items of {} bytes", T::SIZE)))?;
+    out.extend(
+        raw.chunks_exact(T::SIZE)
+            .filter_map(|c| T::read(c, big_endian)),
+    );
+    Ok(out)
+}
+
+/// Decode an int or uint element (any width) exactly.
+pub fn element_int(dtype: &DType, b: &[u8]) -> Option<i128> {
+    let be = dtype.big_endian;
+    Some(match (dtype.kind, dtype.size) {
+        (NpKind::Int, 1) => i8::read(b, be)?.into(),
+        (NpKind::Int, 2) => i16::read(b, be)?.into(),
+        (NpKind::Int, 4) => i32::read(b, be)?.into(),
+        (NpKind::Int, 8) => i64::read(b, be)?.into(),
+        (NpKind::UInt, 1) => u8::read(b, be)?.into(),
+        (NpKind::UInt, 2) => u16::read(b, be)?.into(),
+        (NpKind::UInt, 4) => u32::read(b, be)?.into(),
+        (NpKind::UInt, 8) => u64::read(b, be)?.into(),
         _ => return None,
     })
 }
 
-/// IEEE half to f64.
+/// Decode a fixed-size numeric element to f64 (for vector cells and scalars).
+#[inline]
+pub fn element_f64(dtype: &DType, b: &[u8]) -> Option<f64> {
+    let be = dtype.big_endian;
+    Some(match (dtype.kind, dtype.size) {
+        (NpKind::Float, 8) => f64::read(b, be)?,
+        (NpKind::Float, 4) => f32::read(b, be)?.into(),
+        (NpKind::Float, 2) => half_to_f64(u16::read(b, be)?),
+        (NpKind::Int, 1) => i8::read(b, be)?.into(),
+        (NpKind::Int, 2) => i16::read(b, be)?.into(),
+        (NpKind::Int, 4) => i32::read(b, be)?.into(),
+        (NpKind::Int, 8) => i64::read(b, be)? as f64,
+        (NpKind::UInt, 1) => u8::read(b, be)?.into(),
+        (NpKind::UInt, 2) => u16::read(b, be)?.into(),
+        (NpKind::UInt, 4) => u32::read(b, be)?.into(),
+        (NpKind::UInt, 8) => u64::read(b, be)? as f64,
+        (NpKind::Bool, 1) => f64::from(u8::from(*b.first()? != 0)),
+        _ => return None,
+    })
+}
+
+/// IEEE half (numpy float16) bits to f64, exactly (arrow's `f16`).
 pub fn half_to_f64(bits: u16) -> f64 {
-    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = ((bits >> 10) & 0x1f) as i32;
-    let frac = (bits & 0x3ff) as f64;
-    match exp {
-        0 => sign * frac * 2f64.powi(-24),
-        31 => {
-            if frac == 0.0 {
-                sign * f64::INFINITY
-            } else {
-                f64::NAN
-            }
-        }
-        e => sign * (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
-    }
+    type F16 = <arrow_array::types::Float16Type as arrow_array::ArrowPrimitiveType>::Native;
+    F16::from_bits(bits).to_f64()
 }

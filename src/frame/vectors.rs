@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use super::{
     build::bad,
-    ndarray::{element_f64, half_to_f64, DType},
+    ndarray::{element_f64, half_to_f64, DType, NpKind},
     FrameError,
 };
 use crate::pickle::PickleSource;
@@ -108,7 +108,7 @@ impl VectorCells {
     pub fn slice(&self, start: usize, len: usize) -> Result<ArrayRef, FrameError> {
         let start = start.min(self.cells.len());
         let end = start.saturating_add(len).min(self.cells.len());
-        let mut out = Narrowed::new(self.keep_float64, (end - start) * self.dim);
+        let mut out = Narrowed::new(self.keep_float64, (end - start) * self.dim)?;
         let mut last_raw: Option<&Bytes> = None;
         for cell in &self.cells[start..end] {
             match cell {
@@ -146,12 +146,23 @@ pub(crate) enum Narrowed {
 }
 
 impl Narrowed {
-    pub(crate) fn new(keep_float64: bool, capacity: usize) -> Self {
-        if keep_float64 {
-            Narrowed::F64(Vec::with_capacity(capacity))
+    /// Room for `capacity` items, reserved with `try_reserve` so that a batch
+    /// too large for memory is an error, not an abort.
+    pub(crate) fn new(keep_float64: bool, capacity: usize) -> Result<Self, FrameError> {
+        let too_large = |_| {
+            bad(format!(
+                "cannot allocate {capacity} vector items for one batch; use smaller batches"
+            ))
+        };
+        Ok(if keep_float64 {
+            let mut v = Vec::new();
+            v.try_reserve_exact(capacity).map_err(too_large)?;
+            Narrowed::F64(v)
         } else {
-            Narrowed::F32(Vec::with_capacity(capacity))
-        }
+            let mut v = Vec::new();
+            v.try_reserve_exact(capacity).map_err(too_large)?;
+            Narrowed::F32(v)
+        })
     }
 
     pub(crate) fn push(&mut self, x: f64) {
@@ -173,19 +184,19 @@ impl Narrowed {
     /// dtypes go through [`element_f64`].
     pub(crate) fn push_raw(&mut self, dtype: &DType, raw: &[u8]) -> Result<(), FrameError> {
         match (dtype.kind, dtype.size, dtype.big_endian, &mut *self) {
-            (b'f', 8, false, Narrowed::F32(out)) => out.extend(
+            (NpKind::Float, 8, false, Narrowed::F32(out)) => out.extend(
                 raw.chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32),
             ),
-            (b'f', 8, false, Narrowed::F64(out)) => out.extend(
+            (NpKind::Float, 8, false, Narrowed::F64(out)) => out.extend(
                 raw.chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
             ),
-            (b'f', 4, false, Narrowed::F32(out)) => out.extend(
+            (NpKind::Float, 4, false, Narrowed::F32(out)) => out.extend(
                 raw.chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))),
             ),
-            (b'f', 2, big_endian, _) => {
+            (NpKind::Float, 2, big_endian, _) => {
                 for c in raw.chunks_exact(2) {
                     let pair = [c[0], c[1]];
                     let bits = if big_endian {
@@ -220,7 +231,7 @@ mod tests {
     use arrow_array::{cast::AsArray, types::Float32Type, Array};
     use arrow_buffer::BooleanBuffer;
 
-    fn dtype(kind: u8, size: usize, big_endian: bool) -> DType {
+    fn dtype(kind: NpKind, size: usize, big_endian: bool) -> DType {
         DType {
             kind,
             size,
@@ -254,9 +265,9 @@ mod tests {
         let column = VectorCells {
             cells,
             dtypes: vec![
-                dtype(b'f', 8, false),
-                dtype(b'f', 4, false),
-                dtype(b'i', 2, true),
+                dtype(NpKind::Float, 8, false),
+                dtype(NpKind::Float, 4, false),
+                dtype(NpKind::Int, 2, true),
             ],
             dim: 2,
             keep_float64: false,

@@ -307,15 +307,29 @@ allow! {
     "__builtin__" "getattr" => GetAttr,
 }
 
-/// Index of `module.name` in [`TABLE`], if it is allowed.
-pub fn lookup(module: &str, name: &str) -> Option<u16> {
+/// A row of [`TABLE`]. Only [`lookup`] makes one, so [`entry`] always finds
+/// its row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GlobalId(u16);
+
+/// The row of `module.name` in [`TABLE`], if it is allowed.
+pub fn lookup(module: &str, name: &str) -> Option<GlobalId> {
     TABLE
         .iter()
         .position(|a| a.module == module && a.name == name)
-        .map(|i| i as u16)
+        .and_then(|i| u16::try_from(i).ok())
+        .map(GlobalId)
 }
 
-/// The entry at `index`.
-pub fn entry(index: u16) -> &'static Allowed {
-    &TABLE[index as usize]
+/// The allowed global `id` names.
+pub fn entry(id: GlobalId) -> &'static Allowed {
+    // In bounds: `lookup` only makes ids of existing rows, and TABLE is static.
+    &TABLE[usize::from(id.0)]
+}
+
+impl GlobalId {
+    /// What the global stands for.
+    pub fn kind(self) -> Kind {
+        entry(self).kind
+    }
 }

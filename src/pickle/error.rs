@@ -66,6 +66,23 @@ pub enum PickleError {
         /// Which limit.
         what: String,
     },
+    /// The values the pickle builds would take more memory than the arena
+    /// budget allows (see [`super::Limits::max_arena_bytes`]).
+    #[error(
+        "pickle exceeds its memory budget at byte offset {offset} ({opcode}): the values it \
+         builds would take more than {budget} bytes, the budget for a {input}-byte input \
+         (a pickle made to exhaust memory, or an unusually dense one)"
+    )]
+    MemoryBudget {
+        /// Opcode name.
+        opcode: &'static str,
+        /// Offset of the opcode.
+        offset: u64,
+        /// The budget, in bytes.
+        budget: u64,
+        /// Size of the input, in bytes.
+        input: u64,
+    },
     /// The input has no bytes at all.
     #[error("the pickle is empty (0 bytes)")]
     Empty,
@@ -94,7 +111,8 @@ impl PickleError {
             | PickleError::Truncated { offset, .. }
             | PickleError::UnknownOpcode { offset, .. }
             | PickleError::Malformed { offset, .. }
-            | PickleError::Limit { offset, .. } => Some(*offset),
+            | PickleError::Limit { offset, .. }
+            | PickleError::MemoryBudget { offset, .. } => Some(*offset),
             PickleError::Io { .. } | PickleError::Empty | PickleError::NotAPickle { .. } => None,
         }
     }

@@ -8,10 +8,20 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::{
-    allow::{self, Kind},
+    allow::{self, GlobalId, Kind},
+    budget::{Budget, Exhausted},
     error::PickleError,
-    value::{Heap, How, Object, Value},
+    value::{
+        BytesId, DictId, Heap, How, ListId, Object, ObjectId, SetId, StrId, TupleId, Utf8Bytes,
+        Value,
+    },
 };
+
+/// Default of [`Limits::max_arena_bytes`] per byte of input.
+pub const DEFAULT_ARENA_FACTOR: u32 = 12;
+/// What [`Limits::max_arena_bytes`] always allows on top of the per-byte
+/// part, so that small pickles are never short of room (32 MiB).
+pub const ARENA_FLOOR: usize = 32 << 20;
 
 /// Resource limits. The defaults scale with the input size so that memory
 /// stays proportional to the file and no declared length is trusted.
@@ -23,24 +33,38 @@ pub struct Limits {
     pub max_mark_depth: usize,
     /// Most memo entries.
     pub max_memo: usize,
-    /// Most bytes the machine may allocate for decoded payloads and copies
-    /// (protocol 0 escapes, `_codecs.encode`, `set(list)`...).
-    pub max_owned_bytes: usize,
+    /// Most bytes of memory the machine may reserve for what it builds: every
+    /// heap vector and container, the stack, the memo and decoded payloads
+    /// (protocol 0 escapes, `_codecs.encode`, `list(x)` copies...). Zero-copy
+    /// slices of the input cost only their handles.
+    pub max_arena_bytes: usize,
     /// Deepest nesting of containers inside containers.
     pub max_depth: u32,
 }
 
 impl Limits {
-    /// Limits for an input of `len` bytes.
+    /// Limits for an input of `len` bytes, with the default arena budget.
     pub fn for_input(len: usize) -> Limits {
+        Limits::with_arena_factor(len, DEFAULT_ARENA_FACTOR)
+    }
+
+    /// Limits for an input of `len` bytes whose values may take
+    /// `factor` × `len` + [`ARENA_FLOOR`] bytes.
+    pub fn with_arena_factor(len: usize, factor: u32) -> Limits {
         Limits {
             max_stack: (1 << 22).max(len / 8),
             max_mark_depth: 4096,
             max_memo: (1 << 22).max(len / 4),
-            max_owned_bytes: (64 << 20) + len.saturating_mul(2),
+            max_arena_bytes: arena_budget(len, factor),
             max_depth: 1000,
         }
     }
+}
+
+/// `factor` × `len` + [`ARENA_FLOOR`], saturating.
+pub fn arena_budget(len: usize, factor: u32) -> usize {
+    len.saturating_mul(factor as usize)
+        .saturating_add(ARENA_FLOOR)
 }
 
 /// What a finished run produced.
@@ -52,6 +76,8 @@ pub struct Loaded {
     pub root: Value,
     /// Protocol declared by PROTO (0 when absent).
     pub protocol: u8,
+    /// Bytes of memory reserved for the values (what the budget counted).
+    pub arena_bytes: usize,
 }
 
 // Opcodes.
@@ -214,8 +240,10 @@ pub struct Machine<'a> {
     memo_count: usize,
     heap: Heap,
     limits: Limits,
-    owned: usize,
-    encode_cache: HashMap<u32, u32>,
+    budget: Budget,
+    encode_cache: HashMap<StrId, BytesId>,
+    /// The one `()` (see EMPTY_TUPLE).
+    empty_tuple: Option<Value>,
     protocol: u8,
     progress: Option<&'a mut dyn FnMut(usize)>,
     next_report: usize,
@@ -250,14 +278,15 @@ impl<'a> Machine<'a> {
             pos: 0,
             op_at: 0,
             op: 0,
-            stack: Vec::with_capacity(256),
-            marks: Vec::with_capacity(64),
+            stack: Vec::new(),
+            marks: Vec::new(),
             memo: Vec::new(),
             memo_count: 0,
-            heap: Heap::default(),
+            heap: Heap::new(),
+            budget: Budget::new(limits.max_arena_bytes),
             limits,
-            owned: 0,
             encode_cache: HashMap::new(),
+            empty_tuple: None,
             protocol: 0,
             progress: None,
             next_report: REPORT_EVERY,
@@ -286,6 +315,22 @@ impl<'a> Machine<'a> {
             opcode: opcode_name(self.op),
             offset: self.op_at as u64,
             what: what.into(),
+        }
+    }
+
+    /// The error for a reservation the budget or the allocator refused.
+    fn exhausted(&self, e: Exhausted) -> PickleError {
+        match e {
+            Exhausted::Budget => PickleError::MemoryBudget {
+                opcode: opcode_name(self.op),
+                offset: self.op_at as u64,
+                budget: self.budget.limit() as u64,
+                input: self.data.len() as u64,
+            },
+            Exhausted::Alloc(bytes) => self.limit(format!(
+                "cannot allocate {bytes} more bytes for its values (the system refused)"
+            )),
+            Exhausted::Count => self.limit("more than 4 billion objects of one kind"),
         }
     }
 
@@ -358,26 +403,25 @@ impl<'a> Machine<'a> {
 
     // ---------- budget ----------
 
+    /// Count `bytes` of decoded data against the budget.
     fn charge(&mut self, bytes: usize) -> Result<()> {
-        self.owned = self.owned.saturating_add(bytes);
-        if self.owned > self.limits.max_owned_bytes {
-            return Err(self.limit(format!(
-                "decoded data would exceed {} bytes",
-                self.limits.max_owned_bytes
-            )));
-        }
-        Ok(())
+        self.budget.charge(bytes).map_err(|e| self.exhausted(e))
+    }
+
+    /// Bytes of memory reserved for values so far.
+    pub fn arena_bytes(&self) -> usize {
+        self.budget.used()
     }
 
     // ---------- nesting depth ----------
 
     fn depth_of(&self, v: Value) -> u32 {
         (match v {
-            Value::Tuple(i) => self.depth.tuples[i as usize],
-            Value::List(i) => self.depth.lists[i as usize],
-            Value::Dict(i) => self.depth.dicts[i as usize],
-            Value::Set(i) | Value::FrozenSet(i) => self.depth.sets[i as usize],
-            Value::Object(i) => self.depth.objects[i as usize],
+            Value::Tuple(i) => self.depth.tuples[i.index()],
+            Value::List(i) => self.depth.lists[i.index()],
+            Value::Dict(i) => self.depth.dicts[i.index()],
+            Value::Set(i) | Value::FrozenSet(i) => self.depth.sets[i.index()],
+            Value::Object(i) => self.depth.objects[i.index()],
             _ => 0,
         }) as u32
     }
@@ -402,11 +446,11 @@ impl<'a> Machine<'a> {
     fn bump(&mut self, target: Value, inner: u32) -> Result<()> {
         let d = self.check_depth(inner + 1)?;
         let slot = match target {
-            Value::Tuple(i) => &mut self.depth.tuples[i as usize],
-            Value::List(i) => &mut self.depth.lists[i as usize],
-            Value::Dict(i) => &mut self.depth.dicts[i as usize],
-            Value::Set(i) | Value::FrozenSet(i) => &mut self.depth.sets[i as usize],
-            Value::Object(i) => &mut self.depth.objects[i as usize],
+            Value::Tuple(i) => &mut self.depth.tuples[i.index()],
+            Value::List(i) => &mut self.depth.lists[i.index()],
+            Value::Dict(i) => &mut self.depth.dicts[i.index()],
+            Value::Set(i) | Value::FrozenSet(i) => &mut self.depth.sets[i.index()],
+            Value::Object(i) => &mut self.depth.objects[i.index()],
             _ => return Ok(()),
         };
         *slot = (*slot).max(d);
@@ -415,44 +459,59 @@ impl<'a> Machine<'a> {
 
     // ---------- heap ----------
 
-    fn idx(&self, len: usize) -> Result<u32> {
-        u32::try_from(len).map_err(|_| self.limit("more than 4 billion objects"))
+    /// Record the depth of a new container (parallel to its heap vector).
+    fn push_depth(&mut self, which: fn(&mut Depths) -> &mut Vec<u16>, d: u16) -> Result<()> {
+        let reserved = self.budget.reserve(which(&mut self.depth), 1);
+        reserved.map_err(|e| self.exhausted(e))?;
+        which(&mut self.depth).push(d);
+        Ok(())
     }
 
     fn new_str(&mut self, b: Bytes) -> Result<Value> {
-        if std::str::from_utf8(&b).is_err() {
-            return Err(self.malformed("string is not valid UTF-8"));
-        }
-        let i = self.idx(self.heap.strs.len())?;
-        self.heap.strs.push(b);
-        Ok(Value::Str(i))
+        let s = Utf8Bytes::new(b).ok_or_else(|| self.malformed("string is not valid UTF-8"))?;
+        let id = self
+            .heap
+            .add_str(s, &mut self.budget)
+            .map_err(|e| self.exhausted(e))?;
+        Ok(Value::Str(id))
     }
 
-    fn new_bytes(&mut self, b: Bytes) -> Result<u32> {
-        let i = self.idx(self.heap.bytes.len())?;
-        self.heap.bytes.push(b);
-        Ok(i)
+    fn new_bytes(&mut self, b: Bytes) -> Result<BytesId> {
+        self.heap
+            .add_bytes(b, &mut self.budget)
+            .map_err(|e| self.exhausted(e))
     }
 
-    fn new_tuple(&mut self, items: impl IntoIterator<Item = Value>) -> Result<Value> {
-        let start = self.heap.tuple_items.len();
-        self.heap.tuple_items.extend(items);
-        let len = self.heap.tuple_items.len() - start;
-        let d = self.depth_over(&self.heap.tuple_items[start..])?;
-        let start = self.idx(start)?;
-        self.idx(start as usize + len)?;
-        let i = self.idx(self.heap.tuples.len())?;
-        self.heap.tuples.push((start, len as u32));
-        self.depth.tuples.push(d);
-        Ok(Value::Tuple(i))
+    fn new_tuple(&mut self, items: &[Value]) -> Result<Value> {
+        let d = self.depth_over(items)?;
+        let id: TupleId = self
+            .heap
+            .add_tuple(items, &mut self.budget)
+            .map_err(|e| self.exhausted(e))?;
+        self.push_depth(|d| &mut d.tuples, d)?;
+        Ok(Value::Tuple(id))
+    }
+
+    /// A tuple of the stack items from `start` up (which are removed).
+    fn tuple_from_stack(&mut self, start: usize) -> Result<Value> {
+        let d = self.depth_over(&self.stack[start..])?;
+        let id = self
+            .heap
+            .add_tuple(&self.stack[start..], &mut self.budget)
+            .map_err(|e| self.exhausted(e))?;
+        self.stack.truncate(start);
+        self.push_depth(|d| &mut d.tuples, d)?;
+        Ok(Value::Tuple(id))
     }
 
     fn new_list(&mut self, items: Vec<Value>) -> Result<Value> {
         let d = self.depth_over(&items)?;
-        let i = self.idx(self.heap.lists.len())?;
-        self.heap.lists.push(items);
-        self.depth.lists.push(d);
-        Ok(Value::List(i))
+        let id: ListId = self
+            .heap
+            .add_list(items, &mut self.budget)
+            .map_err(|e| self.exhausted(e))?;
+        self.push_depth(|d| &mut d.lists, d)?;
+        Ok(Value::List(id))
     }
 
     fn new_dict(&mut self, items: Vec<(Value, Value)>) -> Result<Value> {
@@ -462,27 +521,31 @@ impl<'a> Machine<'a> {
             .max()
             .unwrap_or(0);
         let d = self.check_depth(d + 1)?;
-        let i = self.idx(self.heap.dicts.len())?;
-        self.heap.dicts.push(items);
-        self.depth.dicts.push(d);
-        Ok(Value::Dict(i))
+        let id: DictId = self
+            .heap
+            .add_dict(items, &mut self.budget)
+            .map_err(|e| self.exhausted(e))?;
+        self.push_depth(|d| &mut d.dicts, d)?;
+        Ok(Value::Dict(id))
     }
 
     fn new_set(&mut self, items: Vec<Value>, frozen: bool) -> Result<Value> {
         let d = self.depth_over(&items)?;
-        let i = self.idx(self.heap.sets.len())?;
-        self.heap.sets.push(items);
-        self.depth.sets.push(d);
+        let id: SetId = self
+            .heap
+            .add_set(items, &mut self.budget)
+            .map_err(|e| self.exhausted(e))?;
+        self.push_depth(|d| &mut d.sets, d)?;
         Ok(if frozen {
-            Value::FrozenSet(i)
+            Value::FrozenSet(id)
         } else {
-            Value::Set(i)
+            Value::Set(id)
         })
     }
 
     fn new_object(
         &mut self,
-        class: u16,
+        class: GlobalId,
         how: How,
         args: Value,
         kwargs: Option<Value>,
@@ -491,9 +554,7 @@ impl<'a> Machine<'a> {
             .depth_of(args)
             .max(kwargs.map(|k| self.depth_of(k)).unwrap_or(0));
         let d = self.check_depth(inner + 1)?;
-        self.depth.objects.push(d);
-        let i = self.idx(self.heap.objects.len())?;
-        self.heap.objects.push(Object {
+        let object = Object {
             class,
             how,
             args,
@@ -502,8 +563,13 @@ impl<'a> Machine<'a> {
             list_items: Vec::new(),
             dict_items: Vec::new(),
             offset: self.op_at as u64,
-        });
-        Ok(Value::Object(i))
+        };
+        let id: ObjectId = self
+            .heap
+            .add_object(object, &mut self.budget)
+            .map_err(|e| self.exhausted(e))?;
+        self.push_depth(|d| &mut d.objects, d)?;
+        Ok(Value::Object(id))
     }
 
     fn new_int_le(&mut self, b: Bytes) -> Result<Value> {
@@ -512,9 +578,11 @@ impl<'a> Machine<'a> {
                 return Ok(Value::Int(v));
             }
         }
-        let i = self.idx(self.heap.bigints.len())?;
-        self.heap.bigints.push(b);
-        Ok(Value::BigInt(i))
+        let id = self
+            .heap
+            .add_bigint(b, &mut self.budget)
+            .map_err(|e| self.exhausted(e))?;
+        Ok(Value::BigInt(id))
     }
 
     // ---------- stack ----------
@@ -527,6 +595,8 @@ impl<'a> Machine<'a> {
                 self.limits.max_stack
             )));
         }
+        let reserved = self.budget.reserve(&mut self.stack, 1);
+        reserved.map_err(|e| self.exhausted(e))?;
         self.stack.push(v);
         Ok(())
     }
@@ -538,18 +608,22 @@ impl<'a> Machine<'a> {
 
     #[inline]
     fn pop(&mut self) -> Result<Value> {
-        if self.stack.len() <= self.floor() {
-            return Err(self.malformed("stack underflow"));
-        }
-        Ok(self.stack.pop().expect("checked")) // invariant: the length was checked just above
+        let v = if self.stack.len() > self.floor() {
+            self.stack.pop()
+        } else {
+            None
+        };
+        v.ok_or_else(|| self.malformed("stack underflow"))
     }
 
     #[inline]
     fn top(&self) -> Result<Value> {
-        if self.stack.len() <= self.floor() {
-            return Err(self.malformed("stack underflow (nothing on the stack)"));
-        }
-        Ok(*self.stack.last().expect("checked")) // invariant: the length was checked just above
+        let v = if self.stack.len() > self.floor() {
+            self.stack.last().copied()
+        } else {
+            None
+        };
+        v.ok_or_else(|| self.malformed("stack underflow (nothing on the stack)"))
     }
 
     /// Start index of the items above the innermost MARK (which is removed).
@@ -565,7 +639,7 @@ impl<'a> Machine<'a> {
         if n % 2 != 0 {
             return Err(self.malformed(format!("odd number of items ({n}) for key/value pairs")));
         }
-        let mut out = Vec::with_capacity(n / 2);
+        let mut out = self.try_vec(n / 2)?;
         let mut it = self.stack.drain(start..);
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             out.push((k, v));
@@ -591,6 +665,9 @@ impl<'a> Machine<'a> {
                     self.memo.len()
                 )));
             }
+            let extra = i + 1 - self.memo.len();
+            let reserved = self.budget.reserve(&mut self.memo, extra);
+            reserved.map_err(|e| self.exhausted(e))?;
             self.memo.resize(i + 1, None);
         }
         if self.memo[i].is_none() {
@@ -614,7 +691,7 @@ impl<'a> Machine<'a> {
 
     /// GLOBAL / INST read their names as text lines: names that are no
     /// Python identifiers mean the input is text, not a pickle.
-    fn resolve_line(&self, module: &str, name: &str) -> Result<u16> {
+    fn resolve_line(&self, module: &str, name: &str) -> Result<GlobalId> {
         if !is_dotted_identifier(module) || !is_dotted_identifier(name) {
             return Err(PickleError::NotAPickle {
                 why: format!(
@@ -629,14 +706,14 @@ impl<'a> Machine<'a> {
         self.resolve(module, name)
     }
 
-    fn resolve(&self, module: &str, name: &str) -> Result<u16> {
+    fn resolve(&self, module: &str, name: &str) -> Result<GlobalId> {
         allow::lookup(module, name).ok_or_else(|| PickleError::ForbiddenGlobal {
             global: format!("{module}.{name}"),
             offset: self.op_at as u64,
         })
     }
 
-    fn expect_global(&self, v: Value, role: &str) -> Result<u16> {
+    fn expect_global(&self, v: Value, role: &str) -> Result<GlobalId> {
         match v {
             Value::Global(g) => Ok(g),
             other => Err(self.refused(format!(
@@ -730,6 +807,7 @@ impl<'a> Machine<'a> {
                         heap: self.heap,
                         root,
                         protocol: self.protocol,
+                        arena_bytes: self.budget.used(),
                     });
                 }
 
@@ -919,7 +997,16 @@ impl<'a> Machine<'a> {
 
                 // ---- containers ----
                 EMPTY_TUPLE => {
-                    let v = self.new_tuple([])?;
+                    // `()` is a singleton, as in Python: one for the whole
+                    // pickle, however many EMPTY_TUPLEs it has.
+                    let v = match self.empty_tuple {
+                        Some(v) => v,
+                        None => {
+                            let v = self.new_tuple(&[])?;
+                            self.empty_tuple = Some(v);
+                            v
+                        }
+                    };
                     self.push(v)?;
                 }
                 TUPLE1 | TUPLE2 | TUPLE3 => {
@@ -928,22 +1015,13 @@ impl<'a> Machine<'a> {
                         return Err(self.malformed("stack underflow"));
                     }
                     let start = self.stack.len() - n;
-                    let items: Vec<Value> = self.stack.drain(start..).collect();
-                    let v = self.new_tuple(items)?;
+                    let v = self.tuple_from_stack(start)?;
                     self.push(v)?;
                 }
                 TUPLE => {
                     let m = self.pop_mark()?;
-                    let d = self.depth_over(&self.stack[m..])?;
-                    let start = self.heap.tuple_items.len();
-                    self.heap.tuple_items.extend(self.stack.drain(m..));
-                    let len = self.heap.tuple_items.len() - start;
-                    let s32 = self.idx(start)?;
-                    self.idx(start + len)?;
-                    let i = self.idx(self.heap.tuples.len())?;
-                    self.heap.tuples.push((s32, len as u32));
-                    self.depth.tuples.push(d);
-                    self.push(Value::Tuple(i))?;
+                    let v = self.tuple_from_stack(m)?;
+                    self.push(v)?;
                 }
                 EMPTY_LIST => {
                     let v = self.new_list(Vec::new())?;
@@ -951,7 +1029,7 @@ impl<'a> Machine<'a> {
                 }
                 LIST => {
                     let m = self.pop_mark()?;
-                    let items: Vec<Value> = self.stack.drain(m..).collect();
+                    let items = self.take_stack(m)?;
                     let v = self.new_list(items)?;
                     self.push(v)?;
                 }
@@ -971,14 +1049,14 @@ impl<'a> Machine<'a> {
                 }
                 FROZENSET => {
                     let m = self.pop_mark()?;
-                    let items: Vec<Value> = self.stack.drain(m..).collect();
+                    let items = self.take_stack(m)?;
                     let v = self.new_set(items, true)?;
                     self.push(v)?;
                 }
                 APPEND => {
                     let v = self.pop()?;
                     let target = self.top()?;
-                    self.extend_list(target, std::iter::once(v), 1)?;
+                    self.extend_list(target, &[v])?;
                 }
                 APPENDS => {
                     let m = self.pop_mark()?;
@@ -986,15 +1064,17 @@ impl<'a> Machine<'a> {
                         return Err(self.malformed("APPENDS has no list below its MARK"));
                     }
                     let target = self.stack[m - 1];
-                    let items: Vec<Value> = self.stack.drain(m..).collect();
-                    let n = items.len();
-                    self.extend_list(target, items, n)?;
+                    let items = std::mem::take(&mut self.stack);
+                    let r = self.extend_list(target, &items[m..]);
+                    self.stack = items;
+                    self.stack.truncate(m);
+                    r?;
                 }
                 SETITEM => {
                     let v = self.pop()?;
                     let k = self.pop()?;
                     let target = self.top()?;
-                    self.extend_dict(target, vec![(k, v)])?;
+                    self.extend_dict(target, &[(k, v)])?;
                 }
                 SETITEMS => {
                     let m = self.pop_mark()?;
@@ -1003,7 +1083,7 @@ impl<'a> Machine<'a> {
                     }
                     let target = self.stack[m - 1];
                     let pairs = self.pairs_from(m)?;
-                    self.extend_dict(target, pairs)?;
+                    self.extend_dict(target, &pairs)?;
                 }
                 ADDITEMS => {
                     let m = self.pop_mark()?;
@@ -1018,8 +1098,9 @@ impl<'a> Machine<'a> {
                                 .max()
                                 .unwrap_or(0);
                             self.bump(Value::Set(i), inner)?;
-                            let items: Vec<Value> = self.stack.drain(m..).collect();
-                            self.heap.sets[i as usize].extend(items);
+                            let added = self.heap.extend_set(i, &self.stack[m..], &mut self.budget);
+                            added.map_err(|e| self.exhausted(e))?;
+                            self.stack.truncate(m);
                         }
                         other => {
                             return Err(self.malformed(format!(
@@ -1087,8 +1168,7 @@ impl<'a> Machine<'a> {
                     let name = self.line_str("INST name")?;
                     let g = self.resolve_line(&module, &name)?;
                     let m = self.pop_mark()?;
-                    let items: Vec<Value> = self.stack.drain(m..).collect();
-                    let args = self.new_tuple(items)?;
+                    let args = self.tuple_from_stack(m)?;
                     let v = self.new_object(g, How::Call, args, None)?;
                     self.push(v)?;
                 }
@@ -1099,8 +1179,8 @@ impl<'a> Machine<'a> {
                     }
                     let cls = self.stack[m];
                     let g = self.expect_global(cls, "the class given to OBJ")?;
-                    let items: Vec<Value> = self.stack.drain(m..).skip(1).collect();
-                    let args = self.new_tuple(items)?;
+                    let args = self.tuple_from_stack(m + 1)?;
+                    self.stack.truncate(m);
                     let v = self.new_object(g, How::Call, args, None)?;
                     self.push(v)?;
                 }
@@ -1133,7 +1213,7 @@ impl<'a> Machine<'a> {
                         Value::Object(i) => {
                             let inner = self.depth_of(state);
                             self.bump(target, inner)?;
-                            self.heap.objects[i as usize].state = Some(state);
+                            self.heap.obj_mut(i).state = Some(state);
                         }
                         other => {
                             return Err(self.malformed(format!(
@@ -1153,69 +1233,87 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn extend_list(
-        &mut self,
-        target: Value,
-        items: impl IntoIterator<Item = Value>,
-        _n: usize,
-    ) -> Result<()> {
-        let items: Vec<Value> = items.into_iter().collect();
+    /// The stack items from `start` up, removed, in a vector of their own
+    /// (reserved within the budget).
+    fn take_stack(&mut self, start: usize) -> Result<Vec<Value>> {
+        let mut items = self.try_vec(self.stack.len() - start)?;
+        items.extend(self.stack.drain(start..));
+        Ok(items)
+    }
+
+    /// An empty vector with room for `n` items, or an error if the system
+    /// refuses. Not charged here: the heap charges a vector's capacity when
+    /// it keeps it, and a vector it does not keep is a transient copy of
+    /// items that are already within the budget.
+    fn try_vec<T>(&self, n: usize) -> Result<Vec<T>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| {
+            self.exhausted(Exhausted::Alloc(n.saturating_mul(std::mem::size_of::<T>())))
+        })?;
+        Ok(v)
+    }
+
+    fn extend_list(&mut self, target: Value, items: &[Value]) -> Result<()> {
         let inner = items.iter().map(|v| self.depth_of(*v)).max().unwrap_or(0);
         self.bump(target, inner)?;
-        match target {
-            Value::List(i) => self.heap.lists[i as usize].extend(items),
-            Value::Object(i) => self.heap.objects[i as usize].list_items.extend(items),
+        let added = match target {
+            Value::List(i) => self.heap.extend_list(i, items, &mut self.budget),
+            Value::Object(i) => self
+                .budget
+                .extend(&mut self.heap.obj_mut(i).list_items, items),
             other => {
                 return Err(
                     self.malformed(format!("cannot append to a {}", self.heap.type_name(other)))
                 )
             }
-        }
-        Ok(())
+        };
+        added.map_err(|e| self.exhausted(e))
     }
 
-    fn extend_dict(&mut self, target: Value, pairs: Vec<(Value, Value)>) -> Result<()> {
+    fn extend_dict(&mut self, target: Value, pairs: &[(Value, Value)]) -> Result<()> {
         let inner = pairs
             .iter()
             .map(|(k, v)| self.depth_of(*k).max(self.depth_of(*v)))
             .max()
             .unwrap_or(0);
         self.bump(target, inner)?;
-        match target {
-            Value::Dict(i) => self.heap.dicts[i as usize].extend(pairs),
-            Value::Object(i) => self.heap.objects[i as usize].dict_items.extend(pairs),
+        let added = match target {
+            Value::Dict(i) => self.heap.extend_dict(i, pairs, &mut self.budget),
+            Value::Object(i) => self
+                .budget
+                .extend(&mut self.heap.obj_mut(i).dict_items, pairs),
             other => {
                 return Err(self.malformed(format!(
                     "cannot set items on a {}",
                     self.heap.type_name(other)
                 )))
             }
-        }
-        Ok(())
+        };
+        added.map_err(|e| self.exhausted(e))
     }
 
-    /// Items of a list/tuple argument, copied (charged against the budget).
+    /// Items of a list/tuple/set argument, copied.
     fn copy_seq(&mut self, v: Value) -> Result<Vec<Value>> {
-        let items = match self.heap.seq(v) {
-            Some(s) => s.to_vec(),
-            None => match v {
-                Value::Set(i) | Value::FrozenSet(i) => self.heap.sets[i as usize].clone(),
-                other => {
-                    return Err(self.malformed(format!(
-                        "expected a list or tuple, found a {}",
-                        self.heap.type_name(other)
-                    )))
-                }
-            },
+        let items = match v {
+            Value::Tuple(i) => self.heap.tuple_items(i),
+            Value::List(i) => self.heap.list_items(i),
+            Value::Set(i) | Value::FrozenSet(i) => self.heap.set_items(i),
+            other => {
+                return Err(self.malformed(format!(
+                    "expected a list or tuple, found a {}",
+                    self.heap.type_name(other)
+                )))
+            }
         };
-        self.charge(items.len() * std::mem::size_of::<Value>())?;
-        Ok(items)
+        let mut out = self.try_vec(items.len())?;
+        out.extend_from_slice(items);
+        Ok(out)
     }
 
     /// `cls.__new__(cls, *args)`.
-    fn new_instance(&mut self, g: u16, args: Value, kwargs: Option<Value>) -> Result<Value> {
+    fn new_instance(&mut self, g: GlobalId, args: Value, kwargs: Option<Value>) -> Result<Value> {
         let empty = self.heap.tuple(args).map(|a| a.is_empty()).unwrap_or(false);
-        match allow::entry(g).kind {
+        match g.kind() {
             Kind::OrderedDict | Kind::Dict if empty => self.new_dict(Vec::new()),
             Kind::List if empty => self.new_list(Vec::new()),
             Kind::Set if empty => self.new_set(Vec::new(), false),
@@ -1224,14 +1322,16 @@ impl<'a> Machine<'a> {
     }
 
     /// REDUCE: evaluate the pure built-ins, record everything else.
-    fn call(&mut self, g: u16, args: Value) -> Result<Value> {
-        let kind = allow::entry(g).kind;
+    fn call(&mut self, g: GlobalId, args: Value) -> Result<Value> {
+        let kind = g.kind();
         let Some(a) = self.heap.tuple(args) else {
             return Err(self.malformed(format!(
                 "REDUCE arguments are a {}, not a tuple",
                 self.heap.type_name(args)
             )));
         };
+        // Copied so that the heap can grow while the arguments are read (at
+        // most a few values: every builtin here takes one to three).
         let a: Vec<Value> = a.to_vec();
         match (kind, a.as_slice()) {
             (Kind::CodecsEncode, [s, enc]) => {
@@ -1242,10 +1342,10 @@ impl<'a> Machine<'a> {
                 if let Some(&bi) = self.encode_cache.get(&si) {
                     return Ok(Value::Bytes(bi));
                 }
-                let text = self.heap.str(*s).expect("str"); // invariant: `s` was matched as a string above
+                let text = self.heap.string(si);
                 let out: Bytes = match enc.as_str() {
                     "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" | "l1" => {
-                        let mut out = Vec::with_capacity(text.len());
+                        let mut out = self.try_vec(text.len())?;
                         for c in text.chars() {
                             let c = c as u32;
                             if c > 0xff {
@@ -1258,7 +1358,7 @@ impl<'a> Machine<'a> {
                         self.charge(out.len())?;
                         Bytes::from(out)
                     }
-                    "utf-8" | "utf8" | "ascii" => self.heap.strs[si as usize].clone(),
+                    "utf-8" | "utf8" | "ascii" => self.heap.str_bytes(si).clone(),
                     other => {
                         return Err(self.refused(format!(
                             "_codecs.encode with encoding {other:?} is not supported"
@@ -1266,17 +1366,19 @@ impl<'a> Machine<'a> {
                     }
                 };
                 let bi = self.new_bytes(out)?;
+                // The cache holds two ids per entry; count its growth.
+                self.charge(16)?;
                 self.encode_cache.insert(si, bi);
                 Ok(Value::Bytes(bi))
             }
             (Kind::Bytes, []) => Ok(Value::Bytes(self.new_bytes(Bytes::new())?)),
-            (Kind::Bytes, [b]) if self.heap.bytes_of(*b).is_some() => {
-                let p = self.heap.bytes_of(*b).expect("bytes").clone(); // invariant: the match guard checked bytes_of is Some
+            (Kind::Bytes, [Value::Bytes(b) | Value::ByteArray(b) | Value::LegacyStr(b)]) => {
+                let p = self.heap.payload(*b).clone();
                 Ok(Value::Bytes(self.new_bytes(p)?))
             }
             (Kind::ByteArray, []) => Ok(Value::ByteArray(self.new_bytes(Bytes::new())?)),
-            (Kind::ByteArray, [b]) if self.heap.bytes_of(*b).is_some() => {
-                let p = self.heap.bytes_of(*b).expect("bytes").clone(); // invariant: the match guard checked bytes_of is Some
+            (Kind::ByteArray, [Value::Bytes(b) | Value::ByteArray(b) | Value::LegacyStr(b)]) => {
+                let p = self.heap.payload(*b).clone();
                 Ok(Value::ByteArray(self.new_bytes(p)?))
             }
             (Kind::Set | Kind::FrozenSet, []) => self.new_set(Vec::new(), kind == Kind::FrozenSet),
@@ -1289,15 +1391,15 @@ impl<'a> Machine<'a> {
                 let items = self.copy_seq(*items)?;
                 self.new_list(items)
             }
-            (Kind::Tuple, []) => self.new_tuple([]),
+            (Kind::Tuple, []) => self.new_tuple(&[]),
             (Kind::Tuple, [items]) => {
                 let items = self.copy_seq(*items)?;
-                self.new_tuple(items)
+                self.new_tuple(&items)
             }
             (Kind::OrderedDict | Kind::Dict, []) => self.new_dict(Vec::new()),
             (Kind::OrderedDict | Kind::Dict, [items]) => {
                 let items = self.copy_seq(*items)?;
-                let mut pairs = Vec::with_capacity(items.len());
+                let mut pairs = self.try_vec(items.len())?;
                 for it in items {
                     match self.heap.seq(it) {
                         Some([k, v]) => pairs.push((*k, *v)),
@@ -1309,14 +1411,14 @@ impl<'a> Machine<'a> {
             (Kind::CopyregReconstructor, [cls, base, state]) => {
                 let cg = self.expect_global(*cls, "the class given to copyreg._reconstructor")?;
                 let bg = self.expect_global(*base, "the base given to copyreg._reconstructor")?;
-                if allow::entry(bg).kind != Kind::Object {
+                if bg.kind() != Kind::Object {
                     return Err(self.refused(format!(
                         "copyreg._reconstructor with base {}.{} is not supported (only object)",
                         allow::entry(bg).module,
                         allow::entry(bg).name
                     )));
                 }
-                match allow::entry(cg).kind {
+                match cg.kind() {
                     Kind::OrderedDict | Kind::Dict => self.new_dict(Vec::new()),
                     _ => self.new_object(cg, How::Reconstructor, *state, None),
                 }
@@ -1327,16 +1429,16 @@ impl<'a> Machine<'a> {
             (Kind::CopyregNewObj, [cls, rest @ ..]) => {
                 let cg = self.expect_global(*cls, "the class given to copyreg.__newobj__")?;
                 let rest = rest.to_vec();
-                let args = self.new_tuple(rest)?;
+                let args = self.new_tuple(&rest)?;
                 self.new_instance(cg, args, None)
             }
             (Kind::CopyregNewObj, []) => Err(self.malformed("copyreg.__newobj__ without a class")),
             (Kind::GetAttr, [obj, name]) => {
-                let is_zoneinfo =
-                    matches!(obj, Value::Global(o) if allow::entry(*o).kind == Kind::ZoneInfo);
+                let is_zoneinfo = matches!(obj, Value::Global(o) if o.kind() == Kind::ZoneInfo);
                 if is_zoneinfo && self.heap.str(*name) == Some("_unpickle") {
-                    let g = allow::lookup("zoneinfo", "ZoneInfo._unpickle").expect("in the table"); // invariant: ZoneInfo._unpickle is a row of the allow-list table
-                    return Ok(Value::Global(g));
+                    if let Some(g) = allow::lookup("zoneinfo", "ZoneInfo._unpickle") {
+                        return Ok(Value::Global(g));
+                    }
                 }
                 let what = self.heap.type_name(*obj);
                 let attr = self

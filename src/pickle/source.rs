@@ -22,6 +22,9 @@ impl AsRef<[u8]> for MapOwner {
 const RELEASE_CHUNK: usize = 4 << 20;
 
 /// The pickle's bytes, memory-mapped (or in memory for tests and fuzzing).
+///
+/// A mapped file must not be changed or truncated by anyone else while it is
+/// read (the contract of every memory map; see `open`).
 pub struct PickleSource {
     data: Bytes,
     map: Option<Arc<Mmap>>,
@@ -50,8 +53,13 @@ impl PickleSource {
         if len == 0 {
             return Ok(PickleSource::from_bytes(Bytes::new()));
         }
-        // SAFETY: the map is read-only; like every reader of a memory-mapped
-        // file we rely on the file not being truncated while we read it.
+        // SAFETY: `Mmap::map` is unsafe because the file may be changed or
+        // truncated by another process while it is mapped: every `&[u8]` into
+        // the map (and so every payload slice, and the UTF-8 checked once by
+        // `Utf8Bytes::new`) assumes its bytes stay as read. We map read-only
+        // and never write the input; like every memory-mapped reader we
+        // require that nobody else changes or truncates it during the run
+        // (documented on `PickleSource` and in the `convert` help).
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         #[cfg(unix)]
         {
@@ -101,9 +109,12 @@ impl PickleSource {
         }
         #[cfg(unix)]
         {
-            // SAFETY: the map is read-only and file-backed, so DONTNEED only
-            // drops page-table entries; later reads fault the same file
-            // contents back in. No reference into the range is invalidated.
+            // SAFETY: the range lies inside the map (`end` is clamped to its
+            // length, and the early return above keeps `start` below `end`). The map is read-only and file-backed
+            // (memmap2 maps it MAP_SHARED), so MADV_DONTNEED only drops
+            // page-table entries: later reads fault the same file contents
+            // back in from the page cache, and no reference into the range
+            // sees different bytes or dangles.
             let _ = unsafe {
                 map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
             };

@@ -6,7 +6,49 @@
 
 use bytes::Bytes;
 
-use super::allow::{self, Kind};
+use super::{
+    allow::{self, GlobalId, Kind},
+    budget::{Budget, Exhausted},
+};
+
+macro_rules! ids {
+    ($($(#[$doc:meta])* $name:ident,)*) => {$(
+        $(#[$doc])*
+        ///
+        /// Only the [`Heap`] that stored the item makes one, so looking it up
+        /// in that heap cannot fail. (An id used with another heap is a bug:
+        /// it finds another item of the same kind, or panics; never undefined
+        /// behaviour.)
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub struct $name(u32);
+
+        impl $name {
+            /// Position in the heap's vector of this kind.
+            pub(super) fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+    )*};
+}
+
+ids! {
+    /// A `str` in a [`Heap`].
+    StrId,
+    /// A `bytes`, `bytearray` or Python 2 `str` payload in a [`Heap`].
+    BytesId,
+    /// A big int in a [`Heap`].
+    BigIntId,
+    /// A tuple in a [`Heap`].
+    TupleId,
+    /// A list in a [`Heap`].
+    ListId,
+    /// A dict in a [`Heap`].
+    DictId,
+    /// A set or frozenset in a [`Heap`].
+    SetId,
+    /// A recorded construction in a [`Heap`].
+    ObjectId,
+}
 
 /// One Python value, as a handle into a [`Heap`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -17,32 +59,32 @@ pub enum Value {
     Bool(bool),
     /// An int that fits in 64 bits.
     Int(i64),
-    /// A larger int: little-endian two's complement bytes in `Heap::bigints`.
-    BigInt(u32),
+    /// A larger int: little-endian two's complement bytes ([`Heap::bigint`]).
+    BigInt(BigIntId),
     /// A float.
     Float(f64),
-    /// A `str` (valid UTF-8) in `Heap::strs`.
-    Str(u32),
-    /// `bytes` in `Heap::bytes`.
-    Bytes(u32),
-    /// `bytearray` in `Heap::bytes`.
-    ByteArray(u32),
-    /// A Python 2 `str` (STRING / BINSTRING opcodes): raw bytes in `Heap::bytes`.
-    LegacyStr(u32),
-    /// A tuple: `Heap::tuples`.
-    Tuple(u32),
-    /// A list: `Heap::lists`.
-    List(u32),
-    /// A dict: `Heap::dicts` (pairs in insertion order).
-    Dict(u32),
-    /// A set: `Heap::sets`.
-    Set(u32),
-    /// A frozenset: `Heap::sets`.
-    FrozenSet(u32),
-    /// An allow-listed global: index into [`allow::TABLE`].
-    Global(u16),
-    /// A recorded construction (REDUCE, NEWOBJ, ...): `Heap::objects`.
-    Object(u32),
+    /// A `str` ([`Heap::string`]).
+    Str(StrId),
+    /// `bytes` ([`Heap::payload`]).
+    Bytes(BytesId),
+    /// `bytearray` ([`Heap::payload`]).
+    ByteArray(BytesId),
+    /// A Python 2 `str` (STRING / BINSTRING opcodes): raw bytes ([`Heap::payload`]).
+    LegacyStr(BytesId),
+    /// A tuple ([`Heap::tuple_items`]).
+    Tuple(TupleId),
+    /// A list ([`Heap::list_items`]).
+    List(ListId),
+    /// A dict, pairs in insertion order ([`Heap::dict_pairs`]).
+    Dict(DictId),
+    /// A set ([`Heap::set_items`]).
+    Set(SetId),
+    /// A frozenset ([`Heap::set_items`]).
+    FrozenSet(SetId),
+    /// An allow-listed global.
+    Global(GlobalId),
+    /// A recorded construction (REDUCE, NEWOBJ, ...) ([`Heap::obj`]).
+    Object(ObjectId),
 }
 
 /// How an [`Object`] came to be.
@@ -60,7 +102,7 @@ pub enum How {
 #[derive(Clone, Debug)]
 pub struct Object {
     /// The allow-listed callable or class.
-    pub class: u16,
+    pub class: GlobalId,
     /// How it was invoked.
     pub how: How,
     /// Positional arguments (a `Tuple`, or `None` when there were none).
@@ -80,7 +122,7 @@ pub struct Object {
 impl Object {
     /// What the callable / class stands for.
     pub fn kind(&self) -> Kind {
-        allow::entry(self.class).kind
+        self.class.kind()
     }
 
     /// `module.name` of the callable / class.
@@ -90,36 +132,236 @@ impl Object {
     }
 }
 
-/// Storage for every container and payload the machine made.
-#[derive(Default, Debug)]
+/// Bytes that are valid UTF-8: the only way in is [`Utf8Bytes::new`], which
+/// checks, and `Bytes` never changes its contents.
+#[derive(Clone, Debug)]
+pub(super) struct Utf8Bytes(Bytes);
+
+impl Utf8Bytes {
+    /// `b` if it is valid UTF-8.
+    pub(super) fn new(b: Bytes) -> Option<Utf8Bytes> {
+        std::str::from_utf8(&b).is_ok().then_some(Utf8Bytes(b))
+    }
+
+    /// The same bytes, as the raw payload.
+    pub(super) fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    fn as_str(&self) -> &str {
+        // SAFETY: `Utf8Bytes::new` is the only constructor and it checks that
+        // the bytes are UTF-8; the field is private to this module, and
+        // `Bytes` gives no way to change its contents, so they are still the
+        // bytes that were checked. (For a memory-mapped input that also needs
+        // the file to stay unchanged during the run: the precondition taken
+        // on where the map is made, `PickleSource::open`.)
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+/// Storage for every container and payload the machine made. Only the
+/// machine adds to it (every addition within its memory [`Budget`]); readers
+/// get it from [`super::Loaded`] and look values up by their typed ids.
+#[derive(Debug)]
 pub struct Heap {
-    /// `str` payloads (validated UTF-8; mostly zero-copy slices of the input).
-    pub strs: Vec<Bytes>,
+    /// `str` payloads (mostly zero-copy slices of the input).
+    strs: Vec<Utf8Bytes>,
     /// `bytes` / `bytearray` / Python 2 `str` payloads.
-    pub bytes: Vec<Bytes>,
+    bytes: Vec<Bytes>,
     /// Big ints, little-endian two's complement.
-    pub bigints: Vec<Bytes>,
+    bigints: Vec<Bytes>,
     /// Tuples as `(start, len)` into `tuple_items`.
-    pub tuples: Vec<(u32, u32)>,
+    tuples: Vec<(u32, u32)>,
     /// Items of all tuples, back to back.
-    pub tuple_items: Vec<Value>,
+    tuple_items: Vec<Value>,
     /// Lists.
-    pub lists: Vec<Vec<Value>>,
+    lists: Vec<Vec<Value>>,
     /// Dicts (insertion order, later duplicates override on lookup).
-    pub dicts: Vec<Vec<(Value, Value)>>,
+    dicts: Vec<Vec<(Value, Value)>>,
     /// Sets and frozensets.
-    pub sets: Vec<Vec<Value>>,
+    sets: Vec<Vec<Value>>,
     /// Recorded constructions.
-    pub objects: Vec<Object>,
+    objects: Vec<Object>,
+}
+
+/// Append `item` to `v` within `budget`; its position as a 32-bit id.
+fn add<T>(v: &mut Vec<T>, item: T, budget: &mut Budget) -> Result<u32, Exhausted> {
+    let i = u32::try_from(v.len()).map_err(|_| Exhausted::Count)?;
+    budget.reserve(v, 1)?;
+    v.push(item);
+    Ok(i)
 }
 
 impl Heap {
+    /// An empty heap (for the machine).
+    pub(super) fn new() -> Heap {
+        Heap {
+            strs: Vec::new(),
+            bytes: Vec::new(),
+            bigints: Vec::new(),
+            tuples: Vec::new(),
+            tuple_items: Vec::new(),
+            lists: Vec::new(),
+            dicts: Vec::new(),
+            sets: Vec::new(),
+            objects: Vec::new(),
+        }
+    }
+
+    // ---------- adding (the machine only) ----------
+
+    pub(super) fn add_str(&mut self, s: Utf8Bytes, b: &mut Budget) -> Result<StrId, Exhausted> {
+        add(&mut self.strs, s, b).map(StrId)
+    }
+
+    pub(super) fn add_bytes(&mut self, p: Bytes, b: &mut Budget) -> Result<BytesId, Exhausted> {
+        add(&mut self.bytes, p, b).map(BytesId)
+    }
+
+    pub(super) fn add_bigint(&mut self, p: Bytes, b: &mut Budget) -> Result<BigIntId, Exhausted> {
+        add(&mut self.bigints, p, b).map(BigIntId)
+    }
+
+    /// A tuple of `items` (copied).
+    pub(super) fn add_tuple(
+        &mut self,
+        items: &[Value],
+        b: &mut Budget,
+    ) -> Result<TupleId, Exhausted> {
+        let start = u32::try_from(self.tuple_items.len()).map_err(|_| Exhausted::Count)?;
+        let len = u32::try_from(items.len()).map_err(|_| Exhausted::Count)?;
+        start.checked_add(len).ok_or(Exhausted::Count)?;
+        b.reserve(&mut self.tuple_items, items.len())?;
+        let id = add(&mut self.tuples, (start, len), b)?;
+        self.tuple_items.extend_from_slice(items);
+        Ok(TupleId(id))
+    }
+
+    /// A list that takes `items` (their capacity is charged).
+    pub(super) fn add_list(
+        &mut self,
+        items: Vec<Value>,
+        b: &mut Budget,
+    ) -> Result<ListId, Exhausted> {
+        b.charge(std::mem::size_of_val(items.as_slice()) + spare::<Value>(&items))?;
+        add(&mut self.lists, items, b).map(ListId)
+    }
+
+    /// A dict that takes `pairs` (their capacity is charged).
+    pub(super) fn add_dict(
+        &mut self,
+        pairs: Vec<(Value, Value)>,
+        b: &mut Budget,
+    ) -> Result<DictId, Exhausted> {
+        b.charge(std::mem::size_of_val(pairs.as_slice()) + spare(&pairs))?;
+        add(&mut self.dicts, pairs, b).map(DictId)
+    }
+
+    /// A set that takes `items` (their capacity is charged).
+    pub(super) fn add_set(
+        &mut self,
+        items: Vec<Value>,
+        b: &mut Budget,
+    ) -> Result<SetId, Exhausted> {
+        b.charge(std::mem::size_of_val(items.as_slice()) + spare(&items))?;
+        add(&mut self.sets, items, b).map(SetId)
+    }
+
+    pub(super) fn add_object(&mut self, o: Object, b: &mut Budget) -> Result<ObjectId, Exhausted> {
+        add(&mut self.objects, o, b).map(ObjectId)
+    }
+
+    /// Append to a list within `budget`.
+    pub(super) fn extend_list(
+        &mut self,
+        id: ListId,
+        items: &[Value],
+        b: &mut Budget,
+    ) -> Result<(), Exhausted> {
+        b.extend(&mut self.lists[id.index()], items)
+    }
+
+    /// Add pairs to a dict within `budget`.
+    pub(super) fn extend_dict(
+        &mut self,
+        id: DictId,
+        pairs: &[(Value, Value)],
+        b: &mut Budget,
+    ) -> Result<(), Exhausted> {
+        b.extend(&mut self.dicts[id.index()], pairs)
+    }
+
+    /// Add items to a set within `budget`.
+    pub(super) fn extend_set(
+        &mut self,
+        id: SetId,
+        items: &[Value],
+        b: &mut Budget,
+    ) -> Result<(), Exhausted> {
+        b.extend(&mut self.sets[id.index()], items)
+    }
+
+    /// A recorded construction, to change (BUILD, APPENDS, SETITEMS on an
+    /// object). Growing its item vectors goes through the budget.
+    pub(super) fn obj_mut(&mut self, id: ObjectId) -> &mut Object {
+        &mut self.objects[id.index()]
+    }
+
+    // ---------- typed lookups (infallible) ----------
+
+    /// The text of a `str`.
+    pub fn string(&self, id: StrId) -> &str {
+        self.strs[id.index()].as_str()
+    }
+
+    /// The payload of `bytes`, `bytearray` or a Python 2 `str`.
+    pub fn payload(&self, id: BytesId) -> &Bytes {
+        &self.bytes[id.index()]
+    }
+
+    /// A big int's little-endian two's complement bytes.
+    pub fn bigint(&self, id: BigIntId) -> &Bytes {
+        &self.bigints[id.index()]
+    }
+
+    /// Items of a tuple.
+    pub fn tuple_items(&self, id: TupleId) -> &[Value] {
+        let (s, l) = self.tuples[id.index()];
+        // `add_tuple` checked that `s + l` fits and pushed the items first.
+        &self.tuple_items[s as usize..s as usize + l as usize]
+    }
+
+    /// Items of a list.
+    pub fn list_items(&self, id: ListId) -> &[Value] {
+        &self.lists[id.index()]
+    }
+
+    /// Pairs of a dict.
+    pub fn dict_pairs(&self, id: DictId) -> &[(Value, Value)] {
+        &self.dicts[id.index()]
+    }
+
+    /// Items of a set or frozenset.
+    pub fn set_items(&self, id: SetId) -> &[Value] {
+        &self.sets[id.index()]
+    }
+
+    /// A recorded construction.
+    pub fn obj(&self, id: ObjectId) -> &Object {
+        &self.objects[id.index()]
+    }
+
+    /// The raw bytes of a `str` (what `_codecs.encode(s, 'utf-8')` gives).
+    pub(super) fn str_bytes(&self, id: StrId) -> &Bytes {
+        self.strs[id.index()].bytes()
+    }
+
+    // ---------- lookups by value ----------
+
     /// The text of a `Str`.
     pub fn str(&self, v: Value) -> Option<&str> {
         match v {
-            // SAFETY: every `Str` is validated as UTF-8 when the machine makes it
-            // (`Machine::push_str`) and payloads are never mutated afterwards.
-            Value::Str(i) => Some(unsafe { std::str::from_utf8_unchecked(&self.strs[i as usize]) }),
+            Value::Str(id) => Some(self.string(id)),
             _ => None,
         }
     }
@@ -127,8 +369,8 @@ impl Heap {
     /// Text of a `Str`, or of a Python 2 `str` that is ASCII/UTF-8.
     pub fn text(&self, v: Value) -> Option<&str> {
         match v {
-            Value::Str(_) => self.str(v),
-            Value::LegacyStr(i) => std::str::from_utf8(&self.bytes[i as usize]).ok(),
+            Value::Str(id) => Some(self.string(id)),
+            Value::LegacyStr(id) => std::str::from_utf8(self.payload(id)).ok(),
             _ => None,
         }
     }
@@ -136,8 +378,8 @@ impl Heap {
     /// The payload of `bytes`, `bytearray` or a Python 2 `str`.
     pub fn bytes_of(&self, v: Value) -> Option<&Bytes> {
         match v {
-            Value::Bytes(i) | Value::ByteArray(i) | Value::LegacyStr(i) => {
-                Some(&self.bytes[i as usize])
+            Value::Bytes(id) | Value::ByteArray(id) | Value::LegacyStr(id) => {
+                Some(self.payload(id))
             }
             _ => None,
         }
@@ -146,10 +388,7 @@ impl Heap {
     /// Items of a tuple.
     pub fn tuple(&self, v: Value) -> Option<&[Value]> {
         match v {
-            Value::Tuple(i) => {
-                let (s, l) = self.tuples[i as usize];
-                Some(&self.tuple_items[s as usize..(s + l) as usize])
-            }
+            Value::Tuple(id) => Some(self.tuple_items(id)),
             _ => None,
         }
     }
@@ -157,20 +396,24 @@ impl Heap {
     /// Items of a list.
     pub fn list(&self, v: Value) -> Option<&[Value]> {
         match v {
-            Value::List(i) => Some(&self.lists[i as usize]),
+            Value::List(id) => Some(self.list_items(id)),
             _ => None,
         }
     }
 
     /// Items of a tuple or a list.
     pub fn seq(&self, v: Value) -> Option<&[Value]> {
-        self.tuple(v).or_else(|| self.list(v))
+        match v {
+            Value::Tuple(id) => Some(self.tuple_items(id)),
+            Value::List(id) => Some(self.list_items(id)),
+            _ => None,
+        }
     }
 
     /// Pairs of a dict.
     pub fn dict(&self, v: Value) -> Option<&[(Value, Value)]> {
         match v {
-            Value::Dict(i) => Some(&self.dicts[i as usize]),
+            Value::Dict(id) => Some(self.dict_pairs(id)),
             _ => None,
         }
     }
@@ -187,7 +430,7 @@ impl Heap {
     /// The recorded construction behind an `Object`.
     pub fn object(&self, v: Value) -> Option<&Object> {
         match v {
-            Value::Object(i) => Some(&self.objects[i as usize]),
+            Value::Object(id) => Some(self.obj(id)),
             _ => None,
         }
     }
@@ -195,8 +438,8 @@ impl Heap {
     /// The kind of a global, or of the callable behind an object.
     pub fn kind(&self, v: Value) -> Option<Kind> {
         match v {
-            Value::Global(g) => Some(allow::entry(g).kind),
-            Value::Object(_) => self.object(v).map(Object::kind),
+            Value::Global(g) => Some(g.kind()),
+            Value::Object(id) => Some(self.obj(id).kind()),
             _ => None,
         }
     }
@@ -221,8 +464,8 @@ impl Heap {
                 let e = allow::entry(g);
                 format!("{}.{} (a class or function)", e.module, e.name)
             }
-            Value::Object(_) => {
-                let o = self.object(v).expect("object handle"); // invariant: matched Value::Object above
+            Value::Object(id) => {
+                let o = self.obj(id);
                 match o.kind() {
                     Kind::NpReconstruct | Kind::NpFromBuffer => "numpy.ndarray".into(),
                     Kind::NpScalar => "numpy scalar".into(),
@@ -237,8 +480,8 @@ impl Heap {
         match v {
             Value::Int(i) => Some(i),
             Value::Bool(b) => Some(b as i64),
-            Value::BigInt(i) => {
-                bigint_to_i128(&self.bigints[i as usize]).and_then(|x| i64::try_from(x).ok())
+            Value::BigInt(id) => {
+                bigint_to_i128(self.bigint(id)).and_then(|x| i64::try_from(x).ok())
             }
             _ => None,
         }
@@ -260,13 +503,12 @@ impl Heap {
             Value::Bool(true) => "True".into(),
             Value::Bool(false) => "False".into(),
             Value::Int(i) => i.to_string(),
-            Value::BigInt(i) => bigint_to_decimal(&self.bigints[i as usize])?,
+            Value::BigInt(id) => bigint_to_decimal(self.bigint(id))?,
             Value::Float(f) => py_float_repr(f),
             Value::Str(_) | Value::LegacyStr(_) => py_str_repr(self.text(v)?),
-            Value::Bytes(_) => {
-                let b = self.bytes_of(v)?;
+            Value::Bytes(id) => {
                 let mut s = String::from("b'");
-                for &c in b.iter() {
+                for &c in self.payload(id).iter() {
                     match c {
                         b'\\' => s.push_str("\\\\"),
                         b'\'' => s.push_str("\\'"),
@@ -280,10 +522,12 @@ impl Heap {
                 s.push('\'');
                 s
             }
-            Value::Tuple(_) if depth > 0 => {
-                let items = self.tuple(v)?;
-                let parts: Option<Vec<String>> =
-                    items.iter().map(|x| self.py_repr(*x, depth - 1)).collect();
+            Value::Tuple(id) if depth > 0 => {
+                let parts: Option<Vec<String>> = self
+                    .tuple_items(id)
+                    .iter()
+                    .map(|x| self.py_repr(*x, depth - 1))
+                    .collect();
                 let parts = parts?;
                 if parts.len() == 1 {
                     format!("({},)", parts[0])
@@ -294,6 +538,11 @@ impl Heap {
             _ => return None,
         })
     }
+}
+
+/// Bytes of `v`'s capacity beyond its length.
+fn spare<T>(v: &Vec<T>) -> usize {
+    (v.capacity() - v.len()) * std::mem::size_of::<T>()
 }
 
 /// Python's `repr(float)`: shortest round-trip digits, `.0` for integral
@@ -323,10 +572,14 @@ pub fn py_float_repr(f: f64) -> String {
     } else {
         // Rust's `{:e}` gives shortest digits as `1.5e20` / `1e-5`.
         let s = format!("{f:e}");
-        let (mant, exp) = s.split_once('e').expect("exponent"); // invariant: `{:e}` output always has an `e`
-        let exp: i32 = exp.parse().expect("exponent digits"); // invariant: `{:e}` writes the exponent as an integer
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mant}e{sign}{:02}", exp.abs())
+        match s.split_once('e').map(|(m, e)| (m, e.parse::<i32>())) {
+            Some((mant, Ok(exp))) => {
+                let sign = if exp < 0 { '-' } else { '+' };
+                format!("{mant}e{sign}{:02}", exp.abs())
+            }
+            // `{:e}` always writes `<digits>e<int>`; keep its text otherwise.
+            _ => s,
+        }
     }
 }
 

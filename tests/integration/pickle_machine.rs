@@ -6,7 +6,10 @@ use std::path::Path;
 use bytes::Bytes;
 use embedstream::{
     frame::{read_pickle, read_pickle_bytes, FrameError, FrameOptions},
-    pickle::{load, Heap, Kind, Loaded, PickleError, Value},
+    pickle::{
+        arena_budget, load, opcode_name, Heap, Kind, Limits, Loaded, Machine, PickleError, Value,
+        ARENA_FLOOR, DEFAULT_ARENA_FACTOR,
+    },
 };
 
 // ---------------------------------------------------------------------------
@@ -622,5 +625,307 @@ fn errors_are_typed() {
             assert_eq!(offset, 2);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The memory budget of the value arena
+// ---------------------------------------------------------------------------
+
+/// `]` then `n` × `unit`, as a protocol 4 pickle: a list of `n` things.
+fn list_of(unit: &[u8], n: usize) -> Vec<u8> {
+    let mut v = proto(4);
+    v.push(b']');
+    v.extend(unit.repeat(n));
+    v.push(b'.');
+    v
+}
+
+/// The budget refusal `read_pickle_bytes` must give for `data`, at the
+/// offset the error names (which must hold the opcode it names).
+fn budget_message(data: &[u8], budget: usize, e: &FrameError) -> String {
+    let offset = match e {
+        FrameError::Pickle(p @ PickleError::MemoryBudget { .. }) => p.offset().unwrap(),
+        other => panic!("expected a memory-budget refusal, got: {other}"),
+    };
+    format!(
+        "pickle exceeds its memory budget at byte offset {offset} ({}): the values it builds \
+         would take more than {budget} bytes, the budget for a {}-byte input (a pickle made to \
+         exhaust memory, or an unusually dense one)",
+        opcode_name(data[offset as usize]),
+        data.len()
+    )
+}
+
+/// 1M empty dicts appended to a list (2 MB of pickle, ~44 MB of values) are
+/// refused once they reach a 16 MiB budget, with the budget in the message.
+#[test]
+fn dict_bomb_is_refused_at_its_memory_budget() {
+    let data = list_of(b"}a", 1_000_000);
+    let budget = 16 << 20;
+    let options = FrameOptions {
+        max_arena_bytes: Some(budget),
+        ..Default::default()
+    };
+    let e = read_pickle_bytes(Bytes::from(data.clone()), &options).unwrap_err();
+    assert!(e.is_over_memory_budget());
+    assert_eq!(e.to_string(), budget_message(&data, budget, &e));
+    // Under a budget that fits, the same pickle loads (it is valid), and
+    // what it reserved is what was counted.
+    let mut limits = Limits::for_input(data.len());
+    limits.max_arena_bytes = 64 << 20;
+    let l = Machine::with_limits(Bytes::from(data), limits)
+        .run()
+        .unwrap();
+    assert_eq!(l.heap.list(l.root).unwrap().len(), 1_000_000);
+    assert!(l.arena_bytes > 16 << 20 && l.arena_bytes <= 64 << 20);
+}
+
+/// Through `convert`, at the default factor: a dict bomb large enough to pass
+/// `12 × size + 32 MiB` is refused, and the message names the flag.
+#[test]
+fn convert_refuses_a_dict_bomb_under_the_default_budget_and_names_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bomb.pkl");
+    // 4M empty dicts: 8 MB of pickle, ~176 MB of values at 22 bytes each.
+    let data = list_of(b"}a", 4_000_000);
+    std::fs::write(&input, &data).unwrap();
+    let args = embedstream::convert::ConvertArgs::new(&input, None);
+    assert_eq!(args.max_memory_factor, DEFAULT_ARENA_FACTOR);
+    let e = embedstream::convert::convert(&args).unwrap_err();
+    let budget = arena_budget(data.len(), DEFAULT_ARENA_FACTOR);
+    assert_eq!(budget, 12 * data.len() + ARENA_FLOOR);
+    // The offset depends on where the budget ran out: read it from the text,
+    // then check everything else, and that it holds the opcode named.
+    let msg = format!("{e:#}");
+    let offset: u64 = msg
+        .split("byte offset ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no offset in {msg:?}"));
+    let expected = format!(
+        "{}: cannot convert: pickle exceeds its memory budget at byte offset {offset} ({}): \
+         the values it builds would take more than {budget} bytes, the budget for a {}-byte \
+         input (a pickle made to exhaust memory, or an unusually dense one); if the file is \
+         genuine, allow more with --max-memory-factor (now 12)",
+        input.display(),
+        opcode_name(data[offset as usize]),
+        data.len()
+    );
+    assert_eq!(msg, expected);
+    assert!(!input.with_extension("arrow").exists());
+}
+
+/// A genuine DataFrame pickle converts under the default budget, far below it.
+#[test]
+fn the_sample_converts_under_the_default_budget() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample.pkl");
+    let data = std::fs::read(&sample).unwrap();
+    let l = load(Bytes::from(data.clone())).unwrap();
+    assert!(l.arena_bytes < data.len(), "{} bytes", l.arena_bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let args =
+        embedstream::convert::ConvertArgs::new(&sample, Some(dir.path().join("sample.arrow")));
+    let summary = embedstream::convert::convert(&args).unwrap();
+    assert!(summary.rows > 0);
+}
+
+/// Every cheap way to make many values from few bytes (empty lists, sets,
+/// tuples, objects, memo copies, `list(x)` copies, nested BUILD, a list
+/// appended to itself) either stays within a 4 MiB budget or is refused at
+/// it; none gets past it.
+#[test]
+fn other_amplifiers_stay_within_the_budget() {
+    let budget = 4 << 20;
+    let complex = stack_global("builtins", "complex");
+    let list = stack_global("builtins", "list");
+    let n = 400_000;
+    let mut copies = proto(4);
+    copies.extend(&list);
+    copies.push(0x94); // memo 0: builtins.list
+    copies.extend(b"](");
+    copies.extend(b"K\x01".repeat(1000));
+    copies.extend(b"e\x94"); // memo 1: a list of 1000 ints
+    copies.extend(b"0]");
+    copies.extend(b"h\x00h\x01\x85Ra".repeat(2000)); // list(memo[1]) × 2000
+    copies.push(b'.');
+    let mut objects = proto(4);
+    objects.extend(&complex);
+    objects.extend(b"\x94]");
+    objects.extend(b"h\x00)Ra".repeat(n));
+    objects.push(b'.');
+    let mut builds = proto(4);
+    builds.extend(&complex);
+    builds.extend(b")R");
+    builds.extend(b")b".repeat(n));
+    builds.push(b'.');
+    let mut memo = proto(4);
+    memo.extend(b"K\x07\x94]");
+    memo.extend(b"h\x00a".repeat(n));
+    memo.push(b'.');
+    let mut itself = proto(4);
+    itself.extend(b"]\x94");
+    itself.extend(b"h\x00a".repeat(n));
+    itself.push(b'.');
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty dicts", list_of(b"}a", n)),
+        ("empty lists", list_of(b"]a", n)),
+        ("empty sets", list_of(&[0x8f, b'a'], n)),
+        ("empty tuples", list_of(b")a", n)),
+        ("memoized empty lists", list_of(b"]\x94a", n)),
+        ("objects", objects),
+        ("list() copies", copies),
+        ("nested BUILD", builds),
+        ("memo copies", memo),
+        ("a list appended to itself", itself),
+    ];
+    let mut refused = 0;
+    for (what, data) in cases {
+        let mut limits = Limits::for_input(data.len());
+        limits.max_arena_bytes = budget;
+        match Machine::with_limits(Bytes::from(data), limits).run() {
+            Ok(l) => assert!(l.arena_bytes <= budget, "{what}: {} bytes", l.arena_bytes),
+            Err(PickleError::MemoryBudget { budget: b, .. }) => {
+                assert_eq!(b, budget as u64, "{what}");
+                refused += 1;
+            }
+            Err(PickleError::Limit { what: why, .. }) if why.contains("nested deeper") => {}
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    // At 400,000 items each, the bombs (not the memo copies or BUILDs) pass 4 MiB.
+    assert!(refused >= 6, "only {refused} refused");
+}
+
+/// A DataFrame whose column axis is `RangeIndex(0, n)`: a few hundred bytes
+/// of pickle that would make `n` labels.
+fn range_columns_frame(n: u32) -> Vec<u8> {
+    let new_index = global("pandas.core.indexes.base", "_new_Index");
+    let range = global("pandas.core.indexes.range", "RangeIndex");
+    let range_index = |stop: u32| {
+        cat(&[
+            &new_index,
+            b"(",
+            &range,
+            b"}(",
+            &short_str("start"),
+            b"K\x00",
+            &short_str("stop"),
+            b"J",
+            &stop.to_le_bytes(),
+            &short_str("step"),
+            b"K\x01",
+            b"u", // SETITEMS
+            b"tR",
+        ])
+    };
+    p4(&cat(&[
+        &global("pandas.core.frame", "DataFrame"),
+        b")\x81}",
+        &short_str("_mgr"),
+        &global("pandas.core.internals.managers", "BlockManager"),
+        b")(", // no blocks; axes:
+        &range_index(n),
+        &range_index(0),
+        b"l\x86R", // [columns, index] -> (blocks, axes) -> BlockManager(...)
+        b"sb",
+    ]))
+}
+
+/// Column labels and placements are bounded by the pickle's size (beyond
+/// 65,536), so a made-up `RangeIndex` of ten million columns is refused
+/// before ten million labels are made.
+#[test]
+fn column_counts_are_bounded_by_the_pickle_size() {
+    let data = range_columns_frame(10_000_000);
+    assert_eq!(
+        frame_err(&data),
+        format!(
+            "malformed DataFrame pickle: RangeIndex of 10000000 columns in a {}-byte pickle",
+            data.len()
+        )
+    );
+    // Within the bound the same shape gets as far as its (missing) blocks.
+    assert_contains(
+        &frame_err(&range_columns_frame(1000)),
+        &["column 0 ('0') is in no block"],
+    );
+}
+
+/// The flag reaches the reader: `--max-memory-factor 1` refuses a 4 MB dict
+/// bomb (4 MB + 32 MiB of budget), exits 1 and says which flag to raise;
+/// 0 is no factor.
+#[test]
+fn max_memory_factor_flag_sets_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bomb.pkl");
+    let data = list_of(b"}a", 2_000_000);
+    std::fs::write(&input, &data).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args(["convert", "--no-progress", "--max-memory-factor", "1"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let budget = arena_budget(data.len(), 1);
+    assert_contains(
+        &err,
+        &[
+            "cannot convert: pickle exceeds its memory budget at byte offset ",
+            &format!(
+                "would take more than {budget} bytes, the budget for a {}-byte input",
+                data.len()
+            ),
+            "allow more with --max-memory-factor (now 1)",
+        ],
+    );
+    assert!(!input.with_extension("arrow").exists());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args(["convert", "--max-memory-factor", "0"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_contains(
+        &String::from_utf8_lossy(&out.stderr),
+        &["--max-memory-factor"],
+    );
+}
+
+/// A list of `n` dicts, row `i` holding `{key(i): i}`.
+fn list_of_one_key_dicts(n: usize, key: impl Fn(usize) -> String) -> Vec<u8> {
+    let mut body = vec![b']', b'('];
+    for i in 0..n {
+        body.push(b'}');
+        body.extend(short_str(&key(i)));
+        body.push(b'J');
+        body.extend((i as i32).to_le_bytes());
+        body.push(b's');
+    }
+    body.push(b'e');
+    p4(&body)
+}
+
+/// Every row of a list of dicts gets a cell in every column: rows so sparse
+/// that the cells would dwarf the pairs are refused (3,000 dicts of one
+/// distinct key each would make 9,000,000 cells from a 45 kB pickle);
+/// shared keys, missing in some rows, still make columns with nulls.
+#[test]
+fn sparse_list_of_dicts_is_bounded_by_its_pairs() {
+    let data = list_of_one_key_dicts(3000, |i| format!("k{i}"));
+    assert_eq!(
+        frame_err(&data),
+        "a list of 3000 dicts with 3000 distinct keys would make 9000000 cells from only 3000 \
+         key/value pairs; rows this sparse are not supported"
+    );
+    let data = list_of_one_key_dicts(3000, |i| format!("k{}", i % 3));
+    let frame = read_pickle_bytes(Bytes::from(data), &FrameOptions::default()).unwrap();
+    assert_eq!(frame.rows, 3000);
+    let names: Vec<&str> = frame.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["k0", "k1", "k2"]);
+    for c in &frame.columns {
+        assert_eq!(c.data.null_count(), 2000, "{}", c.name);
     }
 }
