@@ -9,6 +9,7 @@
 #  1. the checkers themselves (pytest scripts/tests);
 #  2. converted files read back by pyarrow/polars/duckdb/pandas;
 #  3. `serve` checked by a grpcio client and pyarrow.flight, and `stream`;
+#     a refresh under a live `serve`, resumed with the old file's checkpoints;
 #  4. `upload` checked by a grpcio receiver.
 # One `ok: NAME` / `FAILED: NAME` line per check, then
 # `cross-checks: N passed, N failed`; exits 1 if any failed.
@@ -95,6 +96,23 @@ serve "$PORT" --data "$DATA"
 check "grpcio StreamEmbedding" pym grpc_check --server "127.0.0.1:$PORT" --data "$DATA"
 check "pyarrow.flight" pym flight_check --server "127.0.0.1:$PORT" --data "$DATA"
 check "embedstream stream" "$BIN" stream --server "127.0.0.1:$PORT" --out "$WORK/pulled.arrow"
+
+# A refresh under a live server (issue 9): checkpoints taken by a grpcio client
+# on OLD, NEW.pkl re-exported by pandas (rows removed, changed, added), the
+# documented refresh onto the served path, then the old checkpoints resumed.
+REFRESH="$WORK/refresh"
+mkdir "$REFRESH"
+check "refresh: convert OLD" "$BIN" convert data/sample.pkl -o "$REFRESH/old.arrow" --no-progress
+cp "$REFRESH/old.arrow" "$REFRESH/live.arrow"
+FPORT=50153
+serve "$FPORT" --data "$REFRESH/live.arrow"
+refresh_args=(--server "127.0.0.1:$FPORT" --old "$REFRESH/old.arrow" --state "$REFRESH/state.json")
+check "refresh: checkpoints on OLD, NEW.pkl written" pym refresh_check prepare "${refresh_args[@]}" \
+  --pickle data/sample.pkl --new-pickle "$REFRESH/new.pkl"
+check "refresh: convert --previous onto the served path" "$BIN" convert "$REFRESH/new.pkl" \
+  --previous "$REFRESH/old.arrow" --match-on id -o "$REFRESH/live.arrow" --force --no-progress
+check "refresh: grpcio resumes across the refresh with OLD's checkpoints" pym refresh_check verify \
+  "${refresh_args[@]}" --new "$REFRESH/live.arrow"
 
 step "upload, checked by a grpcio receiver"
 # The receiver compares every row it gets with the file (--data) and exits

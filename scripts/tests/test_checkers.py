@@ -449,3 +449,58 @@ def test_hostile_fixtures_reproduce(tmp_path):
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
     expected = json.loads((committed / "expected.json").read_text())
     assert set(expected) == {n for n in made if n.endswith(".pkl")}
+
+
+# ---------------------------------------------------------------------------
+# refresh_check: a checkpoint on OLD resumes on the refreshed file
+# ---------------------------------------------------------------------------
+
+def py_refresh(old: Path, new_pkl: Path, out: Path, rekey: bool) -> Path:
+    """NEW.pkl converted against OLD as `convert --previous OLD --match-on id`
+    does (kept ids keep OLD's key, the others get fresh keys after OLD's last,
+    in pickle order; sorted by key), or, with `rekey`, as a plain conversion."""
+    import pandas as pd
+
+    from embedstream_py.datafile import key_bytes, read_table
+
+    df = pd.read_pickle(new_pkl)
+    if rekey:
+        return write_ipc(py_convert.to_table(df, new_pkl.name, "uuid", False), out)
+    t = read_table(old)
+    old_key = dict(zip(t.column("id").to_pylist(), key_bytes(t)))
+    added = [v for v in df["id"] if v not in old_key]
+    last_ms = int.from_bytes(max(old_key.values())[:6], "big")
+    fresh = iter(py_convert.uuid7_keys(len(added), start_ms=last_ms + 1))
+    keys = np.stack([np.frombuffer(old_key[v], np.uint8) if v in old_key else next(fresh)
+                     for v in df["id"]])
+    table = py_convert.to_table(df, new_pkl.name, "uuid", False, keys=keys)
+    order = sorted(range(len(df)), key=lambda i: keys[i].tobytes())
+    return write_ipc(table.take(order), out)
+
+
+@pytest.mark.parametrize("rekey,messages", [
+    (False, []),
+    (True, ["kept rows got other keys than in OLD",
+            "resume with OLD's checkpoint inside the kept rows",
+            "resume with OLD's checkpoint at a removed row",
+            "resume with OLD's checkpoint at the last row, kept"]),
+])
+def test_refresh_check(tmp_path, sample_arrow, rekey, messages):
+    state, new_pkl = tmp_path / "state.json", tmp_path / "new.pkl"
+    common = ["--old", sample_arrow, "--state", state]
+    with Server("stream", "--data", sample_arrow) as s:
+        r = run("refresh_check", "prepare", "--server", f"127.0.0.1:{s.port}", *common,
+                "--pickle", REPO / "data" / "sample.pkl", "--new-pickle", new_pkl)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = py_refresh(sample_arrow, new_pkl, tmp_path / "new.arrow", rekey)
+    with Server("stream", "--data", new) as s:
+        r = run("refresh_check", "verify", "--server", f"127.0.0.1:{s.port}", *common,
+                "--new", new, "--timeout", 60)
+    if not messages:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "refresh_check: all checks passed" in r.stdout
+        assert r.stdout.count("\nok   resume with OLD's checkpoint") == 3, r.stdout
+        return
+    assert r.returncode == 1, r.stdout + r.stderr
+    for m in messages:
+        assert m in r.stderr, r.stderr

@@ -4,8 +4,9 @@
     python -m embedstream_py.bench.stream_client --addr ... ttfc --keys-file K.txt [--warmup 5]
 
 `full`: pulls the whole stream once and prints JSON {rows, bytes, chunks,
-seconds}. Default decoding: every RowChunk is parsed by the generated
-protobuf class (upb) and `len(chunk.rows)` is touched, so the client's cost is
+seconds, first_chunk_s, started_at, ended_at} (the last two: Unix time of the
+call and of its end, for bench.swap to tell whether a rename fell inside).
+Default decoding: every RowChunk is parsed by the generated protobuf class (upb) and `len(chunk.rows)` is touched, so the client's cost is
 the same for all servers. `--raw` skips decoding (identity deserializer, counts
 bytes only): used when the client must stay cheap (concurrent RSS test).
 `ttfc`: for each UUID in --keys-file (one a line), one call with
@@ -43,6 +44,7 @@ def full(addr: str, chunk: int, raw: bool, timeout: float) -> dict:
     rows = nbytes = chunks = 0
     t0 = time.perf_counter()
     first = None
+    started_at = time.time()
     for msg in call(pb2.StreamEmbeddingRequest(chunk_size=chunk), timeout=timeout):
         if first is None:
             first = time.perf_counter() - t0
@@ -52,9 +54,10 @@ def full(addr: str, chunk: int, raw: bool, timeout: float) -> dict:
         else:
             rows += len(msg.rows)
     dt = time.perf_counter() - t0
+    ended_at = time.time()
     ch.close()
     return {"rows": rows, "bytes": nbytes, "chunks": chunks, "seconds": dt,
-            "first_chunk_s": first, "raw": raw}
+            "first_chunk_s": first, "raw": raw, "started_at": started_at, "ended_at": ended_at}
 
 
 def ttfc(addr: str, keys: list[str], chunk: int, warmup: int, timeout: float) -> dict:

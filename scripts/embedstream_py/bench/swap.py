@@ -1,12 +1,14 @@
-#!/usr/bin/env python3
 """Benchmark: hot swap of the file `embedstream serve` is serving (issue 9).
 
 Run from the repository root, with the benchmark venv and a release build,
 on a quiet machine (the figures are latencies and a throughput ratio):
 
-    .venv-bench/bin/python scripts/bench_swap.py [--rows 1418970] [--dim 384] [--trials 10] [--runs 3]
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -r scripts/requirements-bench.txt
+    cargo build --release          # CARGO_TARGET_DIR is honoured, or set EMBEDSTREAM_BIN
+    PYTHONPATH=scripts .venv-bench/bin/python -m embedstream_py.bench.swap \
+        [--rows 1418970] [--dim 384] [--trials 10] [--runs 3] [--parts a,b]
 
-Data (made or reused in bench-data/, gitignored, by scripts/bench/make_arrow.py):
+Data (made or reused in bench-data/, gitignored, by embedstream_py.bench.make_arrow):
 two files of --rows x --dim with different keys (A: the key rule from row 0,
 B: from row 10^9), so the first row of a stream tells which generation
 answered. The served path is bench-data/swap-live.arrow; each swap renames
@@ -21,10 +23,12 @@ LIVE --force` does; no data is copied between trials).
     `load_ms` log field: open + every key + every batch decoded) is
     reported beside it.
 (b) RowChunk throughput during a swap: one full stream of A (chunk 300, the
-    grpcio client of scripts/bench/stream_client.py, every chunk decoded),
+    grpcio client of embedstream_py.bench.stream_client, every chunk decoded),
     --runs times without a swap and --runs times with a rename of B onto the
-    served path --swap-after seconds into the stream (the stream must still
-    deliver every row of A). rows/s medians and their ratio.
+    served path --swap-after seconds after the client starts (the stream must
+    still deliver every row of A; a NOTE says when the rename did not fall
+    between the call and its end, e.g. on a small file). rows/s medians and
+    their ratio.
 
 Results are printed and saved to bench-data/results-swap-*.json.
 """
@@ -42,30 +46,27 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
-import common as C  # noqa: E402
+from embedstream_py.bench import common as C
+from embedstream_py.datafile import GRPC_OPTIONS
+from embedstream_py.stubs import stubs
 
-PY = sys.executable
 B_FIRST_ROW = 10**9
 
 
 def first_key(first_row: int) -> str:
-    """The key text of a make_arrow.py file's first row (same rule as keys_for)."""
-    import numpy as np
+    """The key text of a bench.make_arrow file's first row (its keys_for rule)."""
+    from embedstream_py.bench.make_arrow import keys_for
 
-    sys.path.insert(0, str(C.BENCH_DIR))
-    from make_arrow import keys_for
-
-    k = keys_for(first_row, 1)
-    return str(uuid.UUID(bytes=bytes(np.asarray(k[0]).tobytes())))
+    return str(uuid.UUID(bytes=keys_for(first_row, 1)[0].tobytes()))
 
 
 def ensure_file(rows: int, dim: int, first_row: int, tag: str) -> Path:
     out = C.DATA_DIR / f"swap-{tag}-{rows}x{dim}.arrow"
     if not out.exists():
         C.DATA_DIR.mkdir(exist_ok=True)
-        subprocess.run([PY, str(C.BENCH_DIR / "make_arrow.py"), "--rows", str(rows), "--dim",
-                        str(dim), "--first-row", str(first_row), "--out", str(out)], check=True)
+        subprocess.run(C.py_m("bench.make_arrow", "--rows", rows, "--dim", dim,
+                              "--first-row", first_row, "--out", out),
+                       check=True, env=C.child_env())
     return out
 
 
@@ -87,9 +88,9 @@ class Poller:
     def __init__(self, addr: str):
         import grpc
 
-        pb2, pb2_grpc = C.stubs()
+        pb2, pb2_grpc = stubs()
         self.pb2 = pb2
-        self.channel = grpc.insecure_channel(addr, options=C.GRPC_OPTIONS)
+        self.channel = grpc.insecure_channel(addr, options=GRPC_OPTIONS)
         grpc.channel_ready_future(self.channel).result(timeout=30)
         self.stub = pb2_grpc.EmbeddingStreamServiceStub(self.channel)
 
@@ -119,8 +120,8 @@ def load_ms(log: str) -> list[float]:
 
 
 def full_stream(addr: str) -> dict:
-    out = subprocess.run([PY, str(C.BENCH_DIR / "stream_client.py"), "--addr", addr, "--chunk",
-                          "300", "full"], capture_output=True, text=True, check=True)
+    out = subprocess.run(C.py_m("bench.stream_client", "--addr", addr, "--chunk", 300, "full"),
+                         capture_output=True, text=True, check=True, env=C.child_env())
     return json.loads(out.stdout)
 
 
@@ -136,7 +137,7 @@ def main() -> None:
     C.require_venv()
     parts = set(a.parts.split(","))
     binary = C.embedstream_bin()
-    print(json.dumps(C.machine_report(), indent=2))
+    info = C.machine_report()
 
     file_a = ensure_file(a.rows, a.dim, 0, "a")
     file_b = ensure_file(a.rows, a.dim, B_FIRST_ROW, "b")
@@ -144,7 +145,8 @@ def main() -> None:
     live = C.DATA_DIR / "swap-live.arrow"
     put(file_a, live)
     port = C.free_port()
-    results: dict = {"rows": a.rows, "dim": a.dim, "loadavg_before": C.loadavg()}
+    results: dict = {"machine": info, "rows": a.rows, "dim": a.dim,
+                     "loadavg_before": C.loadavg()}
     cmd = [str(binary), "serve", "--data", str(live), "--host", "127.0.0.1", "--port", str(port)]
     with C.Server("embedstream", cmd, port, env={"LOG_LEVEL": "INFO", "NO_COLOR": "1"}) as server:
         poller = Poller(server.addr)
@@ -176,7 +178,7 @@ def main() -> None:
                 poller.wait_for(key_a, t0)
                 current = key_a
             full_stream(server.addr)  # warm-up
-            plain, swapped = [], []
+            plain, swapped, mid = [], [], []
             for _ in range(a.runs):
                 r = full_stream(server.addr)
                 plain.append(r["rows"] / r["seconds"])
@@ -185,9 +187,13 @@ def main() -> None:
                 th = threading.Thread(target=lambda: box.update(full_stream(server.addr)))
                 th.start()
                 time.sleep(a.swap_after)
+                at = time.time()
                 t0 = put(file_b, live)
                 poller.wait_for(key_b, t0)
                 th.join()
+                # Else the figure is not "during a swap" (the stream had not
+                # started yet, or had ended).
+                mid.append(box.get("started_at", at) < at < box.get("ended_at", at))
                 if box.get("rows") != a.rows:
                     sys.exit(f"the stream running across the swap got {box.get('rows')} rows, "
                              f"not the old file's {a.rows}")
@@ -197,10 +203,15 @@ def main() -> None:
                 time.sleep(1.0)
             results["rows_per_s_plain"] = plain
             results["rows_per_s_during_swap"] = swapped
+            results["stream_running_at_swap"] = mid
             print(f"\n(b) RowChunk throughput of one full stream (chunk 300), {a.runs} runs each")
             print(C.table([[f"{C.median(plain):,.0f}", f"{C.median(swapped):,.0f}",
                             f"{C.ratio(C.median(swapped), C.median(plain)):.2f}"]],
                           ["rows/s without a swap", "rows/s with a swap mid-stream", "ratio"]))
+            if not all(mid):
+                print(f"  NOTE: in {mid.count(False)} of {a.runs} runs the rename ({a.swap_after} s "
+                      "after the client started) fell outside the stream: not a swap "
+                      "mid-stream; use more --rows or another --swap-after")
     results["loadavg_after"] = C.loadavg()
     C.save_results("swap", results)
 
