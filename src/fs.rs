@@ -413,7 +413,7 @@ impl DirectSink {
             // The thread hands back the O_DIRECT descriptor if it kept it.
             direct = writer.join()?;
         }
-        if direct.is_some() && self.current.len % DIRECT_ALIGN != 0 {
+        if direct.is_some() && !self.current.len.is_multiple_of(DIRECT_ALIGN) {
             self.current.pad();
         }
         write_buffer(direct, &self.buffered, self.current.data(), self.offset)?;

@@ -227,7 +227,7 @@ pub fn parse_dtype(heap: &Heap, v: Value) -> Result<DType, FrameError> {
         NpKind::Complex => matches!(size, 8 | 16),
         NpKind::Datetime | NpKind::Timedelta => size == 8,
         NpKind::Object => size == 8 || size == 4,
-        NpKind::Unicode => size % 4 == 0,
+        NpKind::Unicode => size.is_multiple_of(4),
         NpKind::Bytes | NpKind::Void => true,
     };
     if !ok {

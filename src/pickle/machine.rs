@@ -636,7 +636,7 @@ impl<'a> Machine<'a> {
 
     fn pairs_from(&mut self, start: usize) -> Result<Vec<(Value, Value)>> {
         let n = self.stack.len() - start;
-        if n % 2 != 0 {
+        if !n.is_multiple_of(2) {
             return Err(self.malformed(format!("odd number of items ({n}) for key/value pairs")));
         }
         let mut out = self.try_vec(n / 2)?;

@@ -580,7 +580,7 @@ impl BufferWalk {
     /// The next buffer, read by arrow as `width`-byte values.
     fn values(&mut self, width: usize) -> Result<(), Walked> {
         let (i, len) = self.buffer()?;
-        if self.checking() && width > 1 && len as u64 % width as u64 != 0 {
+        if self.checking() && width > 1 && !(len as u64).is_multiple_of(width as u64) {
             return Err(Walked::Bad(format!(
                 "buffer {i} holds {len} bytes, not a whole number of {width}-byte values"
             )));
