@@ -169,11 +169,10 @@ impl MappedIpcFile {
         }
         let schema = Arc::new(schema);
         let version = footer.version();
-        let blocks = |list: Option<flatbuffers::Vector<'_, Block>>| -> Vec<Block> {
-            list.map(|v| v.iter().copied().collect())
-                .unwrap_or_default()
-        };
-        let dictionaries = blocks(footer.dictionaries());
+        let dictionaries: Vec<Block> = footer
+            .dictionaries()
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default();
 
         let buffer = Buffer::from(bytes.clone());
         let mut decoder = FileDecoder::new(schema.clone(), version);
@@ -190,7 +189,8 @@ impl MappedIpcFile {
         // Record batches: only their flatbuffer headers are read here.
         let mut record_batches = Vec::new();
         let mut rows = Vec::new();
-        for (i, block) in blocks(footer.recordBatches()).into_iter().enumerate() {
+        let batch_blocks = footer.recordBatches().into_iter().flatten().copied();
+        for (i, block) in batch_blocks.enumerate() {
             if let Some(n) =
                 batch_rows(&bytes, &block, version).map_err(|e| format!("record batch {i}: {e}"))?
             {
@@ -534,7 +534,7 @@ impl BufferWalk {
     fn run(
         &mut self,
         schema: Option<&arrow_schema::Schema>,
-        variadic: Option<flatbuffers::Vector<'_, i64>>,
+        variadic: Option<impl IntoIterator<Item = i64>>,
     ) -> Result<(), String> {
         let Some(schema) = schema else {
             return Ok(());
