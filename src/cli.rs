@@ -45,6 +45,8 @@ pub enum Command {
     Upload(client::upload::UploadArgs),
     /// Summarise a converted file: schema, rows, key range, vector column, batches.
     Inspect(inspect::InspectArgs),
+    /// Ask a server's gRPC health service; exit 0 only when it is SERVING (for probes).
+    Health(client::health::HealthArgs),
 }
 
 /// Entry point used by `main`: parse, run, report.
@@ -60,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Stream(args) => client::stream::run(args),
         Command::Upload(args) => client::upload::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Health(args) => client::health::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

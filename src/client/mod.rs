@@ -1,6 +1,7 @@
 //! The client side: a checking stream client ([`stream`]) and the Batch
 //! Server upload ([`upload`]). Both are library functions (`pull`, `upload`)
 //! that the CLI only wraps, so tests drive them in-process.
+pub mod health;
 pub mod json;
 pub mod stream;
 pub mod upload;

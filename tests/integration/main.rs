@@ -13,6 +13,7 @@ mod convert_cli;
 mod convert_write;
 mod dataset;
 mod frame_fixtures;
+mod health;
 mod pickle_machine;
 mod serve_e2e;
 mod store;
