@@ -17,7 +17,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
 };
 
 use crate::{
@@ -209,6 +212,8 @@ impl Dataset {
 #[derive(Debug)]
 pub struct LiveDataset {
     current: RwLock<Arc<Dataset>>,
+    /// 1 for the first file, one more per [`LiveDataset::replace`].
+    generation: AtomicU64,
 }
 
 impl LiveDataset {
@@ -216,6 +221,7 @@ impl LiveDataset {
     pub fn new(dataset: Arc<Dataset>) -> Self {
         LiveDataset {
             current: RwLock::new(dataset),
+            generation: AtomicU64::new(1),
         }
     }
 
@@ -236,7 +242,13 @@ impl LiveDataset {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
+        self.generation.fetch_add(1, Ordering::SeqCst);
         std::mem::replace(&mut *guard, new)
+    }
+
+    /// The generation served now: 1 for the first file, one more per replace.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 }
 

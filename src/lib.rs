@@ -21,4 +21,5 @@ pub mod proto;
 pub mod rows;
 pub mod serve;
 pub mod store;
+pub mod tls;
 pub mod wire;

@@ -30,7 +30,11 @@ use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
 
-use super::{endpoint, local_address, AddressError};
+use super::{
+    local_address,
+    secure::{SecureClient, SecureClientArgs, SecureClientError},
+    AddressError,
+};
 use crate::{
     convert::atomic::{AtomicFile, AtomicFileError},
     format::{self, format_uuid, FileLayout},
@@ -76,6 +80,10 @@ pub struct StreamArgs {
     /// of StreamEmbedding.
     #[arg(long)]
     pub flight: bool,
+
+    /// TLS and token.
+    #[command(flatten)]
+    pub secure: SecureClientArgs,
 }
 
 /// Everything `pull` needs; [`run`] builds it from the flags.
@@ -95,6 +103,8 @@ pub struct StreamOptions {
     pub flight: bool,
     /// Progress display.
     pub progress: ProgressMode,
+    /// TLS and token.
+    pub secure: SecureClient,
 }
 
 /// A stream that passed every check.
@@ -214,6 +224,9 @@ pub enum StreamError {
     /// Bad `--server`.
     #[error(transparent)]
     Address(#[from] AddressError),
+    /// Bad TLS or token settings.
+    #[error(transparent)]
+    Secure(#[from] SecureClientError),
     /// Bad `--checkpoint`.
     #[error(
         "--checkpoint `{checkpoint}` is not a UUID ({reason}); give the id of the last row stored"
@@ -546,7 +559,7 @@ fn chunk_columns(chunk: &RowChunk, keys: &[[u8; 16]], dim: usize) -> Result<Vec<
 
 /// Pull the stream described by `opts`, check it, save it if asked.
 pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
-    let endpoint = endpoint(&opts.server)?;
+    let endpoint = opts.secure.endpoint(&opts.server)?;
     let checkpoint = match opts
         .checkpoint
         .as_deref()
@@ -603,6 +616,14 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
         let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
             .max_decoding_message_size(usize::MAX);
         let mut client = arrow_flight::FlightClient::new_from_inner(inner);
+        if let Some(token) = opts.secure.authorization() {
+            let token = token
+                .to_str()
+                .map_err(|e| rpc(0, tonic::Status::internal(e.to_string())))?;
+            client
+                .add_header("authorization", token)
+                .map_err(|e| rpc(0, tonic::Status::internal(e.to_string())))?;
+        }
         let ticket = match checkpoint {
             None => "all".to_string(),
             Some(k) => format!("after:{}", format_uuid(&k)),
@@ -686,7 +707,8 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
     } else {
         let asked = opts.chunk_size as usize;
         checker = Checker::new(Some(asked), checkpoint);
-        let mut client = EmbeddingStreamServiceClient::new(channel)
+        let mut client =
+            EmbeddingStreamServiceClient::with_interceptor(channel, opts.secure.interceptor())
             .max_decoding_message_size(wire::MAX_MESSAGE_BYTES);
         let request = StreamEmbeddingRequest {
             last_processed_uuid: checkpoint.map(|k| format_uuid(&k)).unwrap_or_default(),
@@ -751,6 +773,7 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
         force: args.force,
         flight: args.flight,
         progress: ProgressMode::Auto,
+        secure: SecureClient::from_args(&args.secure)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -19,9 +19,11 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::codegen::http::uri::PathAndQuery;
 
 use super::{
-    endpoint, is_transient,
+    is_transient,
     json::{self, JsonError},
-    local_address, AddressError,
+    local_address,
+    secure::{SecureClient, SecureClientArgs, SecureClientError, TokenInterceptor},
+    AddressError,
 };
 use crate::{
     dataset::{Dataset, DatasetError, DatasetOptions},
@@ -91,6 +93,10 @@ pub struct UploadArgs {
     /// First backoff before a retry (doubles each time); for tests.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, hide = true)]
     pub initial_backoff: Duration,
+
+    /// TLS and token.
+    #[command(flatten)]
+    pub secure: SecureClientArgs,
 }
 
 /// Everything `upload` needs; [`run`] builds it from the flags.
@@ -116,6 +122,8 @@ pub struct UploadOptions {
     pub initial_backoff: Duration,
     /// Progress display.
     pub progress: ProgressMode,
+    /// TLS and token.
+    pub secure: SecureClient,
 }
 
 /// A successful upload.
@@ -163,6 +171,9 @@ pub enum UploadError {
     /// Bad `--to`.
     #[error(transparent)]
     Address(#[from] AddressError),
+    /// Bad TLS or token settings.
+    #[error(transparent)]
+    Secure(#[from] SecureClientError),
     /// Bad `--service-package`.
     #[error("--service-package `{0}` is not a protobuf package name (letters, digits, `_`, dot-separated), e.g. com.alpha.backend.grpc or embedding")]
     Package(String),
@@ -251,7 +262,7 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
         return Err(UploadError::Zero("--max-retries"));
     }
     let path = ingest_path(&opts.service_package)?;
-    let endpoint = endpoint(&opts.to)?;
+    let endpoint = opts.secure.endpoint(&opts.to)?;
     let shown = opts.file.display().to_string();
     let dataset = Arc::new(Dataset::open(
         &opts.file,
@@ -287,6 +298,7 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
         let attempt_started = Instant::now();
         let outcome = attempt_once(
             &endpoint,
+            opts.secure.interceptor(),
             path.clone(),
             metadata.clone(),
             rows.clone(),
@@ -455,7 +467,7 @@ fn hint_for(code: tonic::Code) -> &'static str {
         }
         tonic::Code::InvalidArgument => " (the server refused the data; see its message)",
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-            " (the server refused this client)"
+            " (the server refused this client: check --token-file or EMBEDSTREAM_TOKEN)"
         }
         _ => "",
     }
@@ -470,6 +482,7 @@ fn file_name(path: &Path) -> String {
 /// One attempt: connect, stream metadata + chunks, await the response.
 async fn attempt_once(
     endpoint: &tonic::transport::Endpoint,
+    token: TokenInterceptor,
     path: PathAndQuery,
     metadata: IngestMetadata,
     rows: Arc<UploadRows>,
@@ -480,7 +493,9 @@ async fn attempt_once(
         Ok(channel) => channel,
         Err(e) => return Attempt::Status(tonic::Status::from_error(Box::new(e))),
     };
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(
+        tonic::service::interceptor::InterceptedService::new(channel, token),
+    );
     if let Err(e) = grpc.ready().await {
         return Attempt::Status(tonic::Status::from_error(Box::new(e)));
     }
@@ -619,6 +634,7 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         mapping: args.mapping,
         initial_backoff: args.initial_backoff,
         progress: ProgressMode::Auto,
+        secure: SecureClient::from_args(&args.secure)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

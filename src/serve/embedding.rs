@@ -284,9 +284,12 @@ impl ServerStreamingService<StreamEmbeddingRequest> for StreamEmbeddingMethod {
                 tracing::info!(%peer, message = status.message(), "StreamEmbedding refused");
             })?;
             tracing::debug!(%peer, first, chunk, "StreamEmbedding started");
-            Ok(Response::new(RowStream::new(
-                shared, dataset, peer, first, chunk,
-            )))
+            let mut response = Response::new(RowStream::new(shared, dataset, peer, first, chunk));
+            if !req.last_processed_uuid.is_empty() {
+                // The guard times a resume's first chunk.
+                response.extensions_mut().insert(super::metrics::Resume);
+            }
+            Ok(response)
         })
     }
 }

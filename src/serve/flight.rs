@@ -53,7 +53,13 @@
 //!     ...
 //! ```
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use arrow_flight::{
     flight_service_server::FlightService, Action, ActionType, Criteria, Empty, FlightData,
@@ -118,12 +124,23 @@ pub struct FlightEndpointService {
     dataset: Arc<LiveDataset>,
     /// Name of the dataset in `ListFlights` (the file's stem).
     name: String,
+    /// Rows of the record batches DoGet handed to the transport (metrics).
+    rows_sent: Arc<AtomicU64>,
 }
 
 impl FlightEndpointService {
     /// A Flight service over `dataset`, listed as `name`.
     pub fn new(dataset: Arc<LiveDataset>, name: String) -> Self {
-        FlightEndpointService { dataset, name }
+        FlightEndpointService {
+            dataset,
+            name,
+            rows_sent: Arc::default(),
+        }
+    }
+
+    /// The counter of rows DoGet handed to the transport, counted per batch.
+    pub fn rows_sent(&self) -> Arc<AtomicU64> {
+        self.rows_sent.clone()
     }
 
     fn info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
@@ -171,6 +188,7 @@ impl FlightEndpointService {
         let batches = store.num_batches();
         // The first batch to send as stored, and the sliced head if the
         // resume point falls inside a batch.
+        let mut head_rows = 0;
         let first_raw = if start_row >= store.num_rows() {
             batches
         } else {
@@ -179,14 +197,17 @@ impl FlightEndpointService {
                 b
             } else {
                 head.extend(encode_slice(&dataset, b, i)?.into_iter().map(Ok));
+                head_rows = store.batch_start(b + 1) - start_row;
                 b + 1
             }
         };
         Ok(DoGetMessages {
             head: head.into_iter(),
+            head_rows,
             dataset,
             next_raw: first_raw,
             end: batches,
+            rows_sent: self.rows_sent.clone(),
         })
     }
 }
@@ -197,10 +218,13 @@ impl FlightEndpointService {
 #[derive(Debug)]
 pub struct DoGetMessages {
     head: std::vec::IntoIter<Result<FlightData, Status>>,
+    /// Rows in `head` (a resumed batch's slice), counted once it is out.
+    head_rows: usize,
     /// The generation this call reads.
     dataset: Arc<Dataset>,
     next_raw: usize,
     end: usize,
+    rows_sent: Arc<AtomicU64>,
 }
 
 impl Iterator for DoGetMessages {
@@ -212,15 +236,25 @@ impl Iterator for DoGetMessages {
             None if self.next_raw < self.end => {
                 let i = self.next_raw;
                 self.next_raw += 1;
-                match self.dataset.store().file().record_batch_block(i) {
-                    Some(Ok(block)) => Ok(raw_flight_data(block)),
+                let store = self.dataset.store();
+                let rows = store.batch_start(i + 1) - store.batch_start(i);
+                match store.file().record_batch_block(i) {
+                    Some(Ok(block)) => {
+                        let rows = std::mem::take(&mut self.head_rows) + rows;
+                        self.rows_sent.fetch_add(rows as u64, Ordering::Relaxed);
+                        Ok(raw_flight_data(block))
+                    }
                     Some(Err(e)) => Err(damaged(&e)),
                     None => Err(Status::internal(format!(
                         "record batch {i} vanished from the file footer"
                     ))),
                 }
             }
-            None => return None,
+            None => {
+                let rows = std::mem::take(&mut self.head_rows);
+                self.rows_sent.fetch_add(rows as u64, Ordering::Relaxed);
+                return None;
+            }
         };
         if item.is_err() {
             // Nothing follows an error.

@@ -37,7 +37,7 @@ use tonic::{
         BoxFuture, Service,
     },
     server::NamedService,
-    transport::server::TcpConnectInfo,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
     Status,
 };
 
@@ -107,9 +107,18 @@ pub async fn do_get(
         .extensions()
         .get::<TcpConnectInfo>()
         .and_then(|i| i.remote_addr())
+        .or_else(|| {
+            req.extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
         .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let mut resume = false;
     let started = match read_ticket(req.into_body()).await {
-        Ok(ticket) => service.start_do_get(&peer, &ticket.ticket),
+        Ok(ticket) => {
+            resume = ticket.ticket.starts_with(super::flight::TICKET_AFTER.as_bytes());
+            service.start_do_get(&peer, &ticket.ticket)
+        }
         Err(status) => Err(status),
     };
     let mut messages = match started {
@@ -128,6 +137,9 @@ pub async fn do_get(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
+    if resume {
+        response.extensions_mut().insert(super::metrics::Resume);
+    }
     response
 }
 

@@ -9,11 +9,16 @@
 //! takes one snapshot of it. Tests start
 //! servers in-process with [`Server::spawn`] on port 0.
 
+pub mod auth;
 pub mod embedding;
 pub mod encode;
 pub mod flight;
 pub mod flight_do_get;
+pub mod guard;
+pub mod metrics;
 pub mod package_alias;
+pub mod secure;
+pub mod tls;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -33,6 +38,7 @@ use crate::{
 };
 use embedding::{EmbeddingService, StreamStats};
 use package_alias::{PackageAlias, ALIAS_SERVICE_NAME};
+use secure::{SecureArgs, SecureError};
 
 /// Flags of `embedstream serve` (each also read from the environment or `.env`).
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +75,9 @@ pub struct ServeArgs {
     /// Which columns feed RecruitRow.
     #[command(flatten)]
     pub mapping: RowMapping,
+    /// TLS, tokens and metrics.
+    #[command(flatten)]
+    pub secure: SecureArgs,
 }
 
 /// Why the server cannot start or stopped with an error.
@@ -100,6 +109,9 @@ pub enum ServeError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// TLS, token or metrics settings.
+    #[error(transparent)]
+    Secure(#[from] SecureError),
 }
 
 /// Everything [`Server::spawn`] needs; [`ServerConfig::from_args`] builds it from flags.
@@ -121,6 +133,8 @@ pub struct ServerConfig {
     pub key_column: Option<String>,
     /// Column mapping.
     pub mapping: RowMapping,
+    /// TLS, tokens and metrics.
+    pub secure: SecureArgs,
 }
 
 impl ServerConfig {
@@ -135,6 +149,7 @@ impl ServerConfig {
             grace_period: Duration::from_secs(5),
             key_column: None,
             mapping: RowMapping::default(),
+            secure: SecureArgs::default(),
         }
     }
 
@@ -149,6 +164,7 @@ impl ServerConfig {
             grace_period: args.grace_period,
             key_column: args.key_column.clone(),
             mapping: args.mapping.clone(),
+            secure: args.secure.clone(),
         }
     }
 }
@@ -164,6 +180,8 @@ pub struct Server {
     grace: Duration,
     health: tonic_health::server::HealthReporter,
     dataset: Arc<LiveDataset>,
+    /// The metrics endpoint and token reloader, stopped on drop.
+    secure: secure::Running,
 }
 
 impl ServerConfig {
@@ -187,6 +205,7 @@ impl Server {
     /// here, before any client can connect.
     pub async fn spawn(config: ServerConfig) -> Result<Server, ServeError> {
         let began = Instant::now();
+        let secure = secure::Secure::open(&config.secure)?;
         let dataset = Arc::new(Dataset::open(&config.data, &config.dataset_options())?);
         let live = Arc::new(LiveDataset::new(dataset.clone()));
         let listener = TcpListener::bind(config.addr).await.map_err(|source| {
@@ -208,6 +227,13 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let embedding = EmbeddingService::new(live.clone(), stats.clone(), stop.clone());
         let flight = flight::FlightEndpointService::new(live.clone(), dataset.name());
+        let (guard, running) = secure
+            .start(metrics::Sources {
+                stream_stats: stats.clone(),
+                flight_rows: flight.rows_sent(),
+                dataset: live.clone(),
+            })
+            .await?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in [
@@ -234,7 +260,11 @@ impl Server {
             .map_err(|e| ServeError::Settings(format!("reflection descriptors: {e}")))?;
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &secure.tls {
+            builder = builder.tls_config(tls.to_tonic())?;
+        }
+        let router = builder
             .tcp_nodelay(true)
             // Inbound windows only matter for requests (tiny); what we send is
             // paced by the client's windows, and our streams produce a chunk
@@ -242,12 +272,19 @@ impl Server {
             .initial_stream_window_size(Some(1 << 20))
             .initial_connection_window_size(Some(2 << 20))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(embedding.clone())
-            .add_service(PackageAlias::new(embedding))
-            .add_service(flight_do_get::FlightServer::new(flight))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+            .add_service(guard.wrap(embedding.clone()))
+            .add_service(guard.wrap(PackageAlias::new(embedding)))
+            .add_service(guard.wrap(flight_do_get::FlightServer::new(flight)))
+            .add_service(health_service);
+        let router = if secure.reflection_requires_token {
+            router
+                .add_service(guard.wrap(reflection_v1))
+                .add_service(guard.wrap(reflection_v1alpha))
+        } else {
+            router
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+        };
         let incoming = TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {
             router
@@ -267,6 +304,8 @@ impl Server {
             default_chunk = limits.default,
             max_chunk = limits.max,
             startup_ms = began.elapsed().as_secs_f64() * 1e3,
+            security = secure.describe(),
+            metrics = ?running.metrics.as_ref().map(|m| m.local_addr()),
             "serving StreamEmbedding ({} and {ALIAS_SERVICE_NAME}), Arrow Flight, health and reflection",
             embedding::SERVICE_NAME
         );
@@ -279,12 +318,18 @@ impl Server {
             grace: config.grace_period,
             health,
             dataset: live,
+            secure: running,
         })
     }
 
     /// The bound address (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, when `--metrics-addr` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.secure.metrics.as_ref().map(|m| m.local_addr())
     }
 
     /// Stream counters.

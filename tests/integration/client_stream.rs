@@ -34,6 +34,7 @@ fn options(server: SocketAddr) -> StreamOptions {
         force: false,
         flight: false,
         progress: ProgressMode::Hidden,
+        secure: embedstream::client::secure::SecureClient::plaintext(),
     }
 }
 

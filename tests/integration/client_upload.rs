@@ -181,6 +181,7 @@ fn options(file: &Path, to: String, package: &str) -> UploadOptions {
         mapping: RowMapping::default(),
         initial_backoff: Duration::from_millis(10),
         progress: ProgressMode::Hidden,
+        secure: embedstream::client::secure::SecureClient::plaintext(),
     }
 }
 
