@@ -126,12 +126,12 @@ pub fn certificates(file: PemFile<'_>) -> Result<Certificates, TlsError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file.certificate_error(e))?;
     if der.is_empty() {
-        return Err(file.certificate_error(
-            "it holds no certificate (a `-----BEGIN CERTIFICATE-----` block)",
-        ));
+        return Err(file
+            .certificate_error("it holds no certificate (a `-----BEGIN CERTIFICATE-----` block)"));
     }
     for (i, cert) in der.iter().enumerate() {
-        webpki_parse(cert).map_err(|e| file.certificate_error(format!("certificate {}: {e}", i + 1)))?;
+        webpki_parse(cert)
+            .map_err(|e| file.certificate_error(format!("certificate {}: {e}", i + 1)))?;
     }
     Ok(Certificates { der, pem })
 }
@@ -225,7 +225,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.starts_with(&format!("--tls-cert {}: cannot read it: ", missing.display())),
+            err.starts_with(&format!(
+                "--tls-cert {}: cannot read it: ",
+                missing.display()
+            )),
             "{err}"
         );
 

@@ -52,7 +52,13 @@ pub struct SecureClientArgs {
     #[arg(long, env = "EMBEDSTREAM_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// The token itself (environment only, so it stays out of `ps`).
-    #[arg(long, env = "EMBEDSTREAM_TOKEN", hide = true, conflicts_with = "token_file", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_TOKEN",
+        hide = true,
+        conflicts_with = "token_file",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 }
 
@@ -71,13 +77,17 @@ pub enum SecureClientError {
         source: std::io::Error,
     },
     /// No usable token.
-    #[error("{what}: holds no token (printable ASCII without spaces, on the first non-comment line)")]
+    #[error(
+        "{what}: holds no token (printable ASCII without spaces, on the first non-comment line)"
+    )]
     Token {
         /// `--token-file PATH` or `EMBEDSTREAM_TOKEN`.
         what: String,
     },
     /// An address and the TLS flags disagree.
-    #[error("{addr}: TLS flags were given but the address says http://; use https:// or HOST:PORT")]
+    #[error(
+        "{addr}: TLS flags were given but the address says http://; use https:// or HOST:PORT"
+    )]
     PlainUrlWithTls {
         /// The address.
         addr: String,
@@ -128,9 +138,8 @@ impl SecureClient {
 
     /// Read and check the files named by `args`.
     pub fn from_args(args: &SecureClientArgs) -> Result<Self, SecureClientError> {
-        let wants_tls = args.tls_ca.is_some()
-            || args.tls_cert.is_some()
-            || args.tls_server_name.is_some();
+        let wants_tls =
+            args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_server_name.is_some();
         let tls = if wants_tls {
             let mut config = ClientTlsConfig::new();
             config = match &args.tls_ca {
@@ -165,11 +174,12 @@ impl SecureClient {
         };
         let token = match (&args.token_file, &args.token) {
             (Some(path), _) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| SecureClientError::TokenRead {
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    SecureClientError::TokenRead {
                         path: path.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 let what = || format!("--token-file {}", path.display());
                 Some(bearer(first_token(&text).unwrap_or(""), what)?)
             }
@@ -255,7 +265,11 @@ mod tests {
             Some("http")
         );
         assert_eq!(
-            plain.endpoint("https://localhost:1").unwrap().uri().scheme_str(),
+            plain
+                .endpoint("https://localhost:1")
+                .unwrap()
+                .uri()
+                .scheme_str(),
             Some("https")
         );
         let args = SecureClientArgs {

@@ -709,7 +709,7 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
         checker = Checker::new(Some(asked), checkpoint);
         let mut client =
             EmbeddingStreamServiceClient::with_interceptor(channel, opts.secure.interceptor())
-            .max_decoding_message_size(wire::MAX_MESSAGE_BYTES);
+                .max_decoding_message_size(wire::MAX_MESSAGE_BYTES);
         let request = StreamEmbeddingRequest {
             last_processed_uuid: checkpoint.map(|k| format_uuid(&k)).unwrap_or_default(),
             chunk_size: i32::try_from(opts.chunk_size).unwrap_or(i32::MAX),

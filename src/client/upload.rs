@@ -493,9 +493,9 @@ async fn attempt_once(
         Ok(channel) => channel,
         Err(e) => return Attempt::Status(tonic::Status::from_error(Box::new(e))),
     };
-    let mut grpc = tonic::client::Grpc::new(
-        tonic::service::interceptor::InterceptedService::new(channel, token),
-    );
+    let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(
+        channel, token,
+    ));
     if let Err(e) = grpc.ready().await {
         return Attempt::Status(tonic::Status::from_error(Box::new(e)));
     }

@@ -116,7 +116,9 @@ pub async fn do_get(
     let mut resume = false;
     let started = match read_ticket(req.into_body()).await {
         Ok(ticket) => {
-            resume = ticket.ticket.starts_with(super::flight::TICKET_AFTER.as_bytes());
+            resume = ticket
+                .ticket
+                .starts_with(super::flight::TICKET_AFTER.as_bytes());
             service.start_do_get(&peer, &ticket.ticket)
         }
         Err(status) => Err(status),

@@ -205,7 +205,10 @@ impl ServeMetrics {
             &["rpc"],
         )?;
         let file_rows = gauge("embedstream_file_rows", "Rows in the file served now.")?;
-        let file_bytes = gauge("embedstream_file_bytes", "Size of the file served now, in bytes.")?;
+        let file_bytes = gauge(
+            "embedstream_file_bytes",
+            "Size of the file served now, in bytes.",
+        )?;
         let file_generation = gauge(
             "embedstream_file_generation",
             "Generation of the served file: 1 at start, one more each time a new file is swapped in.",
@@ -213,13 +216,24 @@ impl ServeMetrics {
         let build = registered(
             &r,
             IntGaugeVec::new(
-                Opts::new("embedstream_build_info", "Always 1; the labels describe the build."),
+                Opts::new(
+                    "embedstream_build_info",
+                    "Always 1; the labels describe the build.",
+                ),
                 &["version"],
             )?,
         )?;
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // The main RPCs' series exist from the start (at 0), as Prometheus
+        // advises for label values known in advance.
+        for rpc in ["StreamEmbedding", "DoGet"] {
+            started.with_label_values(&[rpc]);
+            active.with_label_values(&[rpc]);
+            bytes.with_label_values(&[rpc]);
+            resume.with_label_values(&[rpc]);
+            rows.with_label_values(&[rpc]);
+            finished.with_label_values(&[rpc, "OK"]);
+        }
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -396,8 +410,14 @@ mod tests {
             rpc_name("/com.alpha.backend.grpc.EmbeddingStreamService/StreamEmbedding"),
             "StreamEmbedding"
         );
-        assert_eq!(rpc_name("/arrow.flight.protocol.FlightService/DoGet"), "DoGet");
-        assert_eq!(rpc_name("/arrow.flight.protocol.FlightService/Nope"), "unknown");
+        assert_eq!(
+            rpc_name("/arrow.flight.protocol.FlightService/DoGet"),
+            "DoGet"
+        );
+        assert_eq!(
+            rpc_name("/arrow.flight.protocol.FlightService/Nope"),
+            "unknown"
+        );
         assert_eq!(rpc_name("garbage"), "unknown");
         assert_eq!(code_name(16), "UNAUTHENTICATED");
         assert_eq!(code_name(99), "UNKNOWN");

@@ -15,5 +15,6 @@ mod dataset;
 mod frame_fixtures;
 mod health;
 mod pickle_machine;
+mod secure;
 mod serve_e2e;
 mod store;
