@@ -168,7 +168,7 @@ impl http_body::Body for MeteredBody {
                     if let Some(call) = &this.call {
                         call.bytes.inc_by(data.len() as u64);
                         if let Some(arrived) = this.resume_from.take() {
-                            call.resume.observe(arrived.elapsed().as_secs_f64());
+                            call.resumed(arrived.elapsed().as_secs_f64());
                         }
                     }
                     this.sent_any = true;

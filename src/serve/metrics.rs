@@ -38,8 +38,8 @@ use std::{
 };
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -303,7 +303,7 @@ impl ServeMetrics {
             bytes: self.bytes.with_label_values(&[rpc]),
             finished: self.finished.clone(),
             refused: self.refused.clone(),
-            resume: self.resume.with_label_values(&[rpc]),
+            resume: self.resume.clone(),
         }
     }
 
@@ -325,11 +325,15 @@ pub struct CallMetrics {
     pub bytes: IntCounter,
     finished: IntCounterVec,
     refused: IntCounterVec,
-    /// The resume histogram of this RPC.
-    pub resume: Histogram,
+    resume: HistogramVec,
 }
 
 impl CallMetrics {
+    /// A resuming call sent its first message `seconds` after it arrived.
+    pub fn resumed(&self, seconds: f64) {
+        self.resume.with_label_values(&[self.rpc]).observe(seconds);
+    }
+
     /// The call ended with `code`; `before_any_message` marks a refusal.
     pub fn finish(&self, code: i32, before_any_message: bool) {
         self.active.dec();
