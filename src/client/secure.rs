@@ -21,7 +21,7 @@ use super::{endpoint, AddressError};
 use crate::tls::{self, Identity, PemFile, TlsError};
 
 /// TLS and token flags shared by the clients.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Clone, Default, clap::Args)]
 pub struct SecureClientArgs {
     /// Verify the server's certificate against the CA(s) in this PEM file
     /// (switches to TLS; without it, TLS uses the system's roots).
@@ -60,6 +60,20 @@ pub struct SecureClientArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for SecureClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("SecureClientArgs")
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_server_name", &self.tls_server_name)
+            .field("token_file", &self.token_file)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Why the client's TLS or token settings cannot be used.
@@ -125,9 +139,12 @@ fn bearer(token: &str, what: impl Fn() -> String) -> Result<AsciiMetadataValue, 
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(SecureClientError::Token { what: what() });
     }
-    format!("Bearer {token}")
+    let mut value: AsciiMetadataValue = format!("Bearer {token}")
         .parse()
-        .map_err(|_| SecureClientError::Token { what: what() })
+        .map_err(|_| SecureClientError::Token { what: what() })?;
+    // Debug prints `Sensitive`, and HPACK never indexes it.
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 impl SecureClient {
@@ -292,5 +309,11 @@ mod tests {
         );
         let with = SecureClient::plaintext().with_token("abc").unwrap();
         assert_eq!(with.authorization().unwrap(), "Bearer abc");
+        assert!(!format!("{with:?}").contains("abc"));
+        let args = SecureClientArgs {
+            token: Some("s3cret".into()),
+            ..SecureClientArgs::default()
+        };
+        assert!(!format!("{args:?}").contains("s3cret"));
     }
 }

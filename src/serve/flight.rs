@@ -310,7 +310,7 @@ impl FlightService for FlightEndpointService {
         _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
         Err(Status::unimplemented(
-            "no authentication: call the other methods directly",
+            "Handshake is not used: call the other methods directly, with `authorization: Bearer <token>` metadata when the server requires a token",
         ))
     }
 
