@@ -1,6 +1,8 @@
 //! Prometheus metrics (`serve --metrics-addr HOST:PORT`, text format at
-//! `/metrics`), through the `prometheus` crate: its registry, text encoder
-//! and Linux process collector.
+//! `/metrics` over HTTP/1.1 served by hyper), through the `prometheus` crate:
+//! its registry, text encoder and Linux process collector. The endpoint
+//! serves at most [`MAX_SCRAPE_CONNECTIONS`] connections at once (more are
+//! closed at once) and closes any connection after [`SCRAPE_DEADLINE`].
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
@@ -30,18 +32,30 @@
 //! services' existing counters and read at scrape time.
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
+    time::Duration,
 };
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
+
+/// Scrape connections served at once; more are closed on arrival.
+pub const MAX_SCRAPE_CONNECTIONS: usize = 16;
+/// Longest life of one scrape connection (a scrape takes milliseconds).
+pub const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
 
 use super::embedding::StreamStats;
 use crate::dataset::LiveDataset;
@@ -381,27 +395,50 @@ pub async fn serve_metrics(
     let bind_err = |source| MetricsBindError { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     let bound = listener.local_addr().map_err(bind_err)?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    metrics.render(),
-                )
-            }
-        }),
-    );
+    let budget = Arc::new(Semaphore::new(MAX_SCRAPE_CONNECTIONS));
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!("the metrics endpoint stopped: {e}");
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, retry.
+                    tracing::warn!("metrics endpoint: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = budget.clone().try_acquire_owned() else {
+                continue; // over budget: the connection is closed
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let response = answer(&metrics, &req);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(SCRAPE_DEADLINE, conn).await;
+                drop(permit);
+            });
         }
     });
     Ok(MetricsEndpoint { addr: bound, task })
+}
+
+/// The answer to one HTTP request: the exposition at `/metrics`, else 404.
+fn answer<B>(metrics: &ServeMetrics, req: &Request<B>) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not found: try /metrics\n")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
+    let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 #[cfg(test)]
