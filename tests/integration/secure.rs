@@ -1,8 +1,9 @@
 //! Deployment features of `embedstream serve`, in-process on port 0:
 //! TLS and mutual TLS with certificates made here (rcgen), bearer tokens on
 //! every data RPC (health open, reflection by flag, SIGHUP reload), the
-//! Prometheus endpoint's values after known streams, and the start-up
-//! refusals of bad files, each with its message.
+//! Prometheus endpoint's values after known streams, the start-up
+//! refusals of bad files, each with its message, and `upload` to a TLS
+//! receiver that checks a token.
 
 use crate::common;
 
@@ -935,4 +936,115 @@ async fn cli_flags_and_environment() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
     server.shutdown().await.unwrap();
+}
+
+/// A Batch Server stand-in for `upload`: TLS, and a token checked by an
+/// interceptor; counts the data chunks it receives.
+#[derive(Clone, Default)]
+struct TlsReceiver {
+    chunks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl embedstream::proto::embedding_stream_service_server::EmbeddingStreamService for TlsReceiver {
+    type StreamEmbeddingStream =
+        futures::stream::Empty<Result<embedstream::proto::RowChunk, tonic::Status>>;
+
+    async fn stream_embedding(
+        &self,
+        _request: tonic::Request<StreamEmbeddingRequest>,
+    ) -> Result<tonic::Response<Self::StreamEmbeddingStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("receiver only"))
+    }
+
+    async fn ingest_data_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<embedstream::proto::IngestDataRequest>>,
+    ) -> Result<tonic::Response<embedstream::proto::IngestDataResponse>, tonic::Status> {
+        let mut stream = request.into_inner();
+        let mut chunks = 0;
+        while let Some(message) = stream.message().await? {
+            if let Some(embedstream::proto::ingest_data_request::RequestType::DataChunk(_)) =
+                message.request_type
+            {
+                chunks += 1;
+            }
+        }
+        self.chunks
+            .fetch_add(chunks, std::sync::atomic::Ordering::SeqCst);
+        Ok(tonic::Response::new(
+            embedstream::proto::IngestDataResponse {
+                success: true,
+                received_chunks: chunks as i32,
+                message: "stored".into(),
+            },
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_over_tls_with_a_token() {
+    use embedstream::client::upload::{upload, UploadError, UploadOptions};
+    use embedstream::proto::embedding_stream_service_server::EmbeddingStreamServiceServer;
+
+    let pki = Pki::new();
+    let receiver = TlsReceiver::default();
+    let service = EmbeddingStreamServiceServer::with_interceptor(
+        receiver.clone(),
+        |request: tonic::Request<()>| match request.metadata().get("authorization") {
+            Some(v) if v == "Bearer up-token" => Ok(request),
+            _ => Err(tonic::Status::unauthenticated("no token")),
+        },
+    );
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(pki.path("server.pem")).unwrap(),
+        std::fs::read(pki.path("server.key")).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind(local()).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sample.arrow");
+    common::write_sample_file(&file, 50, DIM, 8);
+    let options = |secure: SecureClient| UploadOptions {
+        file: file.clone(),
+        to: format!("localhost:{port}"),
+        domain: "recruit".into(),
+        chunk_size: 7,
+        max_attempts: 1,
+        service_package: "embedding".into(),
+        key_column: None,
+        mapping: Default::default(),
+        initial_backoff: Duration::from_millis(10),
+        progress: ProgressMode::Hidden,
+        secure,
+    };
+    let report = upload(&options(pki.client(false).with_token("up-token").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 50);
+    assert_eq!(receiver.chunks.load(std::sync::atomic::Ordering::SeqCst), 8);
+    let err = upload(&options(pki.client(false))).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            UploadError::Rejected {
+                code: Code::Unauthenticated,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("check --token-file or EMBEDSTREAM_TOKEN"),
+        "{err}"
+    );
 }
