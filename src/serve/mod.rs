@@ -332,6 +332,12 @@ impl Server {
         self.secure.metrics.as_ref().map(|m| m.local_addr())
     }
 
+    /// The accepted bearer tokens, when `--auth-token-file` was given:
+    /// [`auth::TokenStore::reload`] re-reads the file (SIGHUP does).
+    pub fn token_store(&self) -> Option<&Arc<auth::TokenStore>> {
+        self.secure.tokens.as_ref()
+    }
+
     /// Stream counters.
     pub fn stats(&self) -> &Arc<StreamStats> {
         &self.stats

@@ -74,6 +74,8 @@ pub struct Secure {
 pub struct Running {
     /// The metrics endpoint, when on.
     pub metrics: Option<metrics::MetricsEndpoint>,
+    /// The accepted tokens, when on (`reload()` re-reads the file).
+    pub tokens: Option<Arc<TokenStore>>,
     sighup: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -114,7 +116,11 @@ impl Secure {
             metrics = Some(m);
         }
         if let Some(tokens) = &self.tokens {
+            // The one place SIGHUP reloads tokens; a server-wide SIGHUP
+            // handler (e.g. one reloading the data file) replaces this line
+            // with a call to `auth::log_reload(tokens)` in its own loop.
             running.sighup = Some(auth::reload_on_sighup(tokens.clone()));
+            running.tokens = Some(tokens.clone());
         }
         Ok((Guard::new(self.tokens.clone(), metrics), running))
     }

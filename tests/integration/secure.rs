@@ -463,12 +463,19 @@ async fn reflection_can_require_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = token_file(dir.path(), "t0k\n");
     let (_data, server) = serve(SecureArgs {
-        auth_token_file: Some(tokens),
+        auth_token_file: Some(tokens.clone()),
         reflection_requires_token: true,
         ..SecureArgs::default()
     })
     .await;
     assert_eq!(reflection_code(&server).await, Code::Unauthenticated);
+    // The hook a server-wide SIGHUP handler calls.
+    std::fs::write(&tokens, "a\nb\n").unwrap();
+    assert_eq!(server.token_store().unwrap().reload().unwrap(), 2);
+    assert_eq!(
+        data_rpc_codes(&server, Some("b")).await["StreamEmbedding"],
+        Code::Ok
+    );
     check(
         &server.local_addr().to_string(),
         "",
