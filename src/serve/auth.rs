@@ -185,25 +185,31 @@ impl TokenStore {
 ///
 /// This is the one hook to join with another SIGHUP handler (e.g. one
 /// reloading the data file): call `store.reload()` from it instead.
+/// Must be called inside the tokio runtime; the handler is installed
+/// before this returns, so a SIGHUP sent afterwards never takes its default
+/// action (ending the process).
 pub fn reload_on_sighup(store: Arc<TokenStore>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut hangups = match signal(SignalKind::hangup()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGHUP, tokens will not be reloaded: {e}");
-                    return;
-                }
-            };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP, tokens will not be reloaded: {e}");
+                return tokio::spawn(async {});
+            }
+        };
+        tokio::spawn(async move {
             while hangups.recv().await.is_some() {
                 log_reload(&store);
             }
-        }
-        #[cfg(not(unix))]
+        })
+    }
+    #[cfg(not(unix))]
+    {
         drop(store);
-    })
+        tokio::spawn(async {})
+    }
 }
 
 /// Reload and log the outcome.
