@@ -18,14 +18,29 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServeTlsArgs {
     /// Serve over TLS with this PEM certificate chain (server certificate
     /// first). Needs --tls-key.
-    #[arg(long, env = "EMBEDSTREAM_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
-    #[arg(long, env = "EMBEDSTREAM_TLS_KEY", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Require client certificates signed by a CA in this PEM file (mutual
     /// TLS). Needs --tls-cert.
-    #[arg(long, env = "EMBEDSTREAM_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "EMBEDSTREAM_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
     pub tls_client_ca: Option<PathBuf>,
 }
 
