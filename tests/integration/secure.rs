@@ -724,6 +724,51 @@ async fn tls_connections_are_tracked_idle_closed_busy_kept() {
     server.shutdown().await.unwrap();
 }
 
+/// A refusal by main's concurrency limit (`--max-concurrent-streams`) is
+/// answered by the service, trailers-only, behind the guard: it counts.
+#[tokio::test]
+async fn metrics_count_concurrency_limit_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sample.arrow");
+    common::write_sample_file(&path, 20_000, 64, 1000);
+    let mut config = ServerConfig::new(&path, local());
+    config.secure = SecureArgs {
+        metrics_addr: Some(local()),
+        ..SecureArgs::default()
+    };
+    config.limits.max_concurrent_streams = 1;
+    let server = Server::spawn(config).await.unwrap();
+    let metrics = server.metrics_addr().unwrap();
+    let refused = |text: &str| {
+        sample(
+            text,
+            "embedstream_requests_refused_total",
+            &[("code", "RESOURCE_EXHAUSTED")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(refused(&scrape(metrics).await), 0.0);
+    let request = || StreamEmbeddingRequest {
+        last_processed_uuid: String::new(),
+        chunk_size: 1,
+    };
+    // One stream holds the only place (not read past its first chunk).
+    let mut held = EmbeddingStreamServiceClient::new(plain_channel(&server).await)
+        .stream_embedding(request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.message().await.unwrap().unwrap().rows.len(), 1);
+    let status = EmbeddingStreamServiceClient::new(plain_channel(&server).await)
+        .stream_embedding(request())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(refused(&scrape(metrics).await), 1.0);
+    drop(held);
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn metrics_generation_follows_replace() {
     let (dir, server) = serve(SecureArgs {
