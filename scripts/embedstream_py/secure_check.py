@@ -318,7 +318,8 @@ def main() -> int:
         flights = list(client.list_flights(options=with_token))
         if len(flights) != 1 or flights[0].total_records != n:
             raise Failure(f"list_flights: {[(f.total_records) for f in flights]}")
-        info = client.get_flight_info(flight.FlightDescriptor.for_path("x"), options=with_token)
+        # The descriptor ListFlights gives (the served file's name).
+        info = client.get_flight_info(flights[0].descriptor, options=with_token)
         if info.total_records != n:
             raise Failure(f"get_flight_info: {info.total_records} records, expected {n}")
         return f"{n} records"
