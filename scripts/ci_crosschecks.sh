@@ -9,6 +9,7 @@
 #  1. the checkers themselves (pytest scripts/tests);
 #  2. converted files read back by pyarrow/polars/duckdb/pandas;
 #  3. `serve` checked by a grpcio client and pyarrow.flight, and `stream`;
+#     the same over TLS with a bearer token, and /metrics (needs `openssl`);
 #     a refresh under a live `serve`, resumed with the old file's checkpoints;
 #  4. `upload` checked by a grpcio receiver.
 # One `ok: NAME` / `FAILED: NAME` line per check, then
@@ -96,6 +97,22 @@ serve "$PORT" --data "$DATA"
 check "grpcio StreamEmbedding" pym grpc_check --server "127.0.0.1:$PORT" --data "$DATA"
 check "pyarrow.flight" pym flight_check --server "127.0.0.1:$PORT" --data "$DATA"
 check "embedstream stream" "$BIN" stream --server "127.0.0.1:$PORT" --out "$WORK/pulled.arrow"
+
+# The same over TLS with a bearer token, and /metrics (issue 11): a
+# throw-away PKI made by the openssl CLI (Debian package `openssl`).
+if ! command -v openssl >/dev/null; then
+  echo "installing the openssl CLI for the TLS cross-checks" >&2
+  { apt-get update -qq && apt-get install -y -qq openssl; } >/dev/null || echo "pki needs the openssl CLI; install the openssl package" >&2
+fi
+PKI="$WORK/pki"; pym pki "$PKI" >/dev/null
+printf '# cross-check token\nci-%s\n' "$RANDOM$RANDOM" > "$WORK/tokens.txt"
+SPORT=50155; MPORT=50156
+serve "$SPORT" --data "$DATA" --tls-cert "$PKI/server.pem" --tls-key "$PKI/server.key" \
+  --auth-token-file "$WORK/tokens.txt" --metrics-addr "127.0.0.1:$MPORT"
+check "TLS+token: grpcio, pyarrow.flight grpc+tls, /metrics" pym secure_check --server "127.0.0.1:$SPORT" \
+  --data "$DATA" --tls-ca "$PKI/ca.pem" --token-file "$WORK/tokens.txt" --metrics "http://127.0.0.1:$MPORT/metrics"
+check "embedstream stream over TLS with a token" "$BIN" stream --server "127.0.0.1:$SPORT" \
+  --tls-ca "$PKI/ca.pem" --token-file "$WORK/tokens.txt"
 
 # A refresh under a live server (issue 9): checkpoints taken by a grpcio client
 # on OLD, NEW.pkl re-exported by pandas (rows removed, changed, added), the

@@ -23,4 +23,5 @@ pub mod rows;
 pub mod serve;
 pub mod stdout;
 pub mod store;
+pub mod tls;
 pub mod wire;

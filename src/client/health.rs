@@ -10,7 +10,11 @@ use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
-use super::{endpoint, local_address, AddressError};
+use super::{
+    local_address,
+    secure::{SecureClient, SecureClientArgs, SecureClientError},
+    AddressError,
+};
 
 /// Flags of `embedstream health`.
 #[derive(Debug, clap::Args)]
@@ -27,6 +31,10 @@ pub struct HealthArgs {
     /// How long connecting and answering may take together.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+
+    /// TLS and token (health needs no token on embedstream; it is sent if given).
+    #[command(flatten)]
+    pub secure: SecureClientArgs,
 }
 
 /// Why a health check did not find the server `SERVING`.
@@ -35,6 +43,9 @@ pub enum HealthError {
     /// The address is unusable.
     #[error(transparent)]
     Address(#[from] AddressError),
+    /// Bad TLS or token settings.
+    #[error(transparent)]
+    Secure(#[from] SecureClientError),
     /// No connection (refused, unresolvable, dropped).
     #[error("{server} is unreachable: {reason}")]
     Unreachable {
@@ -105,7 +116,17 @@ fn chain(err: &dyn std::error::Error) -> String {
 /// Ask `server` whether `service` (empty: the whole server) is `SERVING`,
 /// within `timeout` for connecting and answering together.
 pub async fn check(server: &str, service: &str, timeout: Duration) -> Result<(), HealthError> {
-    let endpoint = endpoint(server)?;
+    check_with(&SecureClient::plaintext(), server, service, timeout).await
+}
+
+/// [`check`] with TLS and token settings.
+pub async fn check_with(
+    secure: &SecureClient,
+    server: &str,
+    service: &str,
+    timeout: Duration,
+) -> Result<(), HealthError> {
+    let endpoint = secure.endpoint(server)?;
     let call = async {
         let channel = endpoint
             .connect()
@@ -114,7 +135,7 @@ pub async fn check(server: &str, service: &str, timeout: Duration) -> Result<(),
                 server: server.to_string(),
                 reason: chain(&e),
             })?;
-        HealthClient::new(channel)
+        HealthClient::with_interceptor(channel, secure.interceptor())
             .check(HealthCheckRequest {
                 service: service.to_string(),
             })
@@ -182,7 +203,8 @@ pub fn run(args: HealthArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(check(&server, &args.service, args.timeout))?;
+    let secure = SecureClient::from_args(&args.secure)?;
+    runtime.block_on(check_with(&secure, &server, &args.service, args.timeout))?;
     println!("{server}: {} is SERVING", what(&args.service));
     Ok(())
 }

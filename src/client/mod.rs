@@ -4,6 +4,7 @@
 pub mod deadline;
 pub mod health;
 pub mod json;
+pub mod secure;
 pub mod stream;
 pub mod upload;
 
@@ -30,8 +31,8 @@ pub enum AddressError {
     },
 }
 
-/// `HOST:PORT` (or a full `http://` URL) as a tonic endpoint. TLS is not
-/// supported: the Batch Server talks plaintext on its own network.
+/// `HOST:PORT` (or a full `http://` or `https://` URL) as a tonic endpoint;
+/// TLS settings are added by [`secure::SecureClient::endpoint`].
 pub fn endpoint(addr: &str) -> Result<Endpoint, AddressError> {
     let invalid = |reason: &str| AddressError::Invalid {
         addr: addr.to_string(),
@@ -41,9 +42,7 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, AddressError> {
     if addr.is_empty() {
         return Err(invalid("it is empty"));
     }
-    let url = if addr.starts_with("https://") {
-        return Err(invalid("TLS is not supported, use plaintext http"));
-    } else if addr.starts_with("http://") {
+    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
@@ -113,10 +112,10 @@ mod tests {
             endpoint("localhost").unwrap_err().to_string(),
             "`localhost` is not a server address (no port); give HOST:PORT, e.g. localhost:50051"
         );
-        assert!(endpoint("https://x:1")
-            .unwrap_err()
-            .to_string()
-            .contains("TLS is not supported"));
+        assert_eq!(
+            endpoint("https://x:1").unwrap().uri().scheme_str(),
+            Some("https")
+        );
         assert!(endpoint("x:1/path")
             .unwrap_err()
             .to_string()

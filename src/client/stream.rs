@@ -29,10 +29,13 @@ use arrow_array::{
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 
 use super::{
     deadline::{TimeoutArgs, Timeouts, KEEPALIVE_STREAM},
-    endpoint, local_address, AddressError,
+    local_address,
+    secure::{SecureClient, SecureClientArgs, SecureClientError, TokenInterceptor},
+    AddressError,
 };
 use crate::{
     format::{self, format_uuid, FileLayout},
@@ -83,6 +86,10 @@ pub struct StreamArgs {
     /// Deadlines of the call.
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+
+    /// TLS and token.
+    #[command(flatten)]
+    pub secure: SecureClientArgs,
 }
 
 /// Everything `pull` needs; [`run`] builds it from the flags.
@@ -104,6 +111,8 @@ pub struct StreamOptions {
     pub progress: ProgressMode,
     /// Connect timeout and idle deadline.
     pub timeouts: Timeouts,
+    /// TLS and token.
+    pub secure: SecureClient,
 }
 
 /// A stream that passed every check.
@@ -223,6 +232,9 @@ pub enum StreamError {
     /// Bad `--server`.
     #[error(transparent)]
     Address(#[from] AddressError),
+    /// Bad TLS or token settings.
+    #[error(transparent)]
+    Secure(#[from] SecureClientError),
     /// Bad `--checkpoint`.
     #[error("--checkpoint `{checkpoint}` is {reason}; give the id of the last row stored")]
     Checkpoint {
@@ -541,7 +553,7 @@ fn chunk_columns(chunk: &RowChunk, keys: &[[u8; 16]], dim: usize) -> Result<Vec<
 pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
     let endpoint = opts
         .timeouts
-        .apply(endpoint(&opts.server)?, KEEPALIVE_STREAM);
+        .apply(opts.secure.endpoint(&opts.server)?, KEEPALIVE_STREAM);
     let timeouts = opts.timeouts;
     let checkpoint = match opts
         .checkpoint
@@ -587,8 +599,12 @@ pub async fn pull(opts: &StreamOptions) -> Result<StreamReport, StreamError> {
     };
     let channel = timeouts.connect(&endpoint).await.map_err(|s| pull.rpc(s))?;
     let checker = if opts.flight {
-        pull_flight(channel, checkpoint, timeouts, pull).await?
+        pull_flight(channel, &opts.secure, checkpoint, timeouts, pull).await?
     } else {
+        let channel = tonic::service::interceptor::InterceptedService::new(
+            channel,
+            opts.secure.interceptor(),
+        );
         pull_embedding(channel, opts.chunk_size, checkpoint, timeouts, pull).await?
     };
     Ok(checker.report(started.elapsed(), opts.out.clone()))
@@ -637,7 +653,7 @@ impl Pull<'_> {
 
 /// Pull with StreamEmbedding: RowChunks of `chunk_size` rows after `checkpoint`.
 async fn pull_embedding(
-    channel: tonic::transport::Channel,
+    channel: InterceptedService<tonic::transport::Channel, TokenInterceptor>,
     chunk_size: u32,
     checkpoint: Option<[u8; 16]>,
     timeouts: Timeouts,
@@ -699,6 +715,7 @@ async fn pull_embedding(
 /// file's own record batches, written to `--out` as they come.
 async fn pull_flight(
     channel: tonic::transport::Channel,
+    secure: &SecureClient,
     checkpoint: Option<[u8; 16]>,
     timeouts: Timeouts,
     mut pull: Pull<'_>,
@@ -706,6 +723,14 @@ async fn pull_flight(
     let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX);
     let mut client = arrow_flight::FlightClient::new_from_inner(inner);
+    if let Some(token) = secure.authorization() {
+        let token = token
+            .to_str()
+            .map_err(|e| pull.rpc(tonic::Status::internal(e.to_string())))?;
+        client
+            .add_header("authorization", token)
+            .map_err(|e| pull.rpc(tonic::Status::internal(e.to_string())))?;
+    }
     let ticket = match checkpoint {
         None => "all".to_string(),
         Some(k) => format!("after:{}", format_uuid(&k)),
@@ -813,6 +838,7 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
         flight: args.flight,
         progress: ProgressMode::Auto,
         timeouts: Timeouts::from(&args.timeouts),
+        secure: SecureClient::from_args(&args.secure)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -20,9 +20,11 @@ use tonic::codegen::http::uri::PathAndQuery;
 
 use super::{
     deadline::{TimeoutArgs, Timeouts, KEEPALIVE_UPLOAD},
-    endpoint, is_transient,
+    is_transient,
     json::{self, JsonError},
-    local_address, AddressError,
+    local_address,
+    secure::{SecureClient, SecureClientArgs, SecureClientError, TokenInterceptor},
+    AddressError,
 };
 use crate::{
     dataset::{Dataset, DatasetError, DatasetOptions},
@@ -96,6 +98,10 @@ pub struct UploadArgs {
     /// First backoff before a retry (doubles each time); for tests.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, hide = true)]
     pub initial_backoff: Duration,
+
+    /// TLS and token.
+    #[command(flatten)]
+    pub secure: SecureClientArgs,
 }
 
 /// Everything `upload` needs; [`run`] builds it from the flags.
@@ -123,6 +129,8 @@ pub struct UploadOptions {
     pub progress: ProgressMode,
     /// Connect timeout and idle deadline of each attempt.
     pub timeouts: Timeouts,
+    /// TLS and token.
+    pub secure: SecureClient,
 }
 
 /// A successful upload.
@@ -170,6 +178,9 @@ pub enum UploadError {
     /// Bad `--to`.
     #[error(transparent)]
     Address(#[from] AddressError),
+    /// Bad TLS or token settings.
+    #[error(transparent)]
+    Secure(#[from] SecureClientError),
     /// Bad `--service-package`.
     #[error("--service-package `{0}` is not a protobuf package name (letters, digits, `_`, dot-separated), e.g. com.alpha.backend.grpc or embedding")]
     Package(String),
@@ -258,7 +269,9 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
         return Err(UploadError::Zero("--max-retries"));
     }
     let path = ingest_path(&opts.service_package)?;
-    let endpoint = opts.timeouts.apply(endpoint(&opts.to)?, KEEPALIVE_UPLOAD);
+    let endpoint = opts
+        .timeouts
+        .apply(opts.secure.endpoint(&opts.to)?, KEEPALIVE_UPLOAD);
     let shown = opts.file.display().to_string();
     let dataset = Arc::new(Dataset::open(
         &opts.file,
@@ -293,8 +306,11 @@ pub async fn upload(opts: &UploadOptions) -> Result<UploadReport, UploadError> {
         }
         let attempt_started = Instant::now();
         let outcome = attempt_once(
-            &endpoint,
-            path.clone(),
+            Target {
+                endpoint: &endpoint,
+                token: opts.secure.interceptor(),
+                path: path.clone(),
+            },
             metadata.clone(),
             rows.clone(),
             opts.chunk_size,
@@ -479,7 +495,7 @@ fn hint_for(code: tonic::Code) -> &'static str {
         }
         tonic::Code::InvalidArgument => " (the server refused the data; see its message)",
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-            " (the server refused this client)"
+            " (the server refused this client: check --token-file or EMBEDSTREAM_TOKEN)"
         }
         _ => "",
     }
@@ -491,10 +507,20 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// Where an attempt goes: the server, the token it is sent, the method.
+struct Target<'a> {
+    endpoint: &'a tonic::transport::Endpoint,
+    token: TokenInterceptor,
+    path: PathAndQuery,
+}
+
 /// One attempt: connect, stream metadata + chunks, await the response.
 async fn attempt_once(
-    endpoint: &tonic::transport::Endpoint,
-    path: PathAndQuery,
+    Target {
+        endpoint,
+        token,
+        path,
+    }: Target<'_>,
     metadata: IngestMetadata,
     rows: Arc<UploadRows>,
     chunk_size: usize,
@@ -505,7 +531,9 @@ async fn attempt_once(
         Ok(channel) => channel,
         Err(status) => return Attempt::Status(status),
     };
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(
+        channel, token,
+    ));
     let ready = async {
         grpc.ready()
             .await
@@ -662,6 +690,7 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         initial_backoff: args.initial_backoff,
         progress: ProgressMode::Auto,
         timeouts: Timeouts::from(&args.timeouts),
+        secure: SecureClient::from_args(&args.secure)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

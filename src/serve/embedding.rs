@@ -362,7 +362,13 @@ where
         first_estimate,
         slot,
     );
-    grpc_response(tonic::body::Body::new(body))
+    let resume = !request.last_processed_uuid.is_empty();
+    let mut response = grpc_response(tonic::body::Body::new(body));
+    if resume {
+        // The metrics guard times a resume's first chunk.
+        response.extensions_mut().insert(super::metrics::Resume);
+    }
+    response
 }
 
 impl<B> Service<http::Request<B>> for EmbeddingService

@@ -58,7 +58,13 @@
 //!     ...
 //! ```
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use arrow_flight::{
     flight_service_server::FlightService, Action, ActionType, Criteria, Empty, FlightData,
@@ -131,6 +137,8 @@ pub struct FlightEndpointService {
     name: String,
     /// Places under `--max-concurrent-streams`, shared with StreamEmbedding.
     slots: StreamSlots,
+    /// Rows of the record batches DoGet handed to the transport (metrics).
+    rows_sent: Arc<AtomicU64>,
 }
 
 impl FlightEndpointService {
@@ -141,7 +149,13 @@ impl FlightEndpointService {
             dataset,
             name,
             slots,
+            rows_sent: Arc::default(),
         }
+    }
+
+    /// The counter of rows DoGet handed to the transport, counted per batch.
+    pub fn rows_sent(&self) -> Arc<AtomicU64> {
+        self.rows_sent.clone()
     }
 
     /// The concurrency limit DoGet calls obey.
@@ -222,6 +236,7 @@ impl FlightEndpointService {
         let batches = store.num_batches();
         // The first batch to send as stored, and the sliced head if the
         // resume point falls inside a batch.
+        let mut head_rows = 0;
         let first_raw = if start_row >= store.num_rows() {
             batches
         } else {
@@ -230,14 +245,17 @@ impl FlightEndpointService {
                 b
             } else {
                 head.extend(encode_slice(&dataset, b, i)?.into_iter().map(Ok));
+                head_rows = store.batch_start(b + 1) - start_row;
                 b + 1
             }
         };
         Ok(DoGetMessages {
             head: head.into_iter(),
+            head_rows,
             dataset,
             next_raw: first_raw,
             end: batches,
+            rows_sent: self.rows_sent.clone(),
         })
     }
 }
@@ -248,10 +266,13 @@ impl FlightEndpointService {
 #[derive(Debug)]
 pub struct DoGetMessages {
     head: std::vec::IntoIter<Result<FlightData, Status>>,
+    /// Rows in `head` (a resumed batch's slice), counted once it is out.
+    head_rows: usize,
     /// The generation this call reads.
     dataset: Arc<Dataset>,
     next_raw: usize,
     end: usize,
+    rows_sent: Arc<AtomicU64>,
 }
 
 impl Iterator for DoGetMessages {
@@ -271,15 +292,25 @@ impl Iterator for DoGetMessages {
             None if self.next_raw < self.end => {
                 let i = self.next_raw;
                 self.next_raw += 1;
-                match self.dataset.store().file().record_batch_block(i) {
-                    Some(Ok(block)) => Ok(raw_flight_data(block)),
+                let store = self.dataset.store();
+                let rows = store.batch_start(i + 1) - store.batch_start(i);
+                match store.file().record_batch_block(i) {
+                    Some(Ok(block)) => {
+                        let rows = std::mem::take(&mut self.head_rows) + rows;
+                        self.rows_sent.fetch_add(rows as u64, Ordering::Relaxed);
+                        Ok(raw_flight_data(block))
+                    }
                     Some(Err(e)) => Err(damaged(&e)),
                     None => Err(Status::internal(format!(
                         "record batch {i} vanished from the file footer"
                     ))),
                 }
             }
-            None => return None,
+            None => {
+                let rows = std::mem::take(&mut self.head_rows);
+                self.rows_sent.fetch_add(rows as u64, Ordering::Relaxed);
+                return None;
+            }
         };
         if item.is_err() {
             // Nothing follows an error.
@@ -335,7 +366,7 @@ impl FlightService for FlightEndpointService {
         _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
         Err(Status::unimplemented(
-            "no authentication: call the other methods directly",
+            "Handshake is not used: call the other methods directly, with `authorization: Bearer <token>` metadata when the server requires a token",
         ))
     }
 

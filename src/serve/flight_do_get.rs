@@ -138,9 +138,15 @@ pub async fn do_get(
         Ok(slot) => slot,
         Err(status) => return status.into_http(),
     };
+    let mut resume = false;
     let started = match grpc_http::read_request::<Ticket, _>(req.into_body(), TICKET_REQUEST).await
     {
-        Ok(ticket) => service.start_do_get(&peer, &ticket.ticket),
+        Ok(ticket) => {
+            resume = ticket
+                .ticket
+                .starts_with(super::flight::TICKET_AFTER.as_bytes());
+            service.start_do_get(&peer, &ticket.ticket)
+        }
         Err(status) => Err(status),
     };
     let mut messages = match started {
@@ -154,7 +160,12 @@ pub async fn do_get(
         Some(Err(status)) => return status.into_http(),
         None => None,
     };
-    grpc_http::grpc_response(Body::new(DoGetBody::new(first, messages).holding(slot)))
+    let mut response =
+        grpc_http::grpc_response(Body::new(DoGetBody::new(first, messages).holding(slot)));
+    if resume {
+        response.extensions_mut().insert(super::metrics::Resume);
+    }
+    response
 }
 
 /// How DoGet refusals name the call and its message.

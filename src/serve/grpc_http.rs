@@ -17,7 +17,7 @@ use tonic::{
         http::{self, HeaderMap, HeaderValue},
         StdError,
     },
-    transport::server::TcpConnectInfo,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
     Status,
 };
 
@@ -33,11 +33,18 @@ pub struct RequestKind {
 }
 
 /// The peer address of a request: the one place that reads it from the
-/// transport's connection info (a TLS layer adds its own wrapper type here).
+/// transport's connection info. Under TLS tonic 0.14 inserts both the inner
+/// `TcpConnectInfo` and its `TlsConnectInfo` wrapper; the wrapper is read too
+/// so that TLS connections keep their idle count and stall close either way
+/// (test `secure::tls_connections_are_tracked_idle_closed_busy_kept`).
 pub fn peer_addr<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
-    req.extensions()
-        .get::<TcpConnectInfo>()
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
         .and_then(|i| i.remote_addr())
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
 }
 
 /// The peer of a request, as logged (`unknown` when the transport gives none).

@@ -10,16 +10,21 @@
 //! watch, SIGHUP) and revokes one written in place. Tests start
 //! servers in-process with [`Server::spawn`] on port 0.
 
+pub mod auth;
 pub mod conn;
 pub mod embedding;
 pub mod encode;
 pub mod flight;
 pub mod flight_do_get;
 pub mod grpc_http;
+pub mod guard;
 pub mod limits;
+pub mod metrics;
 pub mod package_alias;
 pub mod reload;
 pub mod row_body;
+pub mod secure;
+pub mod tls;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -39,6 +44,7 @@ use crate::{
 use embedding::{EmbeddingService, StreamLimits, StreamStats};
 use limits::{LimitArgs, SendBudget, StreamSlots};
 use package_alias::{PackageAlias, ALIAS_SERVICE_NAME};
+use secure::{SecureArgs, SecureError};
 
 /// Flags of `embedstream serve` (each also read from the environment or `.env`).
 #[derive(Debug, Clone, clap::Args)]
@@ -78,6 +84,9 @@ pub struct ServeArgs {
     /// Limits under load.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// TLS, tokens and metrics.
+    #[command(flatten)]
+    pub secure: SecureArgs,
 }
 
 /// Why the server cannot start or stopped with an error.
@@ -109,6 +118,9 @@ pub enum ServeError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// TLS, token or metrics settings.
+    #[error(transparent)]
+    Secure(#[from] SecureError),
 }
 
 /// Everything [`Server::spawn`] needs; [`ServerConfig::from_args`] builds it from flags.
@@ -132,6 +144,8 @@ pub struct ServerConfig {
     pub mapping: RowMapping,
     /// Limits under load (streams, send budget, deadlines).
     pub limits: LimitArgs,
+    /// TLS, tokens and metrics.
+    pub secure: SecureArgs,
 }
 
 impl ServerConfig {
@@ -147,6 +161,7 @@ impl ServerConfig {
             key_column: None,
             mapping: RowMapping::default(),
             limits: LimitArgs::default(),
+            secure: SecureArgs::default(),
         }
     }
 
@@ -162,6 +177,7 @@ impl ServerConfig {
             key_column: args.key_column.clone(),
             mapping: args.mapping.clone(),
             limits: args.limits.clone(),
+            secure: args.secure.clone(),
         }
     }
 }
@@ -181,6 +197,8 @@ pub struct Server {
     slots: StreamSlots,
     connections: Arc<conn::Connections>,
     _reload: reload::ReloadTask,
+    /// The metrics endpoint and token reloader, stopped on drop.
+    secure: secure::Running,
 }
 
 impl ServerConfig {
@@ -204,6 +222,7 @@ impl Server {
     /// here, before any client can connect.
     pub async fn spawn(config: ServerConfig) -> Result<Server, ServeError> {
         let began = Instant::now();
+        let secure = secure::Secure::open(&config.secure)?;
         config
             .limits
             .check(config.max_message_bytes)
@@ -242,6 +261,13 @@ impl Server {
             EmbeddingService::new(live.clone(), stats.clone(), stop.clone(), stream_limits);
         let flight =
             flight::FlightEndpointService::new(live.clone(), dataset.name(), slots.clone());
+        let (guard, running) = secure
+            .start(metrics::Sources {
+                stream_stats: stats.clone(),
+                flight_rows: flight.rows_sent(),
+                dataset: live.clone(),
+            })
+            .await?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in [
@@ -254,7 +280,7 @@ impl Server {
                 .set_service_status(service, ServingStatus::Serving)
                 .await;
         }
-        let reload = reloader.spawn(live.clone(), health.clone());
+        let reload = reloader.spawn(live.clone(), health.clone(), running.tokens.clone());
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -269,7 +295,11 @@ impl Server {
             .map_err(|e| ServeError::Settings(format!("reflection descriptors: {e}")))?;
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &secure.tls {
+            builder = builder.tls_config(tls.to_tonic(config.limits.handshake_timeout))?;
+        }
+        let router = builder
             .tcp_nodelay(true)
             // Inbound windows only matter for requests (tiny); what we send is
             // paced by the client's windows, and our streams produce a chunk
@@ -280,12 +310,19 @@ impl Server {
             .http2_keepalive_timeout(Some(config.limits.keepalive_timeout))
             .max_concurrent_streams(Some(config.limits.max_streams_per_connection))
             .layer(conn::ActivityLayer::new(connections.clone()))
-            .add_service(embedding.clone())
-            .add_service(PackageAlias::new(embedding))
-            .add_service(flight_do_get::FlightServer::new(flight))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+            .add_service(guard.wrap(embedding.clone()))
+            .add_service(guard.wrap(PackageAlias::new(embedding)))
+            .add_service(guard.wrap(flight_do_get::FlightServer::new(flight)))
+            .add_service(health_service);
+        let router = if secure.reflection_requires_token {
+            router
+                .add_service(guard.wrap(reflection_v1))
+                .add_service(guard.wrap(reflection_v1alpha))
+        } else {
+            router
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+        };
         let incoming = conn::incoming(
             listener,
             connections.clone(),
@@ -309,6 +346,8 @@ impl Server {
             default_chunk = limits.default,
             max_chunk = limits.max,
             startup_ms = began.elapsed().as_secs_f64() * 1e3,
+            security = secure.describe(),
+            metrics = ?running.metrics.as_ref().map(|m| m.local_addr()),
             "serving StreamEmbedding ({} and {ALIAS_SERVICE_NAME}), Arrow Flight, health and reflection",
             embedding::SERVICE_NAME
         );
@@ -325,12 +364,24 @@ impl Server {
             slots,
             connections,
             _reload: reload,
+            secure: running,
         })
     }
 
     /// The bound address (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, when `--metrics-addr` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.secure.metrics.as_ref().map(|m| m.local_addr())
+    }
+
+    /// The accepted bearer tokens, when `--auth-token-file` was given:
+    /// [`auth::TokenStore::reload`] re-reads the file (SIGHUP does).
+    pub fn token_store(&self) -> Option<&Arc<auth::TokenStore>> {
+        self.secure.tokens.as_ref()
     }
 
     /// Stream counters.

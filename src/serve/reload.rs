@@ -47,6 +47,7 @@ use tokio::{
 use tonic::Status;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
+use super::auth::TokenStore;
 use crate::{
     dataset::{Dataset, DatasetError, DatasetOptions, LiveDataset},
     store::lease::{Lease, NoLease, Policy},
@@ -173,9 +174,15 @@ impl Reloader {
         Ok(dataset)
     }
 
-    /// Run the reloader for `live` until the returned task is dropped.
-    pub fn spawn(self, live: Arc<LiveDataset>, health: HealthReporter) -> ReloadTask {
-        ReloadTask(tokio::spawn(self.run(live, health)))
+    /// Run the reloader for `live` until the returned task is dropped; its
+    /// SIGHUP also re-reads `tokens` (the bearer-token file), when given.
+    pub fn spawn(
+        self,
+        live: Arc<LiveDataset>,
+        health: HealthReporter,
+        tokens: Option<Arc<TokenStore>>,
+    ) -> ReloadTask {
+        ReloadTask(tokio::spawn(self.run(live, health, tokens)))
     }
 
     fn track(&mut self, dataset: &Arc<Dataset>) {
@@ -187,7 +194,12 @@ impl Reloader {
         }
     }
 
-    async fn run(mut self, live: Arc<LiveDataset>, health: HealthReporter) {
+    async fn run(
+        mut self,
+        live: Arc<LiveDataset>,
+        health: HealthReporter,
+        tokens: Option<Arc<TokenStore>>,
+    ) {
         let (released_tx, mut released_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut pending: Option<tokio::time::Instant> = None;
         loop {
@@ -197,6 +209,10 @@ impl Reloader {
                     self.check_leases(&live, &health, &released_tx).await;
                 }
                 _ = self.sighup.recv() => {
+                    // The one SIGHUP handler: the token file first (quick), then the data.
+                    if let Some(tokens) = &tokens {
+                        super::auth::log_reload(tokens);
+                    }
                     tracing::info!(file = %self.path.display(), "SIGHUP: reloading");
                     pending = None;
                     self.reload(&live, &health, "SIGHUP").await;

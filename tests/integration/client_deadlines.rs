@@ -116,6 +116,7 @@ fn upload_options(file: &Path, to: SocketAddr) -> UploadOptions {
         initial_backoff: Duration::from_millis(10),
         progress: ProgressMode::Hidden,
         timeouts: SHORT,
+        secure: embedstream::client::secure::SecureClient::plaintext(),
     }
 }
 
@@ -129,6 +130,7 @@ fn stream_options(server: SocketAddr) -> StreamOptions {
         flight: false,
         progress: ProgressMode::Hidden,
         timeouts: SHORT,
+        secure: embedstream::client::secure::SecureClient::plaintext(),
     }
 }
 

@@ -36,6 +36,7 @@ fn options(server: SocketAddr) -> StreamOptions {
         flight: false,
         progress: ProgressMode::Hidden,
         timeouts: Timeouts::default(),
+        secure: embedstream::client::secure::SecureClient::plaintext(),
     }
 }
 

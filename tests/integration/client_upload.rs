@@ -189,6 +189,7 @@ fn options(file: &Path, to: String, package: &str) -> UploadOptions {
         initial_backoff: Duration::from_millis(10),
         progress: ProgressMode::Hidden,
         timeouts: Timeouts::default(),
+        secure: embedstream::client::secure::SecureClient::plaintext(),
     }
 }
 

@@ -666,6 +666,52 @@ async fn sighup_reloads_and_does_not_kill() {
     assert!(server.alive());
 }
 
+/// One SIGHUP handler: it re-reads the bearer-token file and the data file.
+#[tokio::test]
+async fn one_sighup_reloads_tokens_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.arrow");
+    common::write_sample_rows(&path, 0..300, DIM, 100, &[]);
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "old-token\n").unwrap();
+    let mut server = ChildServer::start_with(
+        dir.path(),
+        &path,
+        &[("EMBEDSTREAM_AUTH_TOKEN_FILE", tokens.to_str().unwrap())],
+    );
+    let ch = server.channel().await;
+    let call = |token: &'static str| {
+        let ch = ch.clone();
+        async move {
+            let mut request = tonic::Request::new(StreamEmbeddingRequest {
+                last_processed_uuid: String::new(),
+                chunk_size: 0,
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let mut client =
+                EmbeddingStreamServiceClient::new(ch).max_decoding_message_size(usize::MAX);
+            match client.stream_embedding(request).await {
+                Ok(response) => drain(&mut response.into_inner()).await.1.map(|_| ()),
+                Err(status) => Err(status),
+            }
+        }
+    };
+    call("old-token").await.unwrap();
+    std::fs::write(&tokens, "# rotated\nnew-token\n").unwrap();
+    server.sighup();
+    let line = server.wait_log("SIGHUP: bearer tokens reloaded", 1);
+    assert!(line.contains("tokens=1"), "{line}");
+    assert!(!line.contains("new-token"), "a token was logged: {line}");
+    let line = server.wait_log("serving generation 2", 1);
+    assert!(line.contains("trigger=\"SIGHUP\""), "{line}");
+    call("new-token").await.unwrap();
+    let refused = call("old-token").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(server.alive());
+}
+
 #[tokio::test]
 async fn stalled_clients_read_a_private_copy_after_the_deadline() {
     use arrow_array::{cast::AsArray, Array};

@@ -21,6 +21,7 @@ mod hot_swap;
 mod output;
 mod pickle_machine;
 mod refresh;
+mod secure;
 mod serve_e2e;
 mod serve_limits;
 mod store;
