@@ -11,9 +11,8 @@ use tonic_health::pb::{
 };
 
 use super::{
-    local_address,
     secure::{SecureClient, SecureClientArgs, SecureClientError},
-    AddressError,
+    serve_address, AddressError,
 };
 
 /// Flags of `embedstream health`.
@@ -191,15 +190,7 @@ fn status_error(server: &str, service: &str, status: tonic::Status) -> HealthErr
 
 /// Run `embedstream health`: print `SERVING` and succeed, or fail with the reason.
 pub fn run(args: HealthArgs) -> anyhow::Result<()> {
-    let server = match args.server {
-        Some(server) => server,
-        None => local_address(
-            "GRPC_PORT",
-            None,
-            std::env::var("GRPC_PORT").ok().as_deref(),
-            50051,
-        )?,
-    };
+    let server = serve_address(args.server)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -82,6 +82,20 @@ pub fn local_address(
     Ok(format!("{host}:{port}"))
 }
 
+/// The address of a local `serve`: `--server` if given, else
+/// `localhost:$GRPC_PORT` (the Python server's variable), else the default port.
+pub fn serve_address(server: Option<String>) -> Result<String, AddressError> {
+    match server {
+        Some(server) => Ok(server),
+        None => local_address(
+            "GRPC_PORT",
+            None,
+            std::env::var("GRPC_PORT").ok().as_deref(),
+            crate::wire::DEFAULT_SERVE_PORT,
+        ),
+    }
+}
+
 /// Whether a failed call is worth retrying: the codes gRPC documents as
 /// transient, and any failure raised locally by the transport (a refused or
 /// dropped connection, a reset stream). A status sent by the server never

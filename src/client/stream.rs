@@ -33,9 +33,8 @@ use tonic::service::interceptor::InterceptedService;
 
 use super::{
     deadline::{TimeoutArgs, Timeouts, KEEPALIVE_STREAM},
-    local_address,
     secure::{SecureClient, SecureClientArgs, SecureClientError, TokenInterceptor},
-    AddressError,
+    serve_address, AddressError,
 };
 use crate::{
     format::{self, format_uuid, FileLayout},
@@ -820,15 +819,7 @@ fn flight_layout(schema: &SchemaRef, server: &str) -> Result<(FileLayout, Schema
 
 /// Run `embedstream stream`.
 pub fn run(args: StreamArgs) -> anyhow::Result<()> {
-    let server = match args.server {
-        Some(server) => server,
-        None => local_address(
-            "GRPC_PORT",
-            None,
-            std::env::var("GRPC_PORT").ok().as_deref(),
-            wire::DEFAULT_SERVE_PORT,
-        )?,
-    };
+    let server = serve_address(args.server)?;
     let opts = StreamOptions {
         server,
         checkpoint: args.checkpoint,
