@@ -229,11 +229,7 @@ impl Dataset {
                 source,
             })?;
         let limits = options.chunks.limits(layout.vector_dim())?;
-        let from_file = store
-            .schema()
-            .metadata()
-            .get(format::META_GENERATION)
-            .and_then(|n| n.parse::<u64>().ok());
+        let from_file = format::FileMetadata::read(store.schema().metadata()).generation;
         let generation = Generation {
             number: from_file.unwrap_or(load),
             source: if from_file.is_some() {
