@@ -323,6 +323,27 @@ impl MappedIpcFile {
             .get(i)
             .map(|b| raw_block(&self.bytes, b))
     }
+
+    /// The bytes of dictionary block `i` as the footer locates them
+    /// (metadata, then body): what a data set manifest checksums.
+    pub fn dictionary_extent(&self, i: usize) -> Option<Result<Bytes, String>> {
+        self.dictionaries
+            .get(i)
+            .map(|b| extent_bytes(&self.bytes, b))
+    }
+
+    /// The bytes of record batch block `i` as the footer locates them
+    /// (metadata, then body): what a data set manifest checksums.
+    pub fn record_batch_extent(&self, i: usize) -> Option<Result<Bytes, String>> {
+        self.record_batches
+            .get(i)
+            .map(|b| extent_bytes(&self.bytes, b))
+    }
+
+    /// Number of dictionary blocks.
+    pub fn num_dictionaries(&self) -> usize {
+        self.dictionaries.len()
+    }
 }
 
 /// Open `path` read-only; returns its display form too.
@@ -761,6 +782,12 @@ fn raw_block(bytes: &Bytes, block: &Block) -> Result<IpcBlock, String> {
         header: meta.slice(prefix..header_end),
         body: bytes.slice(start + meta_len..start + meta_len + body_len),
     })
+}
+
+/// A block's whole extent: metadata and body.
+fn extent_bytes(bytes: &Bytes, block: &Block) -> Result<Bytes, String> {
+    let (start, meta_len, body_len) = block_extent(block, bytes.len())?;
+    Ok(bytes.slice(start..start + meta_len + body_len))
 }
 
 /// Offset, metadata length and body length of a block, checked against the file size.

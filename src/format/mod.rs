@@ -10,6 +10,11 @@
 //!   counter, then random bits);
 //! - at most one vector column: `FixedSizeList<Float32 | Float64, dim>`;
 //! - schema metadata under the `embedstream.` prefix, see the constants below.
+//!
+//! Several such files with disjoint, ordered key ranges make a data set
+//! directory, described by its `manifest.json`: see [`manifest`].
+
+pub mod manifest;
 
 use std::collections::HashMap;
 
