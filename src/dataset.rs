@@ -1,5 +1,6 @@
-//! The served data set: one converted file opened once, with everything a
-//! reader needs, shared behind one `Arc`.
+//! The served data set: one converted file, or a data set directory of
+//! shards (`manifest.json`, see [`crate::format::manifest`]), opened once,
+//! with everything a reader needs, shared behind one `Arc`.
 //!
 //! A [`Dataset`] is the mapped file and its key index ([`Store`]), the
 //! RecruitRow column views ([`RecruitTable`]), the chunk limits computed
@@ -195,7 +196,9 @@ impl Generation {
 impl Dataset {
     /// Map `path`, check its key column ([`Store::open`]), resolve the
     /// RecruitRow columns ([`RowMapping::resolve`]) and the chunk limits:
-    /// every refusal of a file. No batch body is decoded yet.
+    /// every refusal of a file. No batch body is decoded yet. A directory
+    /// is a data set: its manifest and every shard are checked against each
+    /// other ([`Store::open_dataset`]), each refusal naming the shard.
     pub fn open(path: &Path, options: &DatasetOptions) -> Result<Self, DatasetError> {
         let store = Store::open(path, options.key_column.as_deref())?;
         Self::from_store(path, options, store, 1)
@@ -229,7 +232,10 @@ impl Dataset {
                 source,
             })?;
         let limits = options.chunks.limits(layout.vector_dim())?;
-        let from_file = format::FileMetadata::read(store.schema().metadata()).generation;
+        // A data set directory has no generation metadata of its own.
+        let from_file = (!store.is_dataset())
+            .then(|| format::FileMetadata::read(store.schema().metadata()).generation)
+            .flatten();
         let generation = Generation {
             number: from_file.unwrap_or(load),
             source: if from_file.is_some() {
@@ -240,7 +246,13 @@ impl Dataset {
             path: path.to_path_buf(),
             rows: store.num_rows(),
             loaded_at: SystemTime::now(),
-            policy: store.file().policy().clone(),
+            // The weakest protection over the shards (all are alike in practice).
+            policy: store
+                .files()
+                .map(|f| f.policy())
+                .find(|p| !matches!(p, Policy::Lease))
+                .unwrap_or(store.file().policy())
+                .clone(),
         };
         Ok(Dataset {
             path: path.to_path_buf(),
@@ -259,9 +271,14 @@ impl Dataset {
     /// file once another process opened it for writing (the generation is
     /// revoked: a stream reading it ends at its next step).
     pub fn intact(&self) -> Result<(), Status> {
-        match self.store().file().lease() {
-            Some(lease) if lease.is_revoked() => Err(wire::rewritten(&self.path)),
-            _ => Ok(()),
+        let revoked = self
+            .store()
+            .files()
+            .filter_map(|f| f.lease())
+            .find(|lease| lease.is_revoked());
+        match revoked {
+            Some(lease) => Err(wire::rewritten(lease.path())),
+            None => Ok(()),
         }
     }
 

@@ -59,6 +59,7 @@
 //! ```
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -87,6 +88,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub const TICKET_ALL: &str = "all";
 /// Prefix of a resume ticket.
 pub const TICKET_AFTER: &str = "after:";
+/// Prefix of a key-range ticket (one endpoint of `GetFlightInfo`).
+pub const TICKET_RANGE: &str = "range:";
 
 /// What a `DoGet` ticket asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,37 +98,125 @@ pub enum TicketRequest {
     All,
     /// The rows whose key is greater than this UUID.
     After(uuid::Uuid),
+    /// The rows whose key is within `first..=last`.
+    Range(uuid::Uuid, uuid::Uuid),
 }
+
+const TICKET_FORMS: &str = "use `all` (whole file) or `after:<uuid>` (resume)";
+const TICKET_RANGE_FORM: &str =
+    ", or `range:<first-uuid>:<last-uuid>` (an endpoint of GetFlightInfo)";
 
 /// Parse a ticket (see the module documentation).
 pub fn parse_ticket(ticket: &[u8]) -> Result<TicketRequest, Status> {
     let text = std::str::from_utf8(ticket).map_err(|_| {
-        Status::invalid_argument("the ticket is not UTF-8; use `all` or `after:<uuid>`")
+        Status::invalid_argument(format!("the ticket is not UTF-8; {TICKET_FORMS}"))
     })?;
     if text.is_empty() {
-        return Err(Status::invalid_argument(
-            "the ticket is empty; use `all` (whole file) or `after:<uuid>` (resume)",
-        ));
+        return Err(Status::invalid_argument(format!(
+            "the ticket is empty; {TICKET_FORMS}"
+        )));
     }
     if text == TICKET_ALL {
         return Ok(TicketRequest::All);
     }
-    match text.strip_prefix(TICKET_AFTER) {
-        Some(id) => wire::parse_checkpoint(id)
+    let shown = |s: &str| s.chars().take(64).collect::<String>();
+    if let Some(id) = text.strip_prefix(TICKET_AFTER) {
+        return wire::parse_checkpoint(id)
             .map(TicketRequest::After)
             .map_err(|e| {
-                let shown: String = id.chars().take(64).collect();
                 Status::invalid_argument(format!(
-                    "ticket `after:{shown}`: {e}; use `after:<uuid of the last row stored>`"
+                    "ticket `after:{}`: {e}; use `after:<uuid of the last row stored>`",
+                    shown(id)
                 ))
-            }),
-        None => {
-            let shown: String = text.chars().take(64).collect();
-            Err(Status::invalid_argument(format!(
-                "unknown ticket `{shown}`; use `all` (whole file) or `after:<uuid>` (resume)"
-            )))
-        }
+            });
     }
+    if let Some(range) = text.strip_prefix(TICKET_RANGE) {
+        let bad = |e: String| {
+            Status::invalid_argument(format!(
+                "ticket `range:{}`: {e}; use `range:<first-uuid>:<last-uuid>` (hyphenated, inclusive)",
+                range.chars().take(80).collect::<String>()
+            ))
+        };
+        let (first, last) = range
+            .split_once(':')
+            .ok_or_else(|| bad("no `:` between the two keys".into()))?;
+        let first = wire::parse_checkpoint(first).map_err(|e| bad(e.to_string()))?;
+        let last = wire::parse_checkpoint(last).map_err(|e| bad(e.to_string()))?;
+        if first > last {
+            return Err(bad("the first key is after the last".into()));
+        }
+        return Ok(TicketRequest::Range(first, last));
+    }
+    Err(Status::invalid_argument(format!(
+        "unknown ticket `{}`; {TICKET_FORMS}{TICKET_RANGE_FORM}",
+        shown(text)
+    )))
+}
+
+/// How `GetFlightInfo` splits the data set into endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `--partition-rows`: at most this many rows per endpoint (ranges never
+    /// cross a shard boundary). `None`: one endpoint per shard with rows
+    /// (a single file: one endpoint, ticket `all`).
+    pub partition_rows: Option<usize>,
+    /// Every endpoint's locations (`--advertise`, else the server's own).
+    pub locations: Vec<String>,
+}
+
+/// The location schemes `--advertise` accepts (Arrow Flight's).
+const LOCATION_SCHEMES: &[&str] = &[
+    "grpc",
+    "grpc+tcp",
+    "grpc+tls",
+    "grpc+unix",
+    "http",
+    "https",
+    "arrow-flight-reuse-connection",
+];
+
+/// Check one `--advertise` URI: a Flight scheme, and a host and port for
+/// the network schemes. The error names the URI.
+pub fn check_location(uri: &str) -> Result<(), String> {
+    let shown: String = uri.chars().take(200).collect();
+    let refuse = |why: &str| {
+        Err(format!(
+            "--advertise `{shown}`: {why}; give URIs such as grpc://10.0.0.2:50051 or grpc+tls://host:50051, separated by commas"
+        ))
+    };
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return refuse("not a URI (no `scheme://`)");
+    };
+    if !LOCATION_SCHEMES.contains(&scheme) {
+        return refuse(&format!(
+            "the scheme `{scheme}` is not a Flight location scheme ({})",
+            LOCATION_SCHEMES.join(", ")
+        ));
+    }
+    if matches!(scheme, "grpc+unix" | "arrow-flight-reuse-connection") {
+        return Ok(());
+    }
+    let Ok(parsed) = uri.parse::<tonic::codegen::http::Uri>() else {
+        return refuse("not a valid URI");
+    };
+    if parsed.host().is_none_or(str::is_empty) {
+        return refuse("no host");
+    }
+    if parsed.port_u16().is_none() {
+        let _ = rest;
+        return refuse("no port");
+    }
+    Ok(())
+}
+
+/// The default location of a server bound to `addr`: `grpc://ADDR`
+/// (`grpc+tls://` under TLS), or, bound to every address (0.0.0.0, ::),
+/// the Flight spec's "this same connection" URI.
+pub fn default_location(addr: std::net::SocketAddr, tls: bool) -> String {
+    if addr.ip().is_unspecified() {
+        return "arrow-flight-reuse-connection://?".to_string();
+    }
+    format!("{}://{addr}", if tls { "grpc+tls" } else { "grpc" })
 }
 
 /// The Flight service: a small struct over the live data set. Each call
@@ -139,6 +230,8 @@ pub struct FlightEndpointService {
     slots: StreamSlots,
     /// Rows of the record batches DoGet handed to the transport (metrics).
     rows_sent: Arc<AtomicU64>,
+    /// How GetFlightInfo lists endpoints.
+    endpoints: Arc<Endpoints>,
 }
 
 impl FlightEndpointService {
@@ -150,7 +243,14 @@ impl FlightEndpointService {
             name,
             slots,
             rows_sent: Arc::default(),
+            endpoints: Arc::default(),
         }
+    }
+
+    /// List endpoints as `endpoints` says.
+    pub fn with_endpoints(mut self, endpoints: Endpoints) -> Self {
+        self.endpoints = Arc::new(endpoints);
+        self
     }
 
     /// The counter of rows DoGet handed to the transport, counted per batch.
@@ -193,15 +293,17 @@ impl FlightEndpointService {
     fn info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
         let dataset = self.dataset.current()?;
         let store = dataset.store();
-        let info = FlightInfo::new()
+        let mut info = FlightInfo::new()
             .try_with_schema(store.schema())
             .map_err(|e| Status::internal(format!("encoding the schema: {e}")))?
             .with_descriptor(descriptor)
-            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(TICKET_ALL)))
             .with_total_records(i64::try_from(store.num_rows()).unwrap_or(-1))
-            .with_total_bytes(i64::try_from(store.file().len()).unwrap_or(-1))
+            .with_total_bytes(i64::try_from(store.total_bytes()).unwrap_or(-1))
             .with_ordered(true)
             .with_app_metadata(dataset.generation().to_json().into_bytes());
+        for endpoint in endpoints(store, &self.endpoints) {
+            info = info.with_endpoint(endpoint);
+        }
         Ok(info)
     }
 
@@ -214,110 +316,185 @@ impl FlightEndpointService {
         self.do_get_messages(parsed)
     }
 
-    /// The FlightData messages answering `request`: the schema, the
-    /// dictionaries and any re-encoded head slice are made now; the record
-    /// batches as stored, one at a time, as the iterator is advanced.
+    /// The FlightData messages answering `request`: the schema now; then,
+    /// as the iterator is advanced, each shard's dictionaries when the
+    /// stream enters it, and the record batches as stored (a batch cut by
+    /// the start or end of the rows asked for is sliced and re-encoded).
     pub fn do_get_messages(&self, request: TicketRequest) -> Result<DoGetMessages, Status> {
         let dataset = self.dataset.current()?;
         let store = dataset.store();
         let options = IpcWriteOptions::default();
         let schema = FlightData::from(SchemaAsIpc::new(store.schema(), &options));
-        let mut head: Vec<Result<FlightData, Status>> = vec![Ok(schema)];
-        head.extend(
-            store
-                .file()
-                .dictionary_blocks()
-                .map(|b| b.map(raw_flight_data).map_err(|e| damaged(&e))),
-        );
-        let start_row = match request {
-            TicketRequest::All => 0,
-            TicketRequest::After(id) => store.position_after(id.as_bytes()),
+        let (start, end) = match request {
+            TicketRequest::All => (0, store.num_rows()),
+            TicketRequest::After(id) => (store.position_after(id.as_bytes()), store.num_rows()),
+            TicketRequest::Range(first, last) => (
+                store.position_at_or_after(first.as_bytes()),
+                store.position_after(last.as_bytes()),
+            ),
         };
-        let batches = store.num_batches();
-        // The first batch to send as stored, and the sliced head if the
-        // resume point falls inside a batch.
-        let mut head_rows = 0;
-        let first_raw = if start_row >= store.num_rows() {
-            batches
+        let end = end.max(start);
+        let (next_batch, end_batch) = if start < end {
+            (store.locate(start).0, store.locate(end - 1).0 + 1)
         } else {
-            let (b, i) = store.locate(start_row);
-            if i == 0 {
-                b
-            } else {
-                head.extend(encode_slice(&dataset, b, i)?.into_iter().map(Ok));
-                head_rows = store.batch_start(b + 1) - start_row;
-                b + 1
-            }
+            (0, 0)
         };
-        Ok(DoGetMessages {
-            head: head.into_iter(),
-            head_rows,
-            dataset,
-            next_raw: first_raw,
-            end: batches,
+        let mut messages = DoGetMessages {
+            pending: VecDeque::from([Ok(schema)]),
+            dataset: dataset.clone(),
+            start,
+            end,
+            next_batch,
+            end_batch,
+            shard: None,
             rows_sent: self.rows_sent.clone(),
-        })
+        };
+        // A single file sends its dictionaries after the schema, whatever
+        // the rows asked for (as before data sets existed).
+        if !store.is_dataset() {
+            messages.enter_shard(0, 0);
+        }
+        Ok(messages)
     }
 }
 
-/// The FlightData sequence of one `DoGet`: the prepared head messages, then
-/// the file's record batches `next_raw..end` as stored (header and body are
-/// views of the map). Ends after the first error.
+/// The endpoints of `GetFlightInfo` for `store` (see [`Endpoints`]).
+pub fn endpoints(store: &crate::store::Store, config: &Endpoints) -> Vec<FlightEndpoint> {
+    let with_locations = |mut endpoint: FlightEndpoint| {
+        for location in &config.locations {
+            endpoint = endpoint.with_location(location.clone());
+        }
+        endpoint
+    };
+    let metadata = |s: usize, rows: usize| {
+        serde_json::json!({"shard": store.shard_name(s), "rows": rows})
+            .to_string()
+            .into_bytes()
+    };
+    if !store.is_dataset() && config.partition_rows.is_none() {
+        let endpoint = FlightEndpoint::new()
+            .with_ticket(Ticket::new(TICKET_ALL))
+            .with_app_metadata(metadata(0, store.num_rows()));
+        return vec![with_locations(endpoint)];
+    }
+    let mut out = Vec::new();
+    for s in 0..store.num_shards() {
+        let rows = store.shard_rows(s);
+        let step = config.partition_rows.unwrap_or(rows.len()).max(1);
+        let mut first = rows.start;
+        while first < rows.end {
+            let last = (first + step).min(rows.end) - 1;
+            let ticket = format!(
+                "{TICKET_RANGE}{}:{}",
+                crate::format::format_uuid(store.key(first)),
+                crate::format::format_uuid(store.key(last))
+            );
+            let endpoint = FlightEndpoint::new()
+                .with_ticket(Ticket::new(ticket))
+                .with_app_metadata(metadata(s, last + 1 - first));
+            out.push(with_locations(endpoint));
+            first = last + 1;
+        }
+    }
+    out
+}
+
+/// The FlightData sequence of one `DoGet`: the schema, then per batch of
+/// the rows asked for, the shard's dictionaries when the stream enters a
+/// shard, and the batch (as stored: header and body are views of the map;
+/// sliced and re-encoded if the rows cut it). Ends after the first error.
 #[derive(Debug)]
 pub struct DoGetMessages {
-    head: std::vec::IntoIter<Result<FlightData, Status>>,
-    /// Rows in `head` (a resumed batch's slice), counted once it is out.
-    head_rows: usize,
+    pending: VecDeque<Result<FlightData, Status>>,
     /// The generation this call reads.
     dataset: Arc<Dataset>,
-    next_raw: usize,
+    /// Global rows `start..end` are sent.
+    start: usize,
     end: usize,
+    /// Global batches `next_batch..end_batch` are still to send.
+    next_batch: usize,
+    end_batch: usize,
+    /// The shard whose dictionaries were sent last.
+    shard: Option<usize>,
     rows_sent: Arc<AtomicU64>,
+}
+
+impl DoGetMessages {
+    /// Queue shard `s`'s dictionary messages (replacing the previous
+    /// shard's in the reader: IPC dictionary replacement).
+    fn enter_shard(&mut self, s: usize, b: usize) {
+        self.shard = Some(s);
+        let store = self.dataset.store();
+        match store.dictionary_blocks(s, b) {
+            Ok(blocks) => self
+                .pending
+                .extend(blocks.into_iter().map(|b| Ok(raw_flight_data(b)))),
+            Err(e) => self.pending.push_back(Err(damaged(&e))),
+        }
+    }
+
+    /// Queue batch `b`'s messages.
+    fn queue_batch(&mut self, b: usize) {
+        let dataset = self.dataset.clone();
+        let store = dataset.store();
+        let (s, _) = store.shard_of_batch(b);
+        if self.shard != Some(s) {
+            self.enter_shard(s, b);
+        }
+        let (first, next) = (store.batch_start(b), store.batch_start(b + 1));
+        let (lo, hi) = (self.start.max(first), self.end.min(next));
+        let item = if lo == first && hi == next {
+            store
+                .record_batch_block(b)
+                .map(|block| vec![raw_flight_data(block)])
+                .map_err(|e| damaged(&e))
+        } else if lo < hi {
+            encode_slice(&dataset, b, lo - first, hi - lo)
+        } else {
+            return;
+        };
+        match item {
+            Ok(messages) => {
+                self.rows_sent
+                    .fetch_add((hi - lo) as u64, Ordering::Relaxed);
+                self.pending.extend(messages.into_iter().map(Ok));
+            }
+            Err(status) => self.pending.push_back(Err(status)),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.pending.clear();
+        self.next_batch = self.end_batch;
+    }
 }
 
 impl Iterator for DoGetMessages {
     type Item = Result<FlightData, Status>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        // A revoked generation (its file opened for writing) ends here.
-        if let Err(status) = self.dataset.intact() {
-            if self.next_raw < self.end || self.head.len() > 0 {
-                self.head = Vec::new().into_iter();
-                self.next_raw = self.end;
-                return Some(Err(status));
-            }
-        }
-        let item = match self.head.next() {
-            Some(item) => item,
-            None if self.next_raw < self.end => {
-                let i = self.next_raw;
-                self.next_raw += 1;
-                let store = self.dataset.store();
-                let rows = store.batch_start(i + 1) - store.batch_start(i);
-                match store.file().record_batch_block(i) {
-                    Some(Ok(block)) => {
-                        let rows = std::mem::take(&mut self.head_rows) + rows;
-                        self.rows_sent.fetch_add(rows as u64, Ordering::Relaxed);
-                        Ok(raw_flight_data(block))
-                    }
-                    Some(Err(e)) => Err(damaged(&e)),
-                    None => Err(Status::internal(format!(
-                        "record batch {i} vanished from the file footer"
-                    ))),
+        loop {
+            // A revoked generation (a file opened for writing) ends here.
+            if let Err(status) = self.dataset.intact() {
+                if self.next_batch < self.end_batch || !self.pending.is_empty() {
+                    self.stop();
+                    return Some(Err(status));
                 }
             }
-            None => {
-                let rows = std::mem::take(&mut self.head_rows);
-                self.rows_sent.fetch_add(rows as u64, Ordering::Relaxed);
+            if let Some(item) = self.pending.pop_front() {
+                if item.is_err() {
+                    // Nothing follows an error.
+                    self.stop();
+                }
+                return Some(item);
+            }
+            if self.next_batch >= self.end_batch {
                 return None;
             }
-        };
-        if item.is_err() {
-            // Nothing follows an error.
-            self.head = Vec::new().into_iter();
-            self.next_raw = self.end;
+            let b = self.next_batch;
+            self.next_batch += 1;
+            self.queue_batch(b);
         }
-        Some(item)
     }
 }
 
@@ -329,11 +506,17 @@ fn raw_flight_data(block: crate::store::IpcBlock) -> FlightData {
     }
 }
 
-/// Re-encode rows `from..` of batch `b` (with any dictionaries they need).
-fn encode_slice(dataset: &Dataset, b: usize, from: usize) -> Result<Vec<FlightData>, Status> {
+/// Re-encode rows `from..from + len` of batch `b` (with any dictionaries
+/// they need).
+fn encode_slice(
+    dataset: &Dataset,
+    b: usize,
+    from: usize,
+    len: usize,
+) -> Result<Vec<FlightData>, Status> {
     let batch = dataset.store().batch(b).map_err(|e| damaged(&e))?;
-    let len = batch.num_rows().saturating_sub(from);
-    let slice = batch.slice(from.min(batch.num_rows()), len);
+    let from = from.min(batch.num_rows());
+    let slice = batch.slice(from, len.min(batch.num_rows() - from));
     let generator = IpcDataGenerator::default();
     let mut tracker = DictionaryTracker::new(false);
     let (dicts, data) = generator
@@ -486,11 +669,68 @@ mod tests {
         let err = parse_ticket(b"everything").unwrap_err();
         assert_eq!(
             err.message(),
-            "unknown ticket `everything`; use `all` (whole file) or `after:<uuid>` (resume)"
+            "unknown ticket `everything`; use `all` (whole file) or `after:<uuid>` (resume), or `range:<first-uuid>:<last-uuid>` (an endpoint of GetFlightInfo)"
         );
+        let (a, b) = (
+            "01890a5d-ac96-774b-bcce-b302099a8057",
+            "01890a5d-ac96-774b-bcce-b302099a8058",
+        );
+        assert_eq!(
+            parse_ticket(format!("range:{a}:{b}").as_bytes()).unwrap(),
+            TicketRequest::Range(
+                uuid::Uuid::parse_str(a).unwrap(),
+                uuid::Uuid::parse_str(b).unwrap()
+            )
+        );
+        for (bad, want) in [
+            (format!("range:{b}:{a}"), "the first key is after the last"),
+            (format!("range:{a}"), "no `:` between the two keys"),
+            (format!("range:{a}:nope"), "not a UUID"),
+        ] {
+            let err = parse_ticket(bad.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(
+                err.message().starts_with(&format!("ticket `{bad}`: "))
+                    && err.message().contains(want),
+                "{}",
+                err.message()
+            );
+        }
         assert_eq!(
             parse_ticket(&[0xff]).unwrap_err().code(),
             tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn locations() {
+        for good in [
+            "grpc://127.0.0.2:50051",
+            "grpc+tls://host.example:443",
+            "grpc://[::1]:50051",
+            "arrow-flight-reuse-connection://?",
+        ] {
+            assert_eq!(check_location(good), Ok(()), "{good}");
+        }
+        let refusal = |uri: &str| check_location(uri).unwrap_err();
+        assert!(refusal("nope").starts_with("--advertise `nope`: not a URI (no `scheme://`); "));
+        assert!(refusal("ftp://h:1").starts_with(
+            "--advertise `ftp://h:1`: the scheme `ftp` is not a Flight location scheme"
+        ));
+        assert!(refusal("grpc://host").starts_with("--advertise `grpc://host`: no port; "));
+        assert!(refusal("grpc://:50051").starts_with("--advertise `grpc://:50051`: "));
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(
+            default_location(addr("127.0.0.2:5"), false),
+            "grpc://127.0.0.2:5"
+        );
+        assert_eq!(
+            default_location(addr("[::1]:5"), true),
+            "grpc+tls://[::1]:5"
+        );
+        assert_eq!(
+            default_location(addr("0.0.0.0:5"), false),
+            "arrow-flight-reuse-connection://?"
         );
     }
 }

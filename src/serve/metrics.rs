@@ -293,7 +293,7 @@ impl ServeMetrics {
         let (rows, bytes, generation) = match self.sources.dataset.current() {
             Ok(d) => (
                 d.num_rows() as u64,
-                d.store().file().len() as u64,
+                d.store().total_bytes() as u64,
                 d.generation().number,
             ),
             Err(_) => (0, 0, 0),

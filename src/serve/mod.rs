@@ -78,6 +78,15 @@ pub struct ServeArgs {
     /// Key column (default: from the file's metadata, else `uuid`).
     #[arg(long)]
     pub key_column: Option<String>,
+    /// Flight GetFlightInfo: one endpoint per key range of at most N rows
+    /// (ranges never cross a shard); default: one endpoint per shard.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub partition_rows: Option<u64>,
+    /// Flight GetFlightInfo: the locations every endpoint lists, comma
+    /// separated (e.g. grpc://10.0.0.2:50051,grpc://10.0.0.3:50051);
+    /// default: this server's own address.
+    #[arg(long, value_name = "URI,URI,…", value_delimiter = ',')]
+    pub advertise: Vec<String>,
     /// Which columns feed RecruitRow.
     #[command(flatten)]
     pub mapping: RowMapping,
@@ -140,6 +149,10 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Key column override.
     pub key_column: Option<String>,
+    /// `--partition-rows`: at most this many rows per Flight endpoint.
+    pub partition_rows: Option<usize>,
+    /// `--advertise`: every Flight endpoint's locations (empty: our own).
+    pub advertise: Vec<String>,
     /// Column mapping.
     pub mapping: RowMapping,
     /// Limits under load (streams, send budget, deadlines).
@@ -159,6 +172,8 @@ impl ServerConfig {
             max_message_bytes: wire::MAX_MESSAGE_BYTES,
             grace_period: Duration::from_secs(5),
             key_column: None,
+            partition_rows: None,
+            advertise: Vec::new(),
             mapping: RowMapping::default(),
             limits: LimitArgs::default(),
             secure: SecureArgs::default(),
@@ -175,6 +190,10 @@ impl ServerConfig {
             max_message_bytes: args.max_message_bytes,
             grace_period: args.grace_period,
             key_column: args.key_column.clone(),
+            partition_rows: args
+                .partition_rows
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            advertise: args.advertise.clone(),
             mapping: args.mapping.clone(),
             limits: args.limits.clone(),
             secure: args.secure.clone(),
@@ -227,6 +246,9 @@ impl Server {
             .limits
             .check(config.max_message_bytes)
             .map_err(ServeError::Settings)?;
+        for uri in &config.advertise {
+            flight::check_location(uri).map_err(ServeError::Settings)?;
+        }
         // SIGIO (lease breaks) and SIGHUP are caught before the file is opened.
         let mut reloader = reload::Reloader::install(&config.data, config.dataset_options())
             .map_err(ServeError::Settings)?;
@@ -259,8 +281,17 @@ impl Server {
         let (budget, slots) = (stream_limits.budget.clone(), stream_limits.slots.clone());
         let embedding =
             EmbeddingService::new(live.clone(), stats.clone(), stop.clone(), stream_limits);
+        let locations = if config.advertise.is_empty() {
+            vec![flight::default_location(addr, secure.tls.is_some())]
+        } else {
+            config.advertise.clone()
+        };
         let flight =
-            flight::FlightEndpointService::new(live.clone(), dataset.name(), slots.clone());
+            flight::FlightEndpointService::new(live.clone(), dataset.name(), slots.clone())
+                .with_endpoints(flight::Endpoints {
+                    partition_rows: config.partition_rows,
+                    locations,
+                });
         let (guard, running) = secure
             .start(metrics::Sources {
                 stream_stats: stats.clone(),

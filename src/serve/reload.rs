@@ -186,7 +186,7 @@ impl Reloader {
     }
 
     fn track(&mut self, dataset: &Arc<Dataset>) {
-        if let Some(lease) = dataset.store().file().lease() {
+        for lease in dataset.store().files().filter_map(|f| f.lease()) {
             self.tracked.push(Tracked {
                 lease: Arc::downgrade(lease),
                 dataset: Arc::downgrade(dataset),
