@@ -519,6 +519,13 @@ fn encode_slice(
     let slice = batch.slice(from, len.min(batch.num_rows() - from));
     let generator = IpcDataGenerator::default();
     let mut tracker = DictionaryTracker::new(false);
+    // The tracker learns the dictionary ids (field order, as the schema
+    // message sent first numbers them) from the schema.
+    let _ = generator.schema_to_bytes_with_dictionary_tracker(
+        &slice.schema(),
+        &mut tracker,
+        &IpcWriteOptions::default(),
+    );
     let (dicts, data) = generator
         .encode(
             &slice,

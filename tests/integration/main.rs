@@ -24,4 +24,5 @@ mod refresh;
 mod secure;
 mod serve_e2e;
 mod serve_limits;
+mod shards;
 mod store;
