@@ -626,7 +626,15 @@ impl Store {
         if b >= self.num_batches() {
             return Err(BatchError {
                 batch: b,
-                reason: format!("the data has {} record batches", self.num_batches()),
+                reason: format!(
+                    "the {} has {} record batches",
+                    if self.is_dataset() {
+                        "data set"
+                    } else {
+                        "file"
+                    },
+                    self.num_batches()
+                ),
             });
         }
         let (s, local) = self.shard_of_batch(b);

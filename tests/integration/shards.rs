@@ -825,3 +825,42 @@ async fn two_replicas_answer_identical_bytes() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_data_set_renamed_into_place_is_reloaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("set");
+    make_dataset(&dir, &[0..60, 60..100], 32, false);
+    let server = serve(&dir, |_| {}).await;
+    let rows = || server.dataset().current().unwrap().num_rows();
+    assert_eq!(rows(), 100);
+    // A running stream keeps its generation.
+    let before = pull(&server, "", 0).await.unwrap();
+    check_rows(&before, 0, 100);
+
+    // A damaged replacement is refused: a reload validates it whole, every
+    // block's checksum included.
+    let bad = tmp.path().join("bad");
+    make_dataset(&bad, &[0..70, 70..140], 32, false);
+    let shard = bad.join("shard-00001.arrow");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let offset = batch_body_offset(&shard, 0);
+    bytes[offset + 1] ^= 1;
+    std::fs::write(&shard, &bytes).unwrap();
+    let err = Dataset::open(&bad, &DatasetOptions::default())
+        .unwrap()
+        .validate_fully()
+        .unwrap_err();
+    assert!(
+        err.starts_with("record batch 3 cannot be decoded (shard 1 (shard-00001.arrow), its record batch 0: its bytes do not match their checksum"),
+        "{err}"
+    );
+    // The new data set renamed into place (the old one moved away first).
+    let good = tmp.path().join("good");
+    make_dataset(&good, &[0..70, 70..120, 120..150], 32, false);
+    std::fs::rename(&dir, tmp.path().join("old")).unwrap();
+    std::fs::rename(&good, &dir).unwrap();
+    crate::serve_e2e::eventually("the new data set is served", || rows() == 150).await;
+    check_rows(&pull(&server, "", 0).await.unwrap(), 0, 150);
+    server.shutdown().await.unwrap();
+}
