@@ -864,3 +864,86 @@ async fn a_data_set_renamed_into_place_is_reloaded() {
     check_rows(&pull(&server, "", 0).await.unwrap(), 0, 150);
     server.shutdown().await.unwrap();
 }
+
+/// `embedstream serve --data DIR/` as a child process, its log in `log`.
+struct Child {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Child {
+    fn start(data: &Path, log: std::path::PathBuf) -> Child {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data"])
+            .arg(data)
+            .env("LOG_LEVEL", "INFO")
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Child { child, log }
+    }
+
+    /// Wait (bounded by a hang guard) until the log has `n` lines with `needle`.
+    fn wait_log(&mut self, needle: &str, n: usize) -> String {
+        for _ in 0..3000 {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = text.lines().filter(|l| l.contains(needle)).nth(n - 1) {
+                return line.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the server exited ({status}) before logging `{needle}`:\n{text}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no `{needle}` in the log");
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_a_data_set_directory_from_the_command_line_and_reload_on_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("set");
+    make_dataset(&dir, &[0..60, 60..100], 32, false);
+    // `--data DIR/` with its trailing slash.
+    let mut data = dir.clone().into_os_string();
+    data.push("/");
+    let mut server = Child::start(Path::new(&data), tmp.path().join("serve.log"));
+    server.wait_log("serving StreamEmbedding", 1);
+    // Replace the contents of the directory in place (no rename: only
+    // SIGHUP can tell), then signal.
+    std::fs::remove_dir_all(&dir).unwrap();
+    make_dataset(&dir, &[0..70, 70..130], 32, false);
+    let pid = libc::pid_t::try_from(server.child.id()).unwrap();
+    // SAFETY: kill(2) only sends a signal, to our own child, not yet reaped
+    // (wait_log just saw it running).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let line = server.wait_log("serving generation 2", 1);
+    assert!(line.contains("rows=130"), "{line}");
+
+    // A manifest that disagrees with a shard: the command refuses to start,
+    // naming it.
+    let mut manifest = Manifest::parse(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    manifest.shards[1].bytes += 1;
+    write_manifest(&dir, &manifest);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shard 1 (shard-00001.arrow): the file has "),
+        "{stderr}"
+    );
+}
