@@ -1,33 +1,52 @@
-//! Arrow Flight over the mapped file, on the same port as StreamEmbedding.
+//! Arrow Flight over the mapped file (or data set), on the same port as
+//! StreamEmbedding.
 //!
-//! The server holds one dataset: the served file, named by its file stem
-//! (`ListFlights` shows it). `GetFlightInfo` and `GetSchema` take the path
-//! descriptor `[<stem>]` (or the command `<stem>`); any other descriptor is
-//! `NOT_FOUND`. Supported: `ListFlights`, `GetFlightInfo` (its `app_metadata`
-//! is the generation served, as JSON), `GetSchema`, `DoGet`, `ListActions`
-//! and `DoAction("generation")` (see [`super::reload`]); every other call
-//! answers `UNIMPLEMENTED`.
+//! The server holds one dataset: the served file or data set directory,
+//! named by its file stem (`ListFlights` shows it). `GetFlightInfo` and
+//! `GetSchema` take the path descriptor `[<stem>]` (or the command
+//! `<stem>`); any other descriptor is `NOT_FOUND`. Supported: `ListFlights`,
+//! `GetFlightInfo` (its `app_metadata` is the generation served, as JSON),
+//! `GetSchema`, `DoGet`, `ListActions` and `DoAction("generation")` (see
+//! [`super::reload`]); every other call answers `UNIMPLEMENTED`.
 //!
 //! # Tickets
 //! A `DoGet` ticket is UTF-8 text:
-//! - `all`: the whole file;
+//! - `all`: every row;
 //! - `after:<uuid>`: every row whose key is greater than `<uuid>` (a
 //!   checkpoint: the `uuid` column value of the last row you stored, in the
 //!   hyphenated form, any case, e.g.
 //!   `after:01890a5d-ac96-774b-bcce-b302099a8057`; see [`crate::wire::parse_checkpoint`]);
 //!   the UUID does not have to be in the file;
+//! - `range:<first-uuid>:<last-uuid>`: every row with
+//!   `first <= key <= last` (hyphenated, inclusive both ends), what the
+//!   endpoints of `GetFlightInfo` carry;
 //! - anything else, the empty ticket included: `INVALID_ARGUMENT` with a message.
 //!
-//! The ticket in `GetFlightInfo`'s endpoint is `all`.
+//! # Endpoints
+//! `GetFlightInfo` lists ([`endpoints`]), for a data set directory, one
+//! endpoint per shard with rows, or with `--partition-rows N` one per key
+//! range of at most N rows, never across a shard; each has a `range:`
+//! ticket and `app_metadata` `{"shard": FILE, "rows": N}`. A single file
+//! without `--partition-rows` has one endpoint, ticket `all` (with it, it is
+//! one shard). Every endpoint lists the same locations ([`Endpoints`]):
+//! `--advertise` (each URI checked at start-up, [`check_location`]), else
+//! [`default_location`]. `total_records` and `total_bytes` are the whole
+//! data set's.
 //!
 //! # What is sent
-//! The schema message first, then the file's dictionary messages, then its
-//! record batches, exactly as stored in the file (no re-encoding, no copy:
-//! the bytes go from the memory map to the socket). On a resume, only the batch holding
-//! the resume point is sliced and re-encoded, starting at the first row
-//! after the checkpoint; the following batches are sent as stored. Rows come
-//! in key order. Each row's key is the `uuid` column (`FixedSizeBinary(16)`,
-//! extension `arrow.uuid`): resume with the last row's key.
+//! The schema message first; then, for each shard the rows asked for
+//! touch, the shard's dictionary messages (as stored) when the stream enters
+//! it (shards may have different dictionaries: an IPC stream may replace a
+//! dictionary, and pyarrow and arrow-rs read it), then its record batches,
+//! exactly as stored (no re-encoding, no copy: the bytes go from the memory
+//! map to the socket). Only a batch cut by the start or end of the rows (a
+//! resume point, a range's ends) is sliced and re-encoded. For a data set,
+//! each block's SHA-256 is checked against the manifest the first time it
+//! is sent ([`crate::store::Store::record_batch_block`]); a mismatch ends
+//! the call with DATA_LOSS naming the shard and batch. Rows come in key
+//! order. Each row's key is the `uuid` column (`FixedSizeBinary(16)`,
+//! extension `arrow.uuid`): resume with the last row's key. A single file
+//! sends its dictionaries right after the schema, whatever the ticket.
 //!
 //! # Two layers
 //! This module decides *what* is sent: [`FlightEndpointService`] implements

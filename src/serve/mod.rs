@@ -50,7 +50,8 @@ use secure::{SecureArgs, SecureError};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// The file to serve: a converted Arrow IPC file, or a pandas pickle
-    /// (converted once to a sibling `.arrow`, which is then served).
+    /// (converted once to a sibling `.arrow`, which is then served), or a
+    /// data set directory (`manifest.json` and its shards, `convert … -o DIR/`).
     #[arg(long, env = "PKL_PATH", default_value = "data/sample.pkl")]
     pub data: PathBuf,
     /// TCP port (0 = any free port).

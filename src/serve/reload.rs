@@ -13,6 +13,13 @@
 //! logged with the reason and the old generation keeps serving. Streams
 //! already running finish on the generation they started on.
 //!
+//! A data set directory reloads the same way: on SIGHUP, and on a rename of
+//! a directory onto its name (`IN_MOVED_TO` in the parent, as for a file).
+//! Writes inside the directory are not watched (send SIGHUP after changing
+//! shards in place). Its validation checks every block's SHA-256 too, and
+//! each shard is under its own lease: a write to any of them revokes the
+//! generation.
+//!
 //! # In-place writes
 //! A generation served under a read lease is told (SIGIO) when another
 //! process opens its file for writing or truncates it; that process waits.

@@ -300,7 +300,7 @@ async fn stream_embedding_resumes_across_shards() {
 async fn a_data_set_of_one_empty_shard_serves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("empty");
-    make_dataset(&dir, &[0..0], 32, false);
+    make_dataset(&dir, std::slice::from_ref(&(0..0)), 32, false);
     let server = serve(&dir, |_| {}).await;
     assert!(pull(&server, "", 0).await.unwrap().is_empty());
     let mut flight = FlightClient::new(channel(&server).await);
@@ -769,7 +769,7 @@ async fn flight_endpoints_cover_every_row_once() {
 async fn a_bad_advertised_uri_is_refused_at_start_up() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("set");
-    make_dataset(&dir, &[0..10], 32, false);
+    make_dataset(&dir, &[0..5, 5..10], 32, false);
     let mut config = ServerConfig::new(&dir, local());
     config.advertise = vec!["grpc://127.0.0.2:1".into(), "grpc//oops".into()];
     match Server::spawn(config).await {
