@@ -200,7 +200,7 @@ impl Dataset {
     /// is a data set: its manifest and every shard are checked against each
     /// other ([`Store::open_dataset`]), each refusal naming the shard.
     pub fn open(path: &Path, options: &DatasetOptions) -> Result<Self, DatasetError> {
-        let store = Store::open(path, options.key_column.as_deref())?;
+        let store = Store::open_any(path, options.key_column.as_deref(), false)?;
         Self::from_store(path, options, store, 1)
     }
 
@@ -213,7 +213,7 @@ impl Dataset {
         options: &DatasetOptions,
         load: u64,
     ) -> Result<Self, DatasetError> {
-        let store = Store::open_protected(path, options.key_column.as_deref())?;
+        let store = Store::open_any(path, options.key_column.as_deref(), true)?;
         Self::from_store(path, options, store, load)
     }
 

@@ -235,21 +235,30 @@ impl Store {
     /// Map `path`, decode its key column and check it; the other columns
     /// are decoded on first use ([`Store::batch`]).
     /// `key_column` overrides the key named in the file's metadata.
-    /// A directory is opened as a data set ([`Store::open_dataset`]).
+    /// One file only: a data set directory is [`Store::open_dataset`].
     pub fn open(path: &Path, key_column: Option<&str>) -> Result<Self, StoreError> {
-        if path.is_dir() {
-            return Self::open_dataset(path, key_column, false);
-        }
         Self::from_file(MappedIpcFile::open(path)?, path, key_column)
     }
 
-    /// [`Store::open`] for serving: each file is protected from in-place
+    /// [`Store::open`] for serving: the file is protected from in-place
     /// writes ([`MappedIpcFile::open_protected`]).
     pub fn open_protected(path: &Path, key_column: Option<&str>) -> Result<Self, StoreError> {
-        if path.is_dir() {
-            return Self::open_dataset(path, key_column, true);
-        }
         Self::from_file(MappedIpcFile::open_protected(path)?, path, key_column)
+    }
+
+    /// A file ([`Store::open`], [`Store::open_protected`] if `protected`)
+    /// or a data set directory ([`Store::open_dataset`]): what
+    /// [`crate::dataset::Dataset`] opens.
+    pub fn open_any(
+        path: &Path,
+        key_column: Option<&str>,
+        protected: bool,
+    ) -> Result<Self, StoreError> {
+        match (path.is_dir(), protected) {
+            (true, _) => Self::open_dataset(path, key_column, protected),
+            (false, true) => Self::open_protected(path, key_column),
+            (false, false) => Self::open(path, key_column),
+        }
     }
 
     fn from_file(

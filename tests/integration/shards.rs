@@ -54,7 +54,8 @@ fn uuid_text(key: [u8; 16]) -> String {
 }
 
 /// Write one shard: rows `range` of `common`, in batches of `batch_rows`
-/// (a shard of 0 rows holds one batch of 0 rows). With `categorical`,
+/// (a shard of 0 rows holds no batch, except `0..0`, which holds one batch
+/// of 0 rows: both forms are tested). With `categorical`,
 /// `Company Name` and `English Level` are dictionaries of strings, one
 /// dictionary per shard holding its own values in order of appearance (so
 /// two shards have different dictionaries).
@@ -129,7 +130,7 @@ fn write_shard(path: &Path, range: Range<usize>, batch_rows: usize, categorical:
     let whole = RecordBatch::try_new(schema.clone(), columns).unwrap();
     let mut writer = FileWriter::try_new(File::create(path).unwrap(), &schema).unwrap();
     let mut start = 0;
-    loop {
+    while range.start == 0 || start < whole.num_rows() {
         let len = batch_rows.min(whole.num_rows() - start);
         writer.write(&whole.slice(start, len)).unwrap();
         start += len;
@@ -204,8 +205,8 @@ fn write_manifest(dir: &Path, manifest: &Manifest) {
     std::fs::write(dir.join(MANIFEST_FILE), manifest.to_json()).unwrap();
 }
 
-/// Shards over rows 0..250 with a shard of 0 rows first, in the middle and
-/// last; batches of 32 rows.
+/// Shards over rows 0..250 with a shard of 0 rows first (one empty batch),
+/// in the middle and last (no batches); batches of 32 rows.
 const SHARDS: [Range<usize>; 5] = [0..0, 0..100, 100..100, 100..250, 250..250];
 const ROWS: usize = 250;
 
