@@ -371,7 +371,7 @@ impl AtomicDir {
         File::open(&self.temp)
             .and_then(|d| d.sync_all())
             .map_err(|e| AtomicFileError::io(&dest, e))?;
-        test_hook::hold_before_commit();
+        test_hook::hold_before_dir_commit();
         if self.replace {
             rename::exchange(&self.temp, &dest).map_err(|e| AtomicFileError::io(&dest, e))?;
             // The old data set (or file) is now under the temporary name.
@@ -1045,7 +1045,7 @@ mod cleanup {
     /// `path` is a valid NUL-terminated string.
     #[cfg(target_os = "linux")]
     unsafe fn remove_flat_dir(path: *const c_char) {
-        // SAFETY (whole body): `path` is valid (the caller's contract);
+        // SAFETY: for the whole body: `path` is valid (the caller's contract);
         // `buf` outlives every call that writes it, and getdents64 writes at
         // most `buf.len()` bytes; each record is read within the `n` bytes
         // the kernel returned, its name NUL-terminated inside the record.
@@ -1140,7 +1140,17 @@ mod test_hook {
     /// `EMBEDSTREAM_TEST_HOLD_COMMIT=PATH`: once every byte is written and
     /// synced, create PATH and wait to be killed (for at most 10 minutes).
     pub(super) fn hold_before_commit() {
-        if let Some(marker) = std::env::var_os("EMBEDSTREAM_TEST_HOLD_COMMIT") {
+        hold("EMBEDSTREAM_TEST_HOLD_COMMIT");
+    }
+
+    /// `EMBEDSTREAM_TEST_HOLD_DIR_COMMIT=PATH`: the same, once a data set
+    /// directory is complete, before it is renamed into place.
+    pub(super) fn hold_before_dir_commit() {
+        hold("EMBEDSTREAM_TEST_HOLD_DIR_COMMIT");
+    }
+
+    fn hold(variable: &str) {
+        if let Some(marker) = std::env::var_os(variable) {
             let _ = std::fs::File::create(marker);
             std::thread::sleep(std::time::Duration::from_secs(600));
         }

@@ -508,7 +508,8 @@ fn every_refusal_says_why_and_leaves_nothing() {
 
 /// A convert that dies by SIGKILL leaves its hidden temporary directory;
 /// the next convert into the same parent removes it (its process is gone),
-/// but not one whose process is alive. SIGTERM removes it at once.
+/// but not one whose process is alive. SIGTERM removes it at once, files
+/// and all (held once the directory is complete, before its rename).
 #[test]
 fn temporaries_are_removed_on_sigterm_and_swept_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -521,7 +522,7 @@ fn temporaries_are_removed_on_sigterm_and_swept_after_sigkill() {
             .arg("convert")
             .args(&inputs)
             .args(["-o", out.to_str().unwrap(), "--no-progress", "--jobs", "1"])
-            .env("EMBEDSTREAM_TEST_HOLD_COMMIT", &marker)
+            .env("EMBEDSTREAM_TEST_HOLD_DIR_COMMIT", &marker)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -539,6 +540,8 @@ fn temporaries_are_removed_on_sigterm_and_swept_after_sigkill() {
             .filter(|n| n.starts_with(".ds.embedstream-"))
             .collect();
         assert_eq!(temps.len(), 1, "building in a hidden sibling: {temps:?}");
+        let inside = names(&dir.path().join(&temps[0]));
+        assert_eq!(inside.len(), 3, "two shards and the manifest: {inside:?}");
         // SAFETY: kill(2) on our own child, not yet reaped.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
         child.wait().unwrap();
