@@ -1,5 +1,6 @@
 //! File-system helpers shared by the commands: atomic output files
-//! ([`AtomicFile`]) and byte counts for people ([`human_bytes`]).
+//! ([`AtomicFile`]), atomic output directories ([`AtomicDir`], a data set)
+//! and byte counts for people ([`human_bytes`]).
 //!
 //! An output file is written where no reader can see it, fsynced, then put
 //! in place under its final name in one step. A crash, a kill or an error
