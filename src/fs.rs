@@ -374,7 +374,16 @@ impl AtomicDir {
             .map_err(|e| AtomicFileError::io(&dest, e))?;
         test_hook::hold_before_dir_commit();
         if self.replace {
-            rename::exchange(&self.temp, &dest).map_err(|e| AtomicFileError::io(&dest, e))?;
+            match rename::exchange(&self.temp, &dest) {
+                // The destination went away meanwhile: nothing to swap with.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.temp.is_dir() => {
+                    rename::no_replace(&self.temp, &dest)
+                        .map_err(|e| AtomicFileError::io(&dest, e))?;
+                    self.committed = true;
+                    return Ok(());
+                }
+                other => other.map_err(|e| AtomicFileError::io(&dest, e))?,
+            }
             // The old data set (or file) is now under the temporary name.
             self.committed = true;
             let old = self.temp.clone();

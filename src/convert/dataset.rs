@@ -475,6 +475,17 @@ fn convert_input(
             .map_err(Failure::Own)?;
         shards.push(entry);
     }
+    tracing::info!(
+        "{}: {rows} rows → {} (shards {} to {})",
+        input.display(),
+        if count == 1 {
+            "1 shard".to_string()
+        } else {
+            format!("{count} shards")
+        },
+        first_shard,
+        first_shard + count - 1
+    );
     Ok(InputDone::Shards {
         shards,
         schema: table.schema().clone(),

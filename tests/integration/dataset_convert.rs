@@ -400,6 +400,15 @@ fn every_refusal_says_why_and_leaves_nothing() {
         "{err}"
     );
 
+    let mut no_output = vec!["convert".to_string(), "--no-progress".into()];
+    no_output.extend(inputs.iter().map(|p| p.display().to_string()));
+    let no_output: Vec<&str> = no_output.iter().map(String::as_str).collect();
+    let err = refused(&embedstream(&no_output));
+    assert!(
+        err.contains("several inputs make a data set: name its directory with -o DIR/"),
+        "{err}"
+    );
+
     let err = refused(&convert_cli(&inputs, &out, &["--jobs", "0"]));
     assert!(err.contains("--jobs 0: give at least 1"), "{err}");
 
