@@ -1316,6 +1316,70 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_appears_whole_and_replaces_only_a_data_set() {
+        let parent = tempfile::tempdir().unwrap();
+        let dest = parent.path().join("ds");
+        let manifest = crate::format::manifest::MANIFEST_FILE;
+        let built = AtomicDir::create(&parent.path().join("ds/"), false).unwrap();
+        assert_eq!(
+            built.dest(),
+            dest.as_path(),
+            "a trailing slash names the same directory"
+        );
+        std::fs::write(built.path().join(manifest), b"one").unwrap();
+        assert!(!dest.exists(), "nothing under the final name before commit");
+        built.commit().unwrap();
+        assert_eq!(std::fs::read(dest.join(manifest)).unwrap(), b"one");
+
+        let err = AtomicDir::create(&dest, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: already exists; pass --force to replace it",
+                dest.display()
+            )
+        );
+        // Abandoned: the temporary directory goes, the data set stays.
+        let abandoned = AtomicDir::create(&dest, true).unwrap();
+        std::fs::write(abandoned.path().join(manifest), b"two").unwrap();
+        drop(abandoned);
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
+        // Replaced in one step, the old one removed.
+        let again = AtomicDir::create(&dest, true).unwrap();
+        std::fs::write(again.path().join(manifest), b"two").unwrap();
+        again.commit().unwrap();
+        assert_eq!(std::fs::read(dest.join(manifest)).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
+
+        let other = parent.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("keep"), b"").unwrap();
+        assert!(matches!(
+            AtomicDir::create(&other, true),
+            Err(AtomicFileError::NotADataSet(_))
+        ));
+        // An empty directory is taken without --force.
+        let empty = parent.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let into_empty = AtomicDir::create(&empty, false).unwrap();
+        std::fs::write(into_empty.path().join(manifest), b"three").unwrap();
+        into_empty.commit().unwrap();
+        assert_eq!(std::fs::read(empty.join(manifest)).unwrap(), b"three");
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn stale_temporary_names_are_recognised() {
+        assert_eq!(stale_dir_pid(".ds.embedstream-1234-9af.tmp"), Some(1234));
+        assert_eq!(stale_dir_pid(".a.b.embedstream-7-0.tmp"), Some(7));
+        assert_eq!(stale_dir_pid("ds.embedstream-1234-9af.tmp"), None);
+        assert_eq!(stale_dir_pid(".ds.embedstream-1234-xyz.tmp"), None);
+        assert_eq!(stale_dir_pid(".ds.embedstream-x-1.tmp"), None);
+        assert_eq!(stale_dir_pid(".out.arrow.123-abc-0.tmp"), None);
+        assert!(process_alive(std::process::id()));
+    }
+
+    #[test]
     fn missing_directory_says_so() {
         let err =
             AtomicFile::create(Path::new("/nonexistent-dir-xyz/out.arrow"), false).unwrap_err();
