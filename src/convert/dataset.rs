@@ -419,15 +419,12 @@ fn convert_input(
         .sum();
     let mut keys = base.clone();
     keys.skip(offset);
-    let table = Table::from_frame_keyed(
-        frame,
-        &args.key_column,
-        args.vector_column.as_deref(),
-        input,
-        &mut keys,
-    )
-    .with_context(|| format!("{}: cannot convert", input.display()))
-    .map_err(Failure::Own)?;
+    // An input of 0 rows has no vector values to type its vector column:
+    // only its column names count (it takes the data set's schema).
+    let vector_column = args.vector_column.as_deref().filter(|_| rows > 0);
+    let table = Table::from_frame_keyed(frame, &args.key_column, vector_column, input, &mut keys)
+        .with_context(|| format!("{}: cannot convert", input.display()))
+        .map_err(Failure::Own)?;
     if rows == 0 {
         // Written after every input with rows, under the data set's schema.
         return Ok(InputDone::Empty {

@@ -326,7 +326,11 @@ fn an_input_of_zero_rows_is_one_empty_shard() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ds");
     let inputs = vec![empty(), references()[0].clone(), empty()];
-    ok(&convert_cli(&inputs, &out, &[]));
+    ok(&convert_cli(
+        &inputs,
+        &out,
+        &["--vector-column", "job_post_vectors"],
+    ));
     let manifest = Manifest::read(&out).unwrap();
     let rows: Vec<u64> = manifest.shards.iter().map(|s| s.rows).collect();
     assert_eq!(rows, [0, 40, 0]);
