@@ -317,15 +317,19 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<DatasetSummary> {
             });
         }
     });
+    // The first input (in input order) that failed on its own; inputs
+    // stopped because of it are not errors of theirs.
     let mut done = Vec::with_capacity(inputs.len());
+    let mut aborted = false;
     for result in results {
         match result.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Some(Ok(input)) => done.push(input),
             Some(Err(Failure::Own(e))) => return Err(e),
-            Some(Err(Failure::Aborted)) | None => {
-                bail!("internal error: the conversion stopped without an error")
-            }
+            Some(Err(Failure::Aborted)) | None => aborted = true,
         }
+    }
+    if aborted {
+        bail!("internal error: the conversion stopped without an error");
     }
     // The data set's schema: the first input with rows (or, if none has
     // any, the first input).

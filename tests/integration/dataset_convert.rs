@@ -438,17 +438,19 @@ fn every_refusal_says_why_and_leaves_nothing() {
         "{err}"
     );
 
-    // A failing input is named; nothing is left behind.
+    // A failing input is named wherever it is (inputs stopped because of
+    // it are not blamed); nothing is left behind.
     let ragged = pandas("pandas-2.1.4/ragged.to_pickle.pkl");
-    let err = refused(&convert_cli(
-        &[inputs[0].clone(), ragged.clone(), inputs[1].clone()],
-        &out,
-        &["--jobs", "2"],
-    ));
-    assert!(
-        err.contains(&format!("{}: cannot convert", ragged.display())) && err.contains("ragged"),
-        "{err}"
-    );
+    for at in 0..4 {
+        let mut with_ragged = references()[..3].to_vec();
+        with_ragged.insert(at, ragged.clone());
+        let err = refused(&convert_cli(&with_ragged, &out, &["--jobs", "2"]));
+        assert!(
+            err.contains(&format!("{}: cannot convert", ragged.display()))
+                && err.contains("ragged"),
+            "at {at}: {err}"
+        );
+    }
     let missing = dir.path().join("missing.pkl");
     let err = refused(&convert_cli(
         &[inputs[0].clone(), missing.clone()],
