@@ -10,7 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use rustls::{crypto::CryptoProvider, RootCertStore};
+use rustls::{crypto::CryptoProvider, CipherSuite, RootCertStore};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
 /// Why a TLS file cannot be used.
@@ -113,9 +113,41 @@ impl Key {
     }
 }
 
-/// The crypto provider used for every check (the one tonic uses: ring).
+/// The crypto provider used for every check and, once [`install_provider`]
+/// ran, by tonic's TLS: rustls' ring provider with the AES-128-GCM suites
+/// moved first (the rest in rustls' order). ring's own order puts
+/// AES-256-GCM first; AES-128-GCM (TLS 1.3's mandatory suite) does 10 AES
+/// rounds instead of 14, on the server and on the client, for every byte
+/// sent (BENCHMARKS.md, "TLS": OpenSSL clients such as pyarrow's Flight
+/// otherwise pick AES-256-GCM).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // A stable sort: within each group, rustls' order stays.
+    provider.cipher_suites.sort_by_key(|s| !is_aes_128_gcm(s.suite()));
+    Arc::new(provider)
+}
+
+fn is_aes_128_gcm(suite: CipherSuite) -> bool {
+    matches!(
+        suite,
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
+}
+
+/// Make [`provider`] the process' default rustls provider, which tonic's
+/// TLS acceptor and connector build their configurations from (tonic takes
+/// no provider of its own). Whether the default is now one that puts
+/// AES-128-GCM first: `false` when another default was installed earlier
+/// in this process (a library caller's), which is then left as it is.
+pub fn install_provider() -> bool {
+    let _ = CryptoProvider::install_default(Arc::unwrap_or_clone(provider()));
+    CryptoProvider::get_default().is_some_and(|p| {
+        p.cipher_suites
+            .first()
+            .is_some_and(|s| is_aes_128_gcm(s.suite()))
+    })
 }
 
 /// Read the certificates of `file`: at least one, each a well-formed X.509
@@ -207,6 +239,26 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_prefers_aes_128_gcm_and_keeps_every_suite() {
+        let ours: Vec<CipherSuite> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        let mut rustls_default: Vec<CipherSuite> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(ours[0], CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let aes_128 = ours.iter().take_while(|s| is_aes_128_gcm(**s)).count();
+        assert_eq!(aes_128, 3, "{ours:?}");
+        assert!(ours[aes_128..].iter().all(|s| !is_aes_128_gcm(*s)), "{ours:?}");
+        let mut sorted = ours.clone();
+        sorted.sort_by_key(|s| u16::from(*s));
+        rustls_default.sort_by_key(|s| u16::from(*s));
+        assert_eq!(sorted, rustls_default);
+        assert!(install_provider());
+        assert!(install_provider(), "installing twice is harmless");
+    }
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let path = dir.join(name);

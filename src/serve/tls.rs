@@ -87,10 +87,15 @@ impl ServerTls {
 
     /// As tonic's server TLS configuration; a handshake not done within
     /// `handshake_timeout` (`--handshake-timeout`) drops the connection.
+    /// Installs [`tls::provider`] as the process' default first, and when
+    /// that took, picks the cipher suite in the server's order (AES-128-GCM
+    /// first) rather than the client's.
     pub fn to_tonic(&self, handshake_timeout: Duration) -> ServerTlsConfig {
+        let server_order = tls::install_provider();
         let mut config = ServerTlsConfig::new()
             .identity(self.identity.to_tonic())
-            .timeout(handshake_timeout);
+            .timeout(handshake_timeout)
+            .ignore_client_order(server_order);
         if let Some(ca) = &self.client_ca {
             config = config
                 .client_ca_root(Certificate::from_pem(&ca.pem))
