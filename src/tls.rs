@@ -111,19 +111,28 @@ impl Key {
     pub fn pem(&self) -> &[u8] {
         &self.pem
     }
+
+    /// The key, parsed.
+    pub fn der(&self) -> PrivateKeyDer<'static> {
+        self.der.clone_key()
+    }
 }
 
-/// The crypto provider used for every check and, once [`install_provider`]
-/// ran, by tonic's TLS: rustls' ring provider with the AES-128-GCM suites
-/// moved first (the rest in rustls' order). ring's own order puts
-/// AES-256-GCM first; AES-128-GCM (TLS 1.3's mandatory suite) does 10 AES
-/// rounds instead of 14, on the server and on the client, for every byte
-/// sent (BENCHMARKS.md, "TLS": OpenSSL clients such as pyarrow's Flight
-/// otherwise pick AES-256-GCM).
+/// The crypto provider of the server's TLS ([`crate::serve::tls`]) and of
+/// every check here: rustls' ring provider with the AES-128-GCM suites moved
+/// first (the rest in rustls' order), picked in this order whatever the
+/// client prefers. ring's own order puts AES-256-GCM first, which OpenSSL
+/// clients (pyarrow's Flight) also ask for: AES-128-GCM, TLS 1.3's mandatory
+/// suite, does 10 AES rounds instead of 14 on both ends for every byte sent
+/// (BENCHMARKS.md, "TLS"). ring, not aws-lc-rs: on this AVX-512 machine
+/// both seal at about the same speed (same section), and ring needs no C
+/// build.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     // A stable sort: within each group, rustls' order stays.
-    provider.cipher_suites.sort_by_key(|s| !is_aes_128_gcm(s.suite()));
+    provider
+        .cipher_suites
+        .sort_by_key(|s| !is_aes_128_gcm(s.suite()));
     Arc::new(provider)
 }
 
@@ -134,20 +143,6 @@ fn is_aes_128_gcm(suite: CipherSuite) -> bool {
             | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
             | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
     )
-}
-
-/// Make [`provider`] the process' default rustls provider, which tonic's
-/// TLS acceptor and connector build their configurations from (tonic takes
-/// no provider of its own). Whether the default is now one that puts
-/// AES-128-GCM first: `false` when another default was installed earlier
-/// in this process (a library caller's), which is then left as it is.
-pub fn install_provider() -> bool {
-    let _ = CryptoProvider::install_default(Arc::unwrap_or_clone(provider()));
-    CryptoProvider::get_default().is_some_and(|p| {
-        p.cipher_suites
-            .first()
-            .is_some_and(|s| is_aes_128_gcm(s.suite()))
-    })
 }
 
 /// Read the certificates of `file`: at least one, each a well-formed X.509
@@ -251,13 +246,14 @@ mod tests {
         assert_eq!(ours[0], CipherSuite::TLS13_AES_128_GCM_SHA256);
         let aes_128 = ours.iter().take_while(|s| is_aes_128_gcm(**s)).count();
         assert_eq!(aes_128, 3, "{ours:?}");
-        assert!(ours[aes_128..].iter().all(|s| !is_aes_128_gcm(*s)), "{ours:?}");
+        assert!(
+            ours[aes_128..].iter().all(|s| !is_aes_128_gcm(*s)),
+            "{ours:?}"
+        );
         let mut sorted = ours.clone();
         sorted.sort_by_key(|s| u16::from(*s));
         rustls_default.sort_by_key(|s| u16::from(*s));
         assert_eq!(sorted, rustls_default);
-        assert!(install_provider());
-        assert!(install_provider(), "installing twice is harmless");
     }
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

@@ -146,8 +146,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=C.REF_DIM)
     ap.add_argument("--rust", action="store_true",
                     help="also pull with the Rust client (embedstream stream [--flight])")
-    ap.add_argument("--baseline-bin", type=Path,
-                    help="also serve TLS with this binary (`tls-base`), for before/after")
+    ap.add_argument("--baseline-bin", type=Path, action="append", default=[],
+                    help="also serve TLS with this binary (`tls-NAME`), for before/after")
     ap.add_argument("--no-metrics", action="store_true", help="leave out the metrics server")
     a = ap.parse_args()
     C.require_venv()
@@ -160,14 +160,14 @@ def main() -> None:
     ca = (work / "pki" / "ca.pem").read_bytes()
     tokens = work / "tokens.txt"
     tokens.write_text(TOKEN + "\n")
-    print(f"binary {exe}; baseline {a.baseline_bin}; file {data}; load {C.loadavg()}", flush=True)
+    print(f"binary {exe}; baselines {[str(b) for b in a.baseline_bin]}; file {data}; load {C.loadavg()}", flush=True)
 
     tls_flags = ["--tls-cert", str(work / "pki" / "server.pem"),
                  "--tls-key", str(work / "pki" / "server.key"),
                  "--auth-token-file", str(tokens)]
     servers = {"plain": start(exe, data, "plain", []), "tls": start(exe, data, "tls", tls_flags)}
-    if a.baseline_bin is not None:
-        servers["tls-base"] = start(a.baseline_bin, data, "tls-base", tls_flags)
+    for base in a.baseline_bin:
+        servers[f"tls-{base.name}"] = start(base, data, f"tls-{base.name}", tls_flags)
     if not a.no_metrics:
         servers["metrics"] = start(exe, data, "metrics",
                                    ["--metrics-addr", f"127.0.0.1:{C.free_port()}"])
@@ -236,11 +236,12 @@ def main() -> None:
                          f"{r:.2f}x", C.verdict(r >= 0.8, r)])
     print(C.table(rows, ["median of runs", "plaintext", "TLS + token", "TLS / plain",
                          "target >= 0.8x"]))
-    if "tls-base" in servers:
+    for base in a.baseline_bin:
+        b = f"tls-{base.name}"
         print()
-        print(C.table([[k, f"{med['tls-base'][k]:.3g}", f"{med['tls'][k]:.3g}",
-                        f"{C.ratio(med['tls'][k], med['tls-base'][k]):.2f}x"] for k in kinds],
-                      ["TLS, median of runs", "baseline", "this build", "after / before"]))
+        print(C.table([[k, f"{med[b][k]:.3g}", f"{med['tls'][k]:.3g}",
+                        f"{C.ratio(med['tls'][k], med[b][k]):.2f}x"] for k in kinds],
+                      ["TLS, median of runs", b, "this build", "this / that"]))
     print()
     cpu_med = {n: {k: (C.median([x[0] for x in v]), C.median([x[1] for x in v]))
                    for k, v in r.items() if v} for n, r in cpu.items()}
