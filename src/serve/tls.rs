@@ -21,9 +21,12 @@ use crate::tls::{self, Identity, PemFile, TlsError};
 
 /// The most TLS records (ciphertext) one connection holds before they are
 /// written to its socket: rustls encrypts at most this much of a write
-/// ahead, and tokio-rustls then writes it out. 64 records of 16 KiB, which
-/// is also the most rustls hands to one `writev`.
-pub const TLS_SEND_BUFFER: usize = 1 << 20;
+/// ahead, and tokio-rustls then writes it out (16 records of 16 KiB per
+/// `writev`). rustls' default, 64 KiB, took 3,681 `writev`s for a 233 MB
+/// Flight pull; 256 KiB takes 1,035 and 1 MiB 374, with no difference
+/// measurable between the two (BENCHMARKS.md, "TLS"), so the smaller: these
+/// bytes, like the kernel's socket buffer, are past `--send-budget`.
+pub const TLS_SEND_BUFFER: usize = 256 << 10;
 
 /// The ALPN protocol of gRPC.
 const ALPN_H2: &[u8] = b"h2";
