@@ -23,12 +23,13 @@ plain for (a) and (b); metrics costs <= 2% of plain on (a) (ratio >= 0.98).
 Nothing here is a pass/fail threshold: the verdicts are printed for BENCHMARKS.md.
 
 Where the time goes (client and server share the machine's cores): every pull
-also records the CPU seconds the server process and the client spent, printed
-per GB of wire payload. --rust adds the same pulls with the Rust client
-(`embedstream stream [--flight]`, a subprocess), so the server's share of the
-TLS cost can be told from the Python clients'. --baseline-bin BIN adds a
-fourth server, `tls-base`: BIN with the same TLS flags, interleaved with the
-others, for before/after comparisons of a TLS change in one run.
+also records the CPU seconds (user + system) of the server process and of the
+client, printed per GB of the Arrow file. --rust adds the same pulls with the
+Rust client (`embedstream stream [--flight]`, a subprocess), so the server's
+share of the TLS cost can be told from the Python clients'. --baseline-bin
+BIN (repeatable) adds a server `tls-NAME` per binary (NAME: the file's name)
+with the same TLS flags, interleaved with the others, for before/after
+comparisons in one run. --no-metrics leaves the metrics server out.
 """
 
 from __future__ import annotations
