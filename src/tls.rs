@@ -10,7 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use rustls::{crypto::CryptoProvider, RootCertStore};
+use rustls::{crypto::CryptoProvider, CipherSuite, RootCertStore};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
 /// Why a TLS file cannot be used.
@@ -111,11 +111,38 @@ impl Key {
     pub fn pem(&self) -> &[u8] {
         &self.pem
     }
+
+    /// The key, parsed.
+    pub fn der(&self) -> PrivateKeyDer<'static> {
+        self.der.clone_key()
+    }
 }
 
-/// The crypto provider used for every check (the one tonic uses: ring).
+/// The crypto provider of the server's TLS ([`crate::serve::tls`]) and of
+/// every check here: rustls' ring provider with the AES-128-GCM suites moved
+/// first (the rest in rustls' order), picked in this order whatever the
+/// client prefers. ring's own order puts AES-256-GCM first, which OpenSSL
+/// clients (pyarrow's Flight) also ask for: AES-128-GCM, TLS 1.3's mandatory
+/// suite, does 10 AES rounds instead of 14 on both ends for every byte sent
+/// (BENCHMARKS.md, "TLS"). ring, not aws-lc-rs: on this AVX-512 machine
+/// both seal at about the same speed (same section), and ring needs no C
+/// build.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // A stable sort: within each group, rustls' order stays.
+    provider
+        .cipher_suites
+        .sort_by_key(|s| !is_aes_128_gcm(s.suite()));
+    Arc::new(provider)
+}
+
+fn is_aes_128_gcm(suite: CipherSuite) -> bool {
+    matches!(
+        suite,
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 /// Read the certificates of `file`: at least one, each a well-formed X.509
@@ -207,6 +234,27 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_prefers_aes_128_gcm_and_keeps_every_suite() {
+        let ours: Vec<CipherSuite> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        let mut rustls_default: Vec<CipherSuite> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(ours[0], CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let aes_128 = ours.iter().take_while(|s| is_aes_128_gcm(**s)).count();
+        assert_eq!(aes_128, 3, "{ours:?}");
+        assert!(
+            ours[aes_128..].iter().all(|s| !is_aes_128_gcm(*s)),
+            "{ours:?}"
+        );
+        let mut sorted = ours.clone();
+        sorted.sort_by_key(|s| u16::from(*s));
+        rustls_default.sort_by_key(|s| u16::from(*s));
+        assert_eq!(sorted, rustls_default);
+    }
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let path = dir.join(name);

@@ -7,6 +7,10 @@
 //! only way to drop data HTTP/2 queued for a peer that does not read: hyper
 //! gives a response body no handle on its stream).
 //!
+//! With TLS ([`incoming_tls`]), the TLS handshake follows, also within the
+//! handshake timeout, and the gRPC server gets the TLS stream over the
+//! [`ConnIo`].
+//!
 //! [`ActivityLayer`] counts each connection's open requests; a connection
 //! with none for `--idle-connection-timeout` is closed
 //! ([`Connections::close_idle_after`]).
@@ -24,12 +28,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::task::AtomicWaker;
+use futures::{task::AtomicWaker, Future};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::mpsc,
 };
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     body::Body,
@@ -296,7 +301,60 @@ pub fn incoming(
     registry: Arc<Connections>,
     handshake_timeout: Duration,
 ) -> ReceiverStream<io::Result<ConnIo>> {
-    let (tx, rx) = mpsc::channel::<io::Result<ConnIo>>(16);
+    accept(
+        listener,
+        registry,
+        handshake_timeout,
+        |io| async move { Ok(io) },
+    )
+}
+
+/// [`incoming`] over TLS: each connection that starts a TLS handshake
+/// within `handshake_timeout` and completes it within `handshake_timeout`
+/// more is yielded as a TLS stream, with a send buffer of
+/// [`super::tls::TLS_SEND_BUFFER`].
+pub fn incoming_tls(
+    listener: TcpListener,
+    registry: Arc<Connections>,
+    handshake_timeout: Duration,
+    acceptor: TlsAcceptor,
+) -> ReceiverStream<io::Result<TlsStream<ConnIo>>> {
+    accept(listener, registry, handshake_timeout, move |io| {
+        let acceptor = acceptor.clone();
+        async move {
+            let mut tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                Ok(accepted) => accepted?,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no TLS handshake within --handshake-timeout",
+                    ))
+                }
+            };
+            tls.get_mut()
+                .1
+                .set_buffer_limit(Some(super::tls::TLS_SEND_BUFFER));
+            Ok(tls)
+        }
+    })
+}
+
+/// The accept loop of [`incoming`] and [`incoming_tls`]: `wrap` turns an
+/// accepted connection into what the server is given (a failure drops the
+/// connection, logged at debug).
+fn accept<T, F, Fut>(
+    listener: TcpListener,
+    registry: Arc<Connections>,
+    handshake_timeout: Duration,
+    wrap: F,
+) -> ReceiverStream<io::Result<T>>
+where
+    T: Send + 'static,
+    F: Fn(ConnIo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = io::Result<T>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<io::Result<T>>(16);
+    let wrap = Arc::new(wrap);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -314,12 +372,16 @@ pub fn incoming(
             };
             let tx = tx.clone();
             let registry = registry.clone();
+            let wrap = wrap.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
                 match tokio::time::timeout(handshake_timeout, opens_http2(&stream)).await {
-                    Ok(Ok(true)) => {
-                        let _ = tx.send(Ok(ConnIo::new(stream, registry))).await;
-                    }
+                    Ok(Ok(true)) => match wrap(ConnIo::new(stream, registry)).await {
+                        Ok(io) => {
+                            let _ = tx.send(Ok(io)).await;
+                        }
+                        Err(e) => tracing::debug!(%peer, "connection closed: {e}"),
+                    },
                     Ok(Ok(false)) => {
                         tracing::debug!(%peer, "connection closed: it did not open HTTP/2")
                     }

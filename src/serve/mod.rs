@@ -327,11 +327,13 @@ impl Server {
             .map_err(|e| ServeError::Settings(format!("reflection descriptors: {e}")))?;
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &secure.tls {
-            builder = builder.tls_config(tls.to_tonic(config.limits.handshake_timeout))?;
-        }
-        let router = builder
+        let acceptor = secure
+            .tls
+            .as_ref()
+            .map(|tls| tls.acceptor())
+            .transpose()
+            .map_err(ServeError::Settings)?;
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             // Inbound windows only matter for requests (tiny); what we send is
             // paced by the client's windows, and our streams produce a chunk
@@ -355,18 +357,28 @@ impl Server {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
         };
-        let incoming = conn::incoming(
-            listener,
-            connections.clone(),
-            config.limits.handshake_timeout,
-        );
+        let handshake_timeout = config.limits.handshake_timeout;
+        let registry = connections.clone();
         let task = tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = shutdown_rx.await;
-                })
-                .await
-                .map_err(ServeError::from)
+            let shutdown = async {
+                let _ = shutdown_rx.await;
+            };
+            match acceptor {
+                Some(acceptor) => {
+                    let incoming =
+                        conn::incoming_tls(listener, registry, handshake_timeout, acceptor);
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                }
+                None => {
+                    let incoming = conn::incoming(listener, registry, handshake_timeout);
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                }
+            }
+            .map_err(ServeError::from)
         });
         let limits = dataset.limits();
         tracing::info!(

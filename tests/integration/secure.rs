@@ -1160,3 +1160,111 @@ async fn upload_over_tls_with_a_token() {
         "{err}"
     );
 }
+
+/// A rustls client that offers `suites` in this order, trusting `pki`'s CA.
+fn suite_client(pki: &Pki, suites: &[rustls::CipherSuite]) -> tokio_rustls::TlsConnector {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = suites
+        .iter()
+        .map(|want| {
+            *provider
+                .cipher_suites
+                .iter()
+                .find(|s| s.suite() == *want)
+                .expect("a ring suite")
+        })
+        .collect();
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(pki.path("ca.pem")).unwrap();
+    for cert in
+        <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(&pem)
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_picks_aes_128_gcm_whatever_the_client_prefers() {
+    use rustls::CipherSuite::{
+        TLS13_AES_128_GCM_SHA256 as AES_128, TLS13_AES_256_GCM_SHA384 as AES_256,
+        TLS13_CHACHA20_POLY1305_SHA256 as CHACHA,
+    };
+    let pki = Pki::new();
+    let (_dir, server) = serve(SecureArgs {
+        tls: pki.server_tls(false),
+        ..SecureArgs::default()
+    })
+    .await;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    // (suites the client offers, in its order; the suite the server picks)
+    for (offer, picked) in [
+        (vec![AES_256, AES_128, CHACHA], AES_128),
+        (vec![CHACHA, AES_128], AES_128),
+        (vec![AES_256, CHACHA], AES_256),
+        (vec![CHACHA], CHACHA),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(server.local_addr())
+            .await
+            .unwrap();
+        let tls = suite_client(&pki, &offer)
+            .connect(name.clone(), tcp)
+            .await
+            .unwrap_or_else(|e| panic!("offering {offer:?}: {e}"));
+        let (_, session) = tls.get_ref();
+        assert_eq!(
+            session.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(picked),
+            "offering {offer:?}"
+        );
+        assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_is_closed_after_the_handshake_timeout() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sample.arrow");
+    common::write_sample_file(&path, ROWS, DIM, 64);
+    let mut config = ServerConfig::new(&path, local());
+    config.secure = SecureArgs {
+        tls: pki.server_tls(false),
+        ..SecureArgs::default()
+    };
+    config.limits.handshake_timeout = Duration::from_millis(200);
+    let server = Server::spawn(config).await.unwrap();
+    // The first bytes of a TLS record header, then silence: the TLS
+    // handshake never completes, and the server closes the connection
+    // without a byte.
+    let mut stalled = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut got))
+        .await
+        .expect("the server closes the connection");
+    assert!(
+        closed.is_ok()
+            || closed
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{closed:?}"
+    );
+    assert!(got.is_empty(), "{got:?}");
+    // A real client is served.
+    let addr = format!("localhost:{}", server.local_addr().port());
+    let report = pull(&options(addr, pki.client(false), false))
+        .await
+        .unwrap();
+    assert_eq!(report.rows, ROWS);
+    server.shutdown().await.unwrap();
+}
