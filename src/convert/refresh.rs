@@ -43,22 +43,23 @@ use std::{
 
 use anyhow::{anyhow, bail, Context};
 use arrow_array::{
-    cast::AsArray, Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, FixedSizeListArray,
-    Int64Array, LargeBinaryArray, LargeStringArray, StringArray, StringViewArray, UInt32Array,
-    UInt64Array,
+    cast::AsArray,
+    types::{Float32Type, Float64Type},
+    Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, FixedSizeListArray, Int64Array,
+    LargeBinaryArray, LargeStringArray, StringArray, StringViewArray, UInt32Array, UInt64Array,
 };
 use arrow_buffer::Buffer;
 use arrow_cast::cast::cast;
 use arrow_ord::ord::make_comparator;
 use arrow_schema::{DataType, SortOptions};
-use arrow_select::{concat::concat, take::take};
+use arrow_select::take::take;
 use hashbrown::HashTable;
 use twox_hash::XxHash3_64;
 
 use super::key;
 use crate::{
     format::{self, format_uuid},
-    frame::{ColumnData, Frame},
+    frame::{ColumnData, Frame, WrittenRow},
     store::Store,
 };
 
@@ -411,22 +412,28 @@ pub fn plan(
                 changed[j as usize] = true;
             }
         } else if !pairs.is_empty() {
-            let new_rows: Vec<u32> = pairs.iter().map(|&(_, j)| j).collect();
+            // Each pair compared in place: OLD's decoded column (a view of
+            // its map) against NEW's whole column, nothing gathered or built.
             for &(old_index, new_data) in &compared {
                 let old_array = decode(store, b, old_index, &old_path)?;
-                let new_array = gather(new_data, &new_rows)?;
-                let differs = row_differs(&old_array, &new_array)?;
-                for (k, &(i, j)) in pairs.iter().enumerate() {
-                    if differs(i, k) {
-                        changed[j as usize] = true;
+                let differs = row_differs(&old_array, new_data)?;
+                for &(i, j) in &pairs {
+                    let j = j as usize;
+                    if !changed[j] && differs(i, j)? {
+                        changed[j] = true;
+                    }
+                }
+                if let ColumnData::Vectors(cells) = new_data {
+                    if let Some(&(_, j)) = pairs.last() {
+                        cells.release_through(j as usize);
                     }
                 }
             }
         }
         old_pages.release(store, b);
     }
-    // The comparison built NEW's vectors once, releasing the pickle's pages
-    // behind it; the writer builds them again from the start.
+    // The comparison read NEW's vectors once, releasing the pickle's pages
+    // behind it; the writer reads them again from the start.
     for column in &frame.columns {
         if let ColumnData::Vectors(cells) = &column.data {
             if let Some(source) = &cells.source {
@@ -572,8 +579,8 @@ fn decode(store: &Store, b: usize, column: usize, path: &str) -> anyhow::Result<
         .with_context(|| format!("--previous {path}"))
 }
 
-/// Rows `rows` of a frame column, as written (vectors built now). Runs of
-/// consecutive rows are sliced, so a stable export order costs one slice per run.
+/// Rows `rows` of a frame column, as written (vectors built now, into one
+/// array).
 pub(crate) fn gather(column: &ColumnData, rows: &[u32]) -> anyhow::Result<ArrayRef> {
     match column {
         ColumnData::Array(array) => Ok(take(
@@ -581,53 +588,79 @@ pub(crate) fn gather(column: &ColumnData, rows: &[u32]) -> anyhow::Result<ArrayR
             &UInt32Array::from(rows.to_vec()),
             None,
         )?),
-        ColumnData::Vectors(_) => {
-            let mut pieces: Vec<ArrayRef> = Vec::new();
-            let mut k = 0;
-            while k < rows.len() {
-                let first = rows[k];
-                let mut len = 1;
-                while k + len < rows.len() && rows[k + len] == first + len as u32 {
-                    len += 1;
-                }
-                pieces.push(column.slice(first as usize, len)?);
-                k += len;
-            }
-            match pieces.len() {
-                0 => Ok(column.slice(0, 0)?),
-                1 => Ok(pieces.remove(0)),
-                _ => {
-                    let refs: Vec<&dyn Array> = pieces.iter().map(|p| p.as_ref()).collect();
-                    Ok(concat(&refs)?)
-                }
-            }
-        }
+        ColumnData::Vectors(cells) => Ok(cells.take(rows)?),
     }
 }
 
-/// `differs(i, k)`: whether row `i` of `old` and row `k` of `new` (same type)
-/// differ. Float vectors compare their bytes; other types arrow's comparator
-/// (floats by total order, i.e. by bits; nulls equal only to nulls).
-fn row_differs<'a>(
-    old: &'a ArrayRef,
-    new: &'a ArrayRef,
-) -> anyhow::Result<Box<dyn Fn(usize, usize) -> bool + 'a>> {
+/// Whether row `i` of OLD's `old` and row `j` of NEW's `new` (same type)
+/// differ, as `new` is written: vectors narrowed element by element and
+/// compared by bits against OLD's stored row; float vectors of an arrow
+/// column by their bytes; other types by arrow's comparator (floats by total
+/// order, i.e. by bits; nulls equal only to nulls). Nothing is copied.
+type Differs<'a> = Box<dyn Fn(usize, usize) -> anyhow::Result<bool> + 'a>;
+
+fn row_differs<'a>(old: &'a ArrayRef, new: &'a ColumnData) -> anyhow::Result<Differs<'a>> {
+    let new = match new {
+        ColumnData::Vectors(cells) => {
+            let Some(list) = old.as_fixed_size_list_opt() else {
+                bail!(
+                    "internal error: a vector column compared with {}",
+                    old.data_type()
+                );
+            };
+            let dim = list.value_length() as usize;
+            let values = list.values();
+            let written: Box<dyn Fn(usize) -> Option<WrittenRow<'a>> + 'a> = match values
+                .data_type()
+            {
+                DataType::Float32 => {
+                    let v = values.as_primitive::<Float32Type>().values();
+                    Box::new(move |i| {
+                        (!list.is_null(i))
+                            .then(|| v.get(i * dim..(i + 1) * dim).map(WrittenRow::F32))
+                            .flatten()
+                    })
+                }
+                DataType::Float64 => {
+                    let v = values.as_primitive::<Float64Type>().values();
+                    Box::new(move |i| {
+                        (!list.is_null(i))
+                            .then(|| v.get(i * dim..(i + 1) * dim).map(WrittenRow::F64))
+                            .flatten()
+                    })
+                }
+                other => bail!("internal error: a vector column compared with items of {other}"),
+            };
+            return Ok(Box::new(move |i, j| {
+                if i >= list.len() {
+                    return Ok(true);
+                }
+                // A non-null OLD row whose values are out of reach differs.
+                let old_row = written(i);
+                if old_row.is_none() && !list.is_null(i) {
+                    return Ok(true);
+                }
+                Ok(!cells.row_equals(j, old_row)?)
+            }));
+        }
+        ColumnData::Array(new) => new,
+    };
     if let (Some(o), Some(n)) = (old.as_fixed_size_list_opt(), new.as_fixed_size_list_opt()) {
         if let (Some((ob, width)), Some((nb, _))) = (float_bytes(o), float_bytes(n)) {
             let row = o.value_length() as usize * width;
             return Ok(Box::new(move |i, k| {
                 if o.is_null(i) || n.is_null(k) {
-                    return o.is_null(i) != n.is_null(k);
+                    return Ok(o.is_null(i) != n.is_null(k));
                 }
-                ob.get(i * row..(i + 1) * row) != nb.get(k * row..(k + 1) * row)
+                Ok(ob.get(i * row..(i + 1) * row) != nb.get(k * row..(k + 1) * row))
             }));
         }
     }
     match make_comparator(old.as_ref(), new.as_ref(), SortOptions::default()) {
-        Ok(cmp) => Ok(Box::new(move |i, k| cmp(i, k).is_ne())),
+        Ok(cmp) => Ok(Box::new(move |i, k| Ok(cmp(i, k).is_ne()))),
         // A type arrow cannot order (e.g. Null): its logical equality, row by row.
         Err(_) => Ok(Box::new(move |i, k| {
-            old.slice(i, 1).to_data() != new.slice(k, 1).to_data()
+            Ok(old.slice(i, 1).to_data() != new.slice(k, 1).to_data())
         })),
     }
 }
