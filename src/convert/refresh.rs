@@ -230,6 +230,10 @@ impl Previous {
             footer_xxh3: format!("{:016x}", footer_hash(path).map_err(not_ours)?),
             generation,
         };
+        // Opening read every key (the order check): those pages would stay
+        // resident while the pickle is parsed, the conversion's peak. Drop
+        // them; the join reads OLD again batch by batch.
+        OldPages::find(&store).release_all(&store);
         Ok(Previous {
             path: path.to_path_buf(),
             store,
@@ -321,13 +325,11 @@ pub fn plan(
 
     // NEW's index: row numbers, hashed by value; nulls and duplicates refused.
     let mut index: HashTable<u32> = HashTable::with_capacity(n);
-    let mut new_hashes: Vec<u32> = Vec::with_capacity(n);
     for j in 0..n {
         let value = new_match
             .get(j)
             .ok_or_else(|| null_error(&new_path, match_on, j))?;
         let hash = value.hash();
-        new_hashes.push(hash as u32);
         let entry = index.entry(
             hash,
             |&r| new_match.get(r as usize) == Some(value),
@@ -361,12 +363,25 @@ pub fn plan(
         same_columns = false; // OLD has a column NEW does not
     }
 
-    // Probe with OLD, batch by batch.
+    // Probe with OLD, batch by batch. A re-export mostly keeps the order of
+    // the rows it keeps, so the NEW row after the last one matched is tried
+    // first (one comparison, no hash, no random access to the table); the
+    // table answers otherwise. NEW's values are unique (checked above), so a
+    // value found either way is the one match.
+    //
+    // Kept rows are listed (with OLD's keys, read while the batch is
+    // resident) as their batch is compared: in OLD's order, changed ones
+    // left for fresh keys under `--on-change renew`.
+    let renew = on_change == OnChange::Renew;
     let old_pages = OldPages::find(store);
-    let mut old_of_new = vec![NONE; n];
-    let mut kept_in_old_order: Vec<u32> = Vec::new();
+    let mut matched = vec![false; n];
     let mut changed = vec![false; n];
+    let mut kept = 0usize;
+    let mut order: Vec<u32> = Vec::with_capacity(n);
+    let mut keys: Vec<u8> = Vec::with_capacity(n * 16);
     let mut removed: Vec<(u64, u32)> = Vec::new();
+    let mut guess = 0usize;
+    let mut pairs: Vec<(usize, u32)> = Vec::new();
     for b in 0..store.num_batches() {
         let start = store.batch_start(b);
         let old_match = MatchColumn::new(
@@ -381,32 +396,39 @@ pub fn plan(
                 new_match.kind.describe()
             );
         }
-        let mut pairs: Vec<(usize, u32)> = Vec::new();
+        pairs.clear();
         for i in 0..old_match.len() {
             let row = start + i;
             let value = old_match
                 .get(i)
                 .ok_or_else(|| null_error(&old_path, match_on, row))?;
-            let hash = value.hash();
-            match index.find(hash, |&r| new_match.get(r as usize) == Some(value)) {
-                Some(&j) => {
-                    let ju = j as usize;
-                    if old_of_new[ju] != NONE {
-                        let rows = old_rows_with(store, previous.match_index, value, &old_path)?;
-                        bail!(duplicate_message(
-                            &old_path,
-                            match_on,
-                            value,
-                            rows.into_iter()
-                        ));
-                    }
-                    old_of_new[ju] = row as u32;
-                    kept_in_old_order.push(j);
-                    pairs.push((i, j));
+            let found = if new_match.get(guess) == Some(value) {
+                Some(guess)
+            } else {
+                let hash = value.hash();
+                let found = index
+                    .find(hash, |&r| new_match.get(r as usize) == Some(value))
+                    .map(|&j| j as usize);
+                if found.is_none() {
+                    removed.push((hash, row as u32));
                 }
-                None => removed.push((hash, row as u32)),
+                found
+            };
+            let Some(j) = found else { continue };
+            if matched[j] {
+                let rows = old_rows_with(store, previous.match_index, value, &old_path)?;
+                bail!(duplicate_message(
+                    &old_path,
+                    match_on,
+                    value,
+                    rows.into_iter()
+                ));
             }
+            matched[j] = true;
+            guess = j + 1;
+            pairs.push((i, j as u32));
         }
+        kept += pairs.len();
         if !same_columns {
             for &(_, j) in &pairs {
                 changed[j as usize] = true;
@@ -430,8 +452,15 @@ pub fn plan(
                 }
             }
         }
+        for &(i, j) in &pairs {
+            if !(renew && changed[j as usize]) {
+                order.push(j);
+                keys.extend_from_slice(store.key(start + i));
+            }
+        }
         old_pages.release(store, b);
     }
+    drop(pairs);
     // The comparison read NEW's vectors once, releasing the pickle's pages
     // behind it; the writer reads them again from the start.
     for column in &frame.columns {
@@ -449,22 +478,13 @@ pub fn plan(
         &old_path,
     )?;
 
-    // Keys: kept rows OLD's (in OLD's order), then fresh ones in pickle order.
-    let renew = on_change == OnChange::Renew;
-    let mut order: Vec<u32> = Vec::with_capacity(n);
-    let mut keys: Vec<u8> = Vec::with_capacity(n * 16);
-    for &j in &kept_in_old_order {
-        if renew && changed[j as usize] {
-            continue;
-        }
-        order.push(j);
-        keys.extend_from_slice(store.key(old_of_new[j as usize] as usize));
-    }
+    // Then fresh keys, in pickle order, their tails the match value's hash.
     let mut fresh = FreshKeys::after(store.key_range().map(|(_, last)| last));
     for j in 0..n {
-        if old_of_new[j] == NONE || (renew && changed[j]) {
+        if !matched[j] || (renew && changed[j]) {
+            let hash = new_match.get(j).map_or(0, |v| v.hash());
             order.push(j as u32);
-            keys.extend_from_slice(&fresh.next(new_hashes[j])?);
+            keys.extend_from_slice(&fresh.next(hash as u32)?);
         }
     }
     // The file records `keys_sorted = true`: OLD's keys in OLD's order, then
@@ -480,7 +500,6 @@ pub fn plan(
             at + 1
         );
     }
-    let kept = kept_in_old_order.len();
     let summary = RefreshSummary {
         previous: previous.identity.clone(),
         match_on: match_on.to_string(),
@@ -522,15 +541,36 @@ impl OldPages {
 
     /// Drop batch `b`'s body pages from this process's resident set.
     fn release(&self, store: &Store, b: usize) {
-        let (Some((map_start, map_end)), Some(Ok(block))) =
-            (self.mapping, store.file().record_batch_block(b))
+        let (Some(mapping), Some(Ok(block))) = (self.mapping, store.file().record_batch_block(b))
         else {
             return;
         };
         let body_start = block.body.as_ptr() as usize;
         let start = body_start.div_ceil(Self::PAGE) * Self::PAGE;
         let end = (body_start + block.body.len()) / Self::PAGE * Self::PAGE;
-        if start >= end || start < map_start || end > map_end {
+        Self::release_range(store, mapping, start, end);
+    }
+
+    /// Drop every page of OLD's mapping from this process's resident set.
+    fn release_all(&self, store: &Store) {
+        if let Some((start, end)) = self.mapping {
+            Self::release_range(store, (start, end), start, end);
+        }
+    }
+
+    /// `_store` is OLD: borrowed so that its map outlives the call.
+    fn release_range(
+        _store: &Store,
+        (map_start, map_end): (usize, usize),
+        start: usize,
+        end: usize,
+    ) {
+        if start >= end
+            || start < map_start
+            || end > map_end
+            || start % Self::PAGE != 0
+            || end % Self::PAGE != 0
+        {
             return;
         }
         #[cfg(target_os = "linux")]
@@ -538,7 +578,7 @@ impl OldPages {
             // SAFETY: [start, end) is page-aligned and lies inside one mapping
             // that /proc/self/maps lists as not writable and backed by a file
             // (OLD, mapped read-only by `Store::open`), kept alive by
-            // `block.body`, a view of it. MADV_DONTNEED on such a mapping only
+            // `_store`, which owns that map. MADV_DONTNEED on such a mapping only
             // drops page-table entries: later reads fault the same file
             // contents back in from the page cache, so no reference into the
             // range (decoded arrays, the store's key columns) sees a change.
