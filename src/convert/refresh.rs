@@ -568,8 +568,8 @@ impl OldPages {
         if start >= end
             || start < map_start
             || end > map_end
-            || start % Self::PAGE != 0
-            || end % Self::PAGE != 0
+            || !start.is_multiple_of(Self::PAGE)
+            || !end.is_multiple_of(Self::PAGE)
         {
             return;
         }
