@@ -88,7 +88,9 @@ def make_new(old: Path, out: Path, seed: int = 9) -> dict:
 
 def run(label: str, cmd: list[str]) -> dict:
     r = C.time_v(cmd)
-    print(f" {label} {r['wall_s']:.2f}s/{r['peak_rss_mib']:.0f}MiB", end="", flush=True)
+    r["cpu_s"] = (r["user_s"] or 0) + (r["sys_s"] or 0)
+    print(f" {label} {r['wall_s']:.2f}s/{r['cpu_s']:.2f}cpu/{r['peak_rss_mib']:.0f}MiB", end="",
+          flush=True)
     return r
 
 
@@ -153,8 +155,10 @@ def main() -> None:
                 "summary": got,
                 "summary_line": line.strip(),
                 "plain": {"cmd": " ".join(plain), "walls": [r["wall_s"] for r in p_runs],
+                          "cpus": [r["cpu_s"] for r in p_runs],
                           "rss": [r["peak_rss_mib"] for r in p_runs]},
                 "refresh": {"cmd": " ".join(refresh), "walls": [r["wall_s"] for r in r_runs],
+                            "cpus": [r["cpu_s"] for r in r_runs],
                             "rss": [r["peak_rss_mib"] for r in r_runs]},
             }
         for out in (plain_out, refresh_out, old, new_pkl):
@@ -165,10 +169,16 @@ def main() -> None:
     for (label, sc), r in results.items():
         pw, rw = C.median(r["plain"]["walls"]), C.median(r["refresh"]["walls"])
         pr, rr = C.median(r["plain"]["rss"]), C.median(r["refresh"]["rss"])
-        r.update(plain_s=pw, refresh_s=rw, plain_rss=pr, refresh_rss=rr)
+        pc, rc = C.median(r["plain"]["cpus"]), C.median(r["refresh"]["cpus"])
+        r.update(plain_s=pw, refresh_s=rw, plain_rss=pr, refresh_rss=rr, plain_cpu=pc,
+                 refresh_cpu=rc)
         table.append([label, f"{r['rows']:,}", f"{pw:.2f}", f"{rw:.2f}", f"{C.ratio(rw, pw):.2f}x",
+                      f"{pc:.2f}", f"{rc:.2f}", f"{C.ratio(rc, pc):.2f}x",
                       f"{pr:.0f}", f"{rr:.0f}", f"{rr - pr:+.0f}"])
-    print(C.table(table, ["build", "rows", "plain s", "refresh s", "time ratio", "plain peak RSS MiB",
+    # CPU (user + sys) is printed beside wall time: on a shared machine it
+    # moves far less with the load than wall time does.
+    print(C.table(table, ["build", "rows", "plain s", "refresh s", "time ratio", "plain CPU s",
+                          "refresh CPU s", "CPU ratio", "plain peak RSS MiB",
                           "refresh peak RSS MiB", "RSS delta MiB"]))
     print("\n== checks")
     for (label, sc), r in results.items():
