@@ -43,22 +43,23 @@ use std::{
 
 use anyhow::{anyhow, bail, Context};
 use arrow_array::{
-    cast::AsArray, Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, FixedSizeListArray,
-    Int64Array, LargeBinaryArray, LargeStringArray, StringArray, StringViewArray, UInt32Array,
-    UInt64Array,
+    cast::AsArray,
+    types::{Float32Type, Float64Type},
+    Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, FixedSizeListArray, Int64Array,
+    LargeBinaryArray, LargeStringArray, StringArray, StringViewArray, UInt32Array, UInt64Array,
 };
 use arrow_buffer::Buffer;
 use arrow_cast::cast::cast;
 use arrow_ord::ord::make_comparator;
 use arrow_schema::{DataType, SortOptions};
-use arrow_select::{concat::concat, take::take};
+use arrow_select::take::take;
 use hashbrown::HashTable;
 use twox_hash::XxHash3_64;
 
 use super::key;
 use crate::{
     format::{self, format_uuid},
-    frame::{ColumnData, Frame},
+    frame::{ColumnData, Frame, WrittenRow},
     store::Store,
 };
 
@@ -229,6 +230,10 @@ impl Previous {
             footer_xxh3: format!("{:016x}", footer_hash(path).map_err(not_ours)?),
             generation,
         };
+        // Opening read every key (the order check): those pages would stay
+        // resident while the pickle is parsed, the conversion's peak. Drop
+        // them; the join reads OLD again batch by batch.
+        OldPages::find(&store).release_all(&store);
         Ok(Previous {
             path: path.to_path_buf(),
             store,
@@ -320,13 +325,11 @@ pub fn plan(
 
     // NEW's index: row numbers, hashed by value; nulls and duplicates refused.
     let mut index: HashTable<u32> = HashTable::with_capacity(n);
-    let mut new_hashes: Vec<u32> = Vec::with_capacity(n);
     for j in 0..n {
         let value = new_match
             .get(j)
             .ok_or_else(|| null_error(&new_path, match_on, j))?;
         let hash = value.hash();
-        new_hashes.push(hash as u32);
         let entry = index.entry(
             hash,
             |&r| new_match.get(r as usize) == Some(value),
@@ -360,12 +363,25 @@ pub fn plan(
         same_columns = false; // OLD has a column NEW does not
     }
 
-    // Probe with OLD, batch by batch.
+    // Probe with OLD, batch by batch. A re-export mostly keeps the order of
+    // the rows it keeps, so the NEW row after the last one matched is tried
+    // first (one comparison, no hash, no random access to the table); the
+    // table answers otherwise. NEW's values are unique (checked above), so a
+    // value found either way is the one match.
+    //
+    // Kept rows are listed (with OLD's keys, read while the batch is
+    // resident) as their batch is compared: in OLD's order, changed ones
+    // left for fresh keys under `--on-change renew`.
+    let renew = on_change == OnChange::Renew;
     let old_pages = OldPages::find(store);
-    let mut old_of_new = vec![NONE; n];
-    let mut kept_in_old_order: Vec<u32> = Vec::new();
+    let mut matched = vec![false; n];
     let mut changed = vec![false; n];
+    let mut kept = 0usize;
+    let mut order: Vec<u32> = Vec::with_capacity(n);
+    let mut keys: Vec<u8> = Vec::with_capacity(n * 16);
     let mut removed: Vec<(u64, u32)> = Vec::new();
+    let mut guess = 0usize;
+    let mut pairs: Vec<(usize, u32)> = Vec::new();
     for b in 0..store.num_batches() {
         let start = store.batch_start(b);
         let old_match = MatchColumn::new(
@@ -380,53 +396,73 @@ pub fn plan(
                 new_match.kind.describe()
             );
         }
-        let mut pairs: Vec<(usize, u32)> = Vec::new();
+        pairs.clear();
         for i in 0..old_match.len() {
             let row = start + i;
             let value = old_match
                 .get(i)
                 .ok_or_else(|| null_error(&old_path, match_on, row))?;
-            let hash = value.hash();
-            match index.find(hash, |&r| new_match.get(r as usize) == Some(value)) {
-                Some(&j) => {
-                    let ju = j as usize;
-                    if old_of_new[ju] != NONE {
-                        let rows = old_rows_with(store, previous.match_index, value, &old_path)?;
-                        bail!(duplicate_message(
-                            &old_path,
-                            match_on,
-                            value,
-                            rows.into_iter()
-                        ));
-                    }
-                    old_of_new[ju] = row as u32;
-                    kept_in_old_order.push(j);
-                    pairs.push((i, j));
+            let found = if new_match.get(guess) == Some(value) {
+                Some(guess)
+            } else {
+                let hash = value.hash();
+                let found = index
+                    .find(hash, |&r| new_match.get(r as usize) == Some(value))
+                    .map(|&j| j as usize);
+                if found.is_none() {
+                    removed.push((hash, row as u32));
                 }
-                None => removed.push((hash, row as u32)),
+                found
+            };
+            let Some(j) = found else { continue };
+            if matched[j] {
+                let rows = old_rows_with(store, previous.match_index, value, &old_path)?;
+                bail!(duplicate_message(
+                    &old_path,
+                    match_on,
+                    value,
+                    rows.into_iter()
+                ));
             }
+            matched[j] = true;
+            guess = j + 1;
+            pairs.push((i, j as u32));
         }
+        kept += pairs.len();
         if !same_columns {
             for &(_, j) in &pairs {
                 changed[j as usize] = true;
             }
         } else if !pairs.is_empty() {
-            let new_rows: Vec<u32> = pairs.iter().map(|&(_, j)| j).collect();
+            // Each pair compared in place: OLD's decoded column (a view of
+            // its map) against NEW's whole column, nothing gathered or built.
             for &(old_index, new_data) in &compared {
                 let old_array = decode(store, b, old_index, &old_path)?;
-                let new_array = gather(new_data, &new_rows)?;
-                let differs = row_differs(&old_array, &new_array)?;
-                for (k, &(i, j)) in pairs.iter().enumerate() {
-                    if differs(i, k) {
-                        changed[j as usize] = true;
+                let differs = row_differs(&old_array, new_data)?;
+                for &(i, j) in &pairs {
+                    let j = j as usize;
+                    if !changed[j] && differs(i, j)? {
+                        changed[j] = true;
+                    }
+                }
+                if let ColumnData::Vectors(cells) = new_data {
+                    if let Some(&(_, j)) = pairs.last() {
+                        cells.release_through(j as usize);
                     }
                 }
             }
         }
+        for &(i, j) in &pairs {
+            if !(renew && changed[j as usize]) {
+                order.push(j);
+                keys.extend_from_slice(store.key(start + i));
+            }
+        }
         old_pages.release(store, b);
     }
-    // The comparison built NEW's vectors once, releasing the pickle's pages
-    // behind it; the writer builds them again from the start.
+    drop(pairs);
+    // The comparison read NEW's vectors once, releasing the pickle's pages
+    // behind it; the writer reads them again from the start.
     for column in &frame.columns {
         if let ColumnData::Vectors(cells) = &column.data {
             if let Some(source) = &cells.source {
@@ -442,22 +478,13 @@ pub fn plan(
         &old_path,
     )?;
 
-    // Keys: kept rows OLD's (in OLD's order), then fresh ones in pickle order.
-    let renew = on_change == OnChange::Renew;
-    let mut order: Vec<u32> = Vec::with_capacity(n);
-    let mut keys: Vec<u8> = Vec::with_capacity(n * 16);
-    for &j in &kept_in_old_order {
-        if renew && changed[j as usize] {
-            continue;
-        }
-        order.push(j);
-        keys.extend_from_slice(store.key(old_of_new[j as usize] as usize));
-    }
+    // Then fresh keys, in pickle order, their tails the match value's hash.
     let mut fresh = FreshKeys::after(store.key_range().map(|(_, last)| last));
     for j in 0..n {
-        if old_of_new[j] == NONE || (renew && changed[j]) {
+        if !matched[j] || (renew && changed[j]) {
+            let hash = new_match.get(j).map_or(0, |v| v.hash());
             order.push(j as u32);
-            keys.extend_from_slice(&fresh.next(new_hashes[j])?);
+            keys.extend_from_slice(&fresh.next(hash as u32)?);
         }
     }
     // The file records `keys_sorted = true`: OLD's keys in OLD's order, then
@@ -473,7 +500,6 @@ pub fn plan(
             at + 1
         );
     }
-    let kept = kept_in_old_order.len();
     let summary = RefreshSummary {
         previous: previous.identity.clone(),
         match_on: match_on.to_string(),
@@ -515,15 +541,36 @@ impl OldPages {
 
     /// Drop batch `b`'s body pages from this process's resident set.
     fn release(&self, store: &Store, b: usize) {
-        let (Some((map_start, map_end)), Some(Ok(block))) =
-            (self.mapping, store.file().record_batch_block(b))
+        let (Some(mapping), Some(Ok(block))) = (self.mapping, store.file().record_batch_block(b))
         else {
             return;
         };
         let body_start = block.body.as_ptr() as usize;
         let start = body_start.div_ceil(Self::PAGE) * Self::PAGE;
         let end = (body_start + block.body.len()) / Self::PAGE * Self::PAGE;
-        if start >= end || start < map_start || end > map_end {
+        Self::release_range(store, mapping, start, end);
+    }
+
+    /// Drop every page of OLD's mapping from this process's resident set.
+    fn release_all(&self, store: &Store) {
+        if let Some((start, end)) = self.mapping {
+            Self::release_range(store, (start, end), start, end);
+        }
+    }
+
+    /// `_store` is OLD: borrowed so that its map outlives the call.
+    fn release_range(
+        _store: &Store,
+        (map_start, map_end): (usize, usize),
+        start: usize,
+        end: usize,
+    ) {
+        if start >= end
+            || start < map_start
+            || end > map_end
+            || !start.is_multiple_of(Self::PAGE)
+            || !end.is_multiple_of(Self::PAGE)
+        {
             return;
         }
         #[cfg(target_os = "linux")]
@@ -531,7 +578,7 @@ impl OldPages {
             // SAFETY: [start, end) is page-aligned and lies inside one mapping
             // that /proc/self/maps lists as not writable and backed by a file
             // (OLD, mapped read-only by `Store::open`), kept alive by
-            // `block.body`, a view of it. MADV_DONTNEED on such a mapping only
+            // `_store`, which owns that map. MADV_DONTNEED on such a mapping only
             // drops page-table entries: later reads fault the same file
             // contents back in from the page cache, so no reference into the
             // range (decoded arrays, the store's key columns) sees a change.
@@ -572,8 +619,8 @@ fn decode(store: &Store, b: usize, column: usize, path: &str) -> anyhow::Result<
         .with_context(|| format!("--previous {path}"))
 }
 
-/// Rows `rows` of a frame column, as written (vectors built now). Runs of
-/// consecutive rows are sliced, so a stable export order costs one slice per run.
+/// Rows `rows` of a frame column, as written (vectors built now, into one
+/// array).
 pub(crate) fn gather(column: &ColumnData, rows: &[u32]) -> anyhow::Result<ArrayRef> {
     match column {
         ColumnData::Array(array) => Ok(take(
@@ -581,53 +628,79 @@ pub(crate) fn gather(column: &ColumnData, rows: &[u32]) -> anyhow::Result<ArrayR
             &UInt32Array::from(rows.to_vec()),
             None,
         )?),
-        ColumnData::Vectors(_) => {
-            let mut pieces: Vec<ArrayRef> = Vec::new();
-            let mut k = 0;
-            while k < rows.len() {
-                let first = rows[k];
-                let mut len = 1;
-                while k + len < rows.len() && rows[k + len] == first + len as u32 {
-                    len += 1;
-                }
-                pieces.push(column.slice(first as usize, len)?);
-                k += len;
-            }
-            match pieces.len() {
-                0 => Ok(column.slice(0, 0)?),
-                1 => Ok(pieces.remove(0)),
-                _ => {
-                    let refs: Vec<&dyn Array> = pieces.iter().map(|p| p.as_ref()).collect();
-                    Ok(concat(&refs)?)
-                }
-            }
-        }
+        ColumnData::Vectors(cells) => Ok(cells.take(rows)?),
     }
 }
 
-/// `differs(i, k)`: whether row `i` of `old` and row `k` of `new` (same type)
-/// differ. Float vectors compare their bytes; other types arrow's comparator
-/// (floats by total order, i.e. by bits; nulls equal only to nulls).
-fn row_differs<'a>(
-    old: &'a ArrayRef,
-    new: &'a ArrayRef,
-) -> anyhow::Result<Box<dyn Fn(usize, usize) -> bool + 'a>> {
+/// Whether row `i` of OLD's `old` and row `j` of NEW's `new` (same type)
+/// differ, as `new` is written: vectors narrowed element by element and
+/// compared by bits against OLD's stored row; float vectors of an arrow
+/// column by their bytes; other types by arrow's comparator (floats by total
+/// order, i.e. by bits; nulls equal only to nulls). Nothing is copied.
+type Differs<'a> = Box<dyn Fn(usize, usize) -> anyhow::Result<bool> + 'a>;
+
+fn row_differs<'a>(old: &'a ArrayRef, new: &'a ColumnData) -> anyhow::Result<Differs<'a>> {
+    let new = match new {
+        ColumnData::Vectors(cells) => {
+            let Some(list) = old.as_fixed_size_list_opt() else {
+                bail!(
+                    "internal error: a vector column compared with {}",
+                    old.data_type()
+                );
+            };
+            let dim = list.value_length() as usize;
+            let values = list.values();
+            let written: Box<dyn Fn(usize) -> Option<WrittenRow<'a>> + 'a> = match values
+                .data_type()
+            {
+                DataType::Float32 => {
+                    let v = values.as_primitive::<Float32Type>().values();
+                    Box::new(move |i| {
+                        (!list.is_null(i))
+                            .then(|| v.get(i * dim..(i + 1) * dim).map(WrittenRow::F32))
+                            .flatten()
+                    })
+                }
+                DataType::Float64 => {
+                    let v = values.as_primitive::<Float64Type>().values();
+                    Box::new(move |i| {
+                        (!list.is_null(i))
+                            .then(|| v.get(i * dim..(i + 1) * dim).map(WrittenRow::F64))
+                            .flatten()
+                    })
+                }
+                other => bail!("internal error: a vector column compared with items of {other}"),
+            };
+            return Ok(Box::new(move |i, j| {
+                if i >= list.len() {
+                    return Ok(true);
+                }
+                // A non-null OLD row whose values are out of reach differs.
+                let old_row = written(i);
+                if old_row.is_none() && !list.is_null(i) {
+                    return Ok(true);
+                }
+                Ok(!cells.row_equals(j, old_row)?)
+            }));
+        }
+        ColumnData::Array(new) => new,
+    };
     if let (Some(o), Some(n)) = (old.as_fixed_size_list_opt(), new.as_fixed_size_list_opt()) {
         if let (Some((ob, width)), Some((nb, _))) = (float_bytes(o), float_bytes(n)) {
             let row = o.value_length() as usize * width;
             return Ok(Box::new(move |i, k| {
                 if o.is_null(i) || n.is_null(k) {
-                    return o.is_null(i) != n.is_null(k);
+                    return Ok(o.is_null(i) != n.is_null(k));
                 }
-                ob.get(i * row..(i + 1) * row) != nb.get(k * row..(k + 1) * row)
+                Ok(ob.get(i * row..(i + 1) * row) != nb.get(k * row..(k + 1) * row))
             }));
         }
     }
     match make_comparator(old.as_ref(), new.as_ref(), SortOptions::default()) {
-        Ok(cmp) => Ok(Box::new(move |i, k| cmp(i, k).is_ne())),
+        Ok(cmp) => Ok(Box::new(move |i, k| Ok(cmp(i, k).is_ne()))),
         // A type arrow cannot order (e.g. Null): its logical equality, row by row.
         Err(_) => Ok(Box::new(move |i, k| {
-            old.slice(i, 1).to_data() != new.slice(k, 1).to_data()
+            Ok(old.slice(i, 1).to_data() != new.slice(k, 1).to_data())
         })),
     }
 }

@@ -26,6 +26,7 @@ use arrow_schema::DataType;
 use bytes::Bytes;
 
 pub use vectors::VectorCells;
+pub(crate) use vectors::WrittenRow;
 
 use crate::pickle::{Limits, Machine, PickleError, PickleSource};
 

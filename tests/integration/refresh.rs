@@ -667,3 +667,103 @@ async fn a_served_stream_resumes_on_new_from_a_checkpoint_taken_on_old() {
         assert_eq!(got, expected, "checkpoint at {id}");
     }
 }
+
+/// (key, id, vector) of every row of a converted reference-layout file.
+fn read_reference(path: &Path) -> Vec<([u8; 16], String, Vec<f32>)> {
+    let store = Store::open(path, None).unwrap();
+    let schema = store.schema().clone();
+    let (id, vec) = (
+        schema.index_of("id").unwrap(),
+        schema.index_of("job_post_vectors").unwrap(),
+    );
+    let mut rows = Vec::new();
+    for b in 0..store.num_batches() {
+        let batch = store.batch(b).unwrap();
+        let keys = store.batch_keys(b);
+        let ids = batch.column(id).as_string::<i32>();
+        let vectors = batch.column(vec).as_fixed_size_list();
+        for i in 0..batch.num_rows() {
+            rows.push((
+                keys.value(i).try_into().unwrap(),
+                ids.value(i).to_string(),
+                vectors
+                    .value(i)
+                    .as_primitive::<Float32Type>()
+                    .values()
+                    .to_vec(),
+            ));
+        }
+    }
+    rows
+}
+
+/// A real pandas pickle (numpy float64 vectors, read as views of the
+/// pickle): a refresh compares each element as it is written, narrowed to
+/// float32. An edit below float32 resolution is not a change; an edit of one
+/// float32 ulp is, and the new value is what the file holds.
+#[test]
+fn numpy_vectors_are_compared_as_written_after_narrowing() {
+    let data = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pandas/pandas-2.1.4/reference.to_pickle.pkl"),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let old_pkl = dir.join("old.pkl");
+    std::fs::write(&old_pkl, &data).unwrap();
+    let old = dir.join("old.arrow");
+    convert(&args(&old_pkl, &old, None)).unwrap();
+    let old_rows = read_reference(&old);
+    assert_eq!(old_rows.len(), 40);
+
+    // Row 5's third element (its expected.json value), found once in the pickle.
+    let (row, id) = (5, "21d84fc1-efb0-5ba8-b137-2d4b9a57403c");
+    let x: f64 = -0.1837830088184464;
+    let needle = x.to_le_bytes();
+    let at: Vec<usize> = (0..data.len() - 8)
+        .filter(|&i| data[i..i + 8] == needle)
+        .collect();
+    assert_eq!(at.len(), 1, "the element is in the pickle once");
+    assert_eq!(old_rows[row].1, id);
+    assert_eq!(old_rows[row].2[2], x as f32);
+
+    let refresh_with = |value: f64, name: &str| {
+        let mut edited = data.clone();
+        edited[at[0]..at[0] + 8].copy_from_slice(&value.to_le_bytes());
+        let new_pkl = dir.join(format!("{name}.pkl"));
+        std::fs::write(&new_pkl, edited).unwrap();
+        let out = dir.join(format!("{name}.arrow"));
+        let s = convert(&args(&new_pkl, &out, Some(&old)))
+            .unwrap()
+            .refresh
+            .unwrap();
+        (s, read_reference(&out))
+    };
+
+    // One float64 ulp: the same float32.
+    let below = f64::from_bits(x.to_bits() + 1);
+    assert_eq!(below as f32, x as f32);
+    let (s, rows) = refresh_with(below, "below");
+    assert_eq!((s.kept, s.added, s.removed, s.changed), (40, 0, 0, 0));
+    assert_eq!(rows, old_rows);
+
+    // One float32 ulp: changed, same key, the new value written.
+    let bumped = f32::from_bits((x as f32).to_bits() + 1);
+    let (s, rows) = refresh_with(f64::from(bumped), "bumped");
+    assert_eq!((s.kept, s.added, s.removed, s.changed), (40, 0, 0, 1));
+    for (r, (new, old)) in rows.iter().zip(&old_rows).enumerate() {
+        assert_eq!(
+            (new.0, &new.1),
+            (old.0, &old.1),
+            "row {r}: same key, same id"
+        );
+        if r == row {
+            let mut want = old.2.clone();
+            want[2] = bumped;
+            assert_eq!(new.2, want);
+        } else {
+            assert_eq!(new.2, old.2, "row {r}");
+        }
+    }
+}

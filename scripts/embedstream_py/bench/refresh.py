@@ -21,6 +21,11 @@ It prints the medians, the ratios and the targets of issue 9 (refresh time
 <= 1.3x plain; refresh peak RSS <= plain + 64 MiB), and checks the refresh's
 own summary counts against what was done to the pickle.
 
+--before-bin PATH also measures another build (e.g. main's) in the same run,
+its plain and refresh runs interleaved with this build's, on the same NEW:
+a before/after pair under the same machine state. Its rows are labelled
+"before" and its ratios are its own refresh against its own plain.
+
 """
 
 from __future__ import annotations
@@ -83,7 +88,9 @@ def make_new(old: Path, out: Path, seed: int = 9) -> dict:
 
 def run(label: str, cmd: list[str]) -> dict:
     r = C.time_v(cmd)
-    print(f" {label} {r['wall_s']:.2f}s/{r['peak_rss_mib']:.0f}MiB", end="", flush=True)
+    r["cpu_s"] = (r["user_s"] or 0) + (r["sys_s"] or 0)
+    print(f" {label} {r['wall_s']:.2f}s/{r['cpu_s']:.2f}cpu/{r['peak_rss_mib']:.0f}MiB", end="",
+          flush=True)
     return r
 
 
@@ -93,10 +100,16 @@ def main() -> None:
     ap.add_argument("--scales", default="1,10", help="row multiples of 141,897 (default 1,10)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dim", type=int, default=C.REF_DIM)
+    ap.add_argument("--before-bin", default=None,
+                    help="another embedstream binary measured in the same run (before/after)")
     a = ap.parse_args()
     C.require_venv()
     info = C.machine_report()
-    exe = str(C.embedstream_bin())
+    builds = {"after" if a.before_bin else "this": str(C.embedstream_bin())}
+    if a.before_bin:
+        builds = {"before": a.before_bin, **builds}
+        info["before_bin"] = a.before_bin
+    exe = builds["after" if a.before_bin else "this"]
     results = {}
     for sc in [int(s) for s in a.scales.split(",") if s]:
         rows = C.REF_ROWS * sc
@@ -110,55 +123,75 @@ def main() -> None:
         expected = make_new(old_pkl, new_pkl)
         subprocess.run([exe, "convert", str(old_pkl), "-o", str(old), "--force", "--no-progress"],
                        check=True, capture_output=True)
-        plain = [exe, "convert", str(new_pkl), "-o", str(plain_out), "--force", "--no-progress"]
-        refresh = [exe, "convert", str(new_pkl), "--previous", str(old), "--match-on", "id",
-                   "-o", str(refresh_out), "--force", "--no-progress"]
+        cmds = {}
+        for label, b in builds.items():
+            cmds[label] = (
+                [b, "convert", str(new_pkl), "-o", str(plain_out), "--force", "--no-progress"],
+                [b, "convert", str(new_pkl), "--previous", str(old), "--match-on", "id",
+                 "-o", str(refresh_out), "--force", "--no-progress"],
+            )
         print(f"== {rows:,} rows x {a.dim}; load {C.loadavg()}\n  warm-up:", end="", flush=True)
-        run("plain", plain)
-        first = run("refresh", refresh)
+        first = {}
+        for label, (plain, refresh) in cmds.items():
+            run(f"{label} plain", plain)
+            first[label] = run(f"{label} refresh", refresh)
         print("\n  measured:", end="", flush=True)
-        p_runs, r_runs = [], []
+        runs = {label: ([], []) for label in cmds}
         for _ in range(a.runs):
-            p_runs.append(run("plain", plain))
-            r_runs.append(run("refresh", refresh))
-        print()
-        line = first["stdout"]
-        got = {k: int(v) for v, k in re.findall(r"(\d+) (kept|added|removed)", line)}
-        got["changed"] = int(m.group(1)) if (m := re.search(r"\((\d+) changed", line)) else -1
-        results[sc] = {
-            "rows": rows,
-            "expected": expected,
-            "summary": got,
-            "summary_line": line.strip(),
-            "plain": {"cmd": " ".join(plain), "walls": [r["wall_s"] for r in p_runs],
-                      "rss": [r["peak_rss_mib"] for r in p_runs]},
-            "refresh": {"cmd": " ".join(refresh), "walls": [r["wall_s"] for r in r_runs],
-                        "rss": [r["peak_rss_mib"] for r in r_runs]},
-        }
+            for label, (plain, refresh) in cmds.items():
+                runs[label][0].append(run(f"{label} plain", plain))
+                runs[label][1].append(run(f"{label} refresh", refresh))
+        print(f"\n  load after: {C.loadavg()}")
+        for label, (plain, refresh) in cmds.items():
+            line = first[label]["stdout"]
+            got = {k: int(v) for v, k in re.findall(r"(\d+) (kept|added|removed)", line)}
+            got["changed"] = int(m.group(1)) if (m := re.search(r"\((\d+) changed", line)) else -1
+            p_runs, r_runs = runs[label]
+            results[(label, sc)] = {
+                "build": label,
+                "bin": builds[label],
+                "rows": rows,
+                "expected": expected,
+                "summary": got,
+                "summary_line": line.strip(),
+                "plain": {"cmd": " ".join(plain), "walls": [r["wall_s"] for r in p_runs],
+                          "cpus": [r["cpu_s"] for r in p_runs],
+                          "rss": [r["peak_rss_mib"] for r in p_runs]},
+                "refresh": {"cmd": " ".join(refresh), "walls": [r["wall_s"] for r in r_runs],
+                            "cpus": [r["cpu_s"] for r in r_runs],
+                            "rss": [r["peak_rss_mib"] for r in r_runs]},
+            }
         for out in (plain_out, refresh_out, old, new_pkl):
             out.unlink(missing_ok=True)
 
     print(f"\n== results (median of {a.runs} runs after one warm-up each)")
     table = []
-    for sc, r in results.items():
+    for (label, sc), r in results.items():
         pw, rw = C.median(r["plain"]["walls"]), C.median(r["refresh"]["walls"])
         pr, rr = C.median(r["plain"]["rss"]), C.median(r["refresh"]["rss"])
-        r.update(plain_s=pw, refresh_s=rw, plain_rss=pr, refresh_rss=rr)
-        table.append([f"{r['rows']:,}", f"{pw:.2f}", f"{rw:.2f}", f"{C.ratio(rw, pw):.2f}x",
+        pc, rc = C.median(r["plain"]["cpus"]), C.median(r["refresh"]["cpus"])
+        r.update(plain_s=pw, refresh_s=rw, plain_rss=pr, refresh_rss=rr, plain_cpu=pc,
+                 refresh_cpu=rc)
+        table.append([label, f"{r['rows']:,}", f"{pw:.2f}", f"{rw:.2f}", f"{C.ratio(rw, pw):.2f}x",
+                      f"{pc:.2f}", f"{rc:.2f}", f"{C.ratio(rc, pc):.2f}x",
                       f"{pr:.0f}", f"{rr:.0f}", f"{rr - pr:+.0f}"])
-    print(C.table(table, ["rows", "plain s", "refresh s", "time ratio", "plain peak RSS MiB",
+    # CPU (user + sys) is printed beside wall time: on a shared machine it
+    # moves far less with the load than wall time does.
+    print(C.table(table, ["build", "rows", "plain s", "refresh s", "time ratio", "plain CPU s",
+                          "refresh CPU s", "CPU ratio", "plain peak RSS MiB",
                           "refresh peak RSS MiB", "RSS delta MiB"]))
     print("\n== checks")
-    for sc, r in results.items():
+    for (label, sc), r in results.items():
         t = C.ratio(r["refresh_s"], r["plain_s"])
         d = r["refresh_rss"] - r["plain_rss"]
-        print(f"  {r['rows']:,}: refresh time <= 1.3x plain: {t:.2f}x -> {C.verdict(t <= 1.3, t)}")
-        print(f"  {r['rows']:,}: refresh peak RSS <= plain + 64 MiB: {d:+.0f} MiB"
+        print(f"  {label} {r['rows']:,}: refresh time <= 1.3x plain: {t:.2f}x -> {C.verdict(t <= 1.3, t)}")
+        print(f"  {label} {r['rows']:,}: refresh peak RSS <= plain + 64 MiB: {d:+.0f} MiB"
               f" -> {C.verdict(d <= 64, d)}")
         ok = r["summary"] == r["expected"]
-        print(f"  {r['rows']:,}: summary counts {r['summary']} == what was done {r['expected']}"
+        print(f"  {label} {r['rows']:,}: summary counts {r['summary']} == what was done {r['expected']}"
               f" -> {'met' if ok else 'MISSED'}")
-    C.save_results("refresh", {"machine": info, "results": results})
+    C.save_results("refresh", {"machine": info,
+                               "results": {f"{label}-{sc}": r for (label, sc), r in results.items()}})
 
 
 if __name__ == "__main__":
