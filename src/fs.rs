@@ -50,6 +50,9 @@ pub enum AtomicFileError {
     /// The destination exists and `force` was not given.
     #[error("{0}: already exists; pass --force to replace it")]
     Exists(PathBuf),
+    /// A data set's destination is a directory that is not a data set.
+    #[error("{0}: exists and is not an embedstream data set (no manifest.json); refusing to replace it: remove it or choose another -o")]
+    NotADataSet(PathBuf),
     /// The destination's directory is missing or not writable, or the disk
     /// is full. The message names the destination and the system's reason
     /// once (not the temporary file: the user never sees it), then advice.
@@ -259,6 +262,285 @@ impl Write for AtomicFile {
     /// (or [`AtomicFile::commit`]); nobody reads the temporary file before.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The hidden marker in a temporary data set directory's name: the
+/// directory is `.NAME.embedstream-PID-NONCE.tmp` beside the destination.
+const DIR_TEMP_MARK: &str = ".embedstream-";
+
+/// A directory (a data set) built where no reader looks, then put in place
+/// in one step ([`AtomicDir::commit`]):
+/// - it is built in a hidden sibling `.NAME.embedstream-PID-NONCE.tmp`;
+/// - commit renames it to the destination (`renameat2(RENAME_NOREPLACE)`),
+///   or, over an existing data set with `force` (or an empty directory),
+///   swaps the two (`RENAME_EXCHANGE`) and then removes the old one;
+/// - dropped without a commit (an error), or on SIGINT/SIGTERM, the
+///   temporary directory is removed; after a SIGKILL it stays, and the next
+///   [`AtomicDir::create`] in the same parent removes every such directory
+///   whose process is gone.
+///
+/// A destination that is a directory but not a data set (no
+/// `manifest.json`, not empty) is never replaced, `force` or not.
+#[derive(Debug)]
+pub struct AtomicDir {
+    dest: PathBuf,
+    temp: PathBuf,
+    replace: bool,
+    committed: bool,
+    _slot: Option<cleanup::Slot>,
+}
+
+impl AtomicDir {
+    /// Start building `dest`. Fails early if it exists (and `force` is
+    /// false, or it is a directory that is not a data set).
+    pub fn create(dest: &Path, force: bool) -> Result<Self, AtomicFileError> {
+        let dest = strip_trailing_slash(dest);
+        let replace = match std::fs::symlink_metadata(&dest) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(AtomicFileError::io(&dest, e)),
+            Ok(meta) if meta.is_dir() => {
+                let empty = std::fs::read_dir(&dest)
+                    .map_err(|e| AtomicFileError::io(&dest, e))?
+                    .next()
+                    .is_none();
+                if !empty && !dest.join(crate::format::manifest::MANIFEST_FILE).is_file() {
+                    return Err(AtomicFileError::NotADataSet(dest));
+                }
+                if !empty && !force {
+                    return Err(AtomicFileError::Exists(dest));
+                }
+                true
+            }
+            Ok(_) if !force => return Err(AtomicFileError::Exists(dest)),
+            Ok(_) => true,
+        };
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        sweep_stale_dirs(&parent);
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        for attempt in 0..100u32 {
+            let temp = parent.join(format!(
+                ".{name}{DIR_TEMP_MARK}{}-{:x}.tmp",
+                std::process::id(),
+                nonce.wrapping_add(attempt)
+            ));
+            match std::fs::create_dir(&temp) {
+                Ok(()) => {
+                    let slot = cleanup::register_dir(&temp);
+                    return Ok(AtomicDir {
+                        dest,
+                        temp,
+                        replace,
+                        committed: false,
+                        _slot: slot,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(AtomicFileError::io(&dest, e)),
+            }
+        }
+        Err(AtomicFileError::io(
+            &dest,
+            io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary name"),
+        ))
+    }
+
+    /// Where to write the files (the temporary directory).
+    pub fn path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// The final path.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Sync the directory and put it in place (see the type's documentation).
+    pub fn commit(mut self) -> Result<(), AtomicFileError> {
+        let dest = self.dest.clone();
+        File::open(&self.temp)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| AtomicFileError::io(&dest, e))?;
+        test_hook::hold_before_commit();
+        if self.replace {
+            rename::exchange(&self.temp, &dest).map_err(|e| AtomicFileError::io(&dest, e))?;
+            // The old data set (or file) is now under the temporary name.
+            self.committed = true;
+            let old = self.temp.clone();
+            let removed = if old.is_dir() {
+                std::fs::remove_dir_all(&old)
+            } else {
+                std::fs::remove_file(&old)
+            };
+            if let Err(e) = removed {
+                tracing::warn!(
+                    "{}: the replaced data set could not be removed: {e}",
+                    old.display()
+                );
+            }
+        } else {
+            rename::no_replace(&self.temp, &dest).map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    AtomicFileError::Exists(dest.clone())
+                } else {
+                    AtomicFileError::io(&dest, e)
+                }
+            })?;
+            self.committed = true;
+        }
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = File::open(parent).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.temp);
+        }
+    }
+}
+
+/// `dir/` → `dir` (a trailing slash would make `dir`'s parent `dir` itself).
+fn strip_trailing_slash(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
+/// Remove the temporary data set directories in `parent` whose process is
+/// gone (a convert killed by SIGKILL). A directory whose PID is alive (or
+/// reused by another process) is left alone.
+fn sweep_stale_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = stale_dir_pid(&name) else {
+            continue;
+        };
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) || process_alive(pid) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(
+                "removed {}, left by a convert (process {pid}) that was killed",
+                entry.path().display()
+            ),
+            Err(e) => tracing::warn!("{}: cannot remove: {e}", entry.path().display()),
+        }
+    }
+}
+
+/// The PID in `.NAME.embedstream-PID-NONCE.tmp`.
+fn stale_dir_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (_, tail) = rest.rsplit_once(DIR_TEMP_MARK)?;
+    let (pid, nonce) = tail.split_once('-')?;
+    if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` exists (`kill(pid, 0)`; EPERM means it does).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        if pid <= 0 {
+            return true;
+        }
+        // SAFETY: signal 0 only checks that the process exists.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Renames of a whole directory that never clobber by accident.
+mod rename {
+    use std::{io, path::Path};
+
+    #[cfg(target_os = "linux")]
+    fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
+        use std::{ffi::CString, os::unix::ffi::OsStrExt};
+        let from = CString::new(from.as_os_str().as_bytes())?;
+        let to = CString::new(to.as_os_str().as_bytes())?;
+        // SAFETY: both are valid NUL-terminated paths that live across the
+        // call; the kernel reads them and keeps no pointer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                flags,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Whether a `renameat2` error means the filesystem or kernel lacks it.
+    #[cfg(target_os = "linux")]
+    fn unsupported(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+        )
+    }
+
+    /// `from` → `to`, failing with `AlreadyExists` if `to` exists.
+    pub(super) fn no_replace(from: &Path, to: &Path) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        match renameat2(from, to, libc::RENAME_NOREPLACE) {
+            Err(e) if unsupported(&e) => {}
+            other => return other,
+        }
+        // Without RENAME_NOREPLACE: check, then rename (a race window).
+        if to.exists() {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        std::fs::rename(from, to)
+    }
+
+    /// Swap `from` and `to` in one step; where the filesystem cannot, move
+    /// `to` aside to `from`'s sibling, then `from` into place (two steps).
+    pub(super) fn exchange(from: &Path, to: &Path) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        match renameat2(from, to, libc::RENAME_EXCHANGE) {
+            Err(e) if unsupported(&e) => {}
+            other => return other,
+        }
+        let aside = from.with_extension("old");
+        std::fs::rename(to, &aside)?;
+        if let Err(e) = std::fs::rename(from, to) {
+            let _ = std::fs::rename(&aside, to);
+            return Err(e);
+        }
+        std::fs::rename(&aside, from)
     }
 }
 
@@ -683,31 +965,44 @@ mod cleanup {
     /// get the handler's cleanup (a command writes one or two).
     const SLOTS: usize = 8;
     static PATHS: [AtomicPtr<c_char>; SLOTS] = [const { AtomicPtr::new(null_mut()) }; SLOTS];
+    /// Registered temporary directories (data sets being built): their
+    /// files are unlinked, then the directory itself.
+    static DIRS: [AtomicPtr<c_char>; SLOTS] = [const { AtomicPtr::new(null_mut()) }; SLOTS];
     static INSTALL: Once = Once::new();
 
     /// A registered path; dropping it unregisters it.
     #[derive(Debug)]
-    pub(super) struct Slot(usize);
+    pub(super) struct Slot(&'static [AtomicPtr<c_char>; SLOTS], usize);
 
     impl Drop for Slot {
         fn drop(&mut self) {
             // The string is leaked, not freed: a handler running on another
             // thread may still be reading it (a few dozen bytes per file).
-            PATHS[self.0].store(null_mut(), Ordering::SeqCst);
+            self.0[self.1].store(null_mut(), Ordering::SeqCst);
         }
     }
 
     /// Have `path` removed if SIGINT or SIGTERM ends the process; `None` if
     /// every slot is taken (the file is then only removed on drop).
     pub(super) fn register(path: &Path) -> Option<Slot> {
+        register_in(&PATHS, path)
+    }
+
+    /// Have the directory `path` and the files in it removed if SIGINT or
+    /// SIGTERM ends the process (it holds no subdirectories).
+    pub(super) fn register_dir(path: &Path) -> Option<Slot> {
+        register_in(&DIRS, path)
+    }
+
+    fn register_in(table: &'static [AtomicPtr<c_char>; SLOTS], path: &Path) -> Option<Slot> {
         INSTALL.call_once(install);
         let raw = CString::new(path.as_os_str().as_bytes()).ok()?.into_raw();
-        for (i, slot) in PATHS.iter().enumerate() {
+        for (i, slot) in table.iter().enumerate() {
             if slot
                 .compare_exchange(null_mut(), raw, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
-                return Some(Slot(i));
+                return Some(Slot(table, i));
             }
         }
         // SAFETY: `raw` comes from `CString::into_raw` above and was never
@@ -725,6 +1020,13 @@ mod cleanup {
                 unsafe { libc::unlink(path) };
             }
         }
+        for slot in &DIRS {
+            let path = slot.load(Ordering::SeqCst);
+            if !path.is_null() {
+                // SAFETY: as above: a leaked, NUL-terminated CString.
+                unsafe { remove_flat_dir(path) };
+            }
+        }
         // SAFETY: signal and raise are async-signal-safe; with the default
         // disposition restored, the re-raised signal (blocked until this
         // handler returns) ends the process as it would have without us.
@@ -733,6 +1035,63 @@ mod cleanup {
             libc::raise(signal);
         }
     }
+
+    /// Unlink every entry of the directory `path` (files only), then the
+    /// directory, with async-signal-safe calls only: open, getdents64 into
+    /// a stack buffer, unlinkat, close, rmdir. Entries are read again from
+    /// the start until a pass removes nothing (removal shifts the listing).
+    ///
+    /// # Safety
+    /// `path` is a valid NUL-terminated string.
+    #[cfg(target_os = "linux")]
+    unsafe fn remove_flat_dir(path: *const c_char) {
+        // SAFETY (whole body): `path` is valid (the caller's contract);
+        // `buf` outlives every call that writes it, and getdents64 writes at
+        // most `buf.len()` bytes; each record is read within the `n` bytes
+        // the kernel returned, its name NUL-terminated inside the record.
+        unsafe {
+            let fd = libc::open(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            for _pass in 0..16 {
+                if libc::lseek(fd, 0, libc::SEEK_SET) != 0 {
+                    break;
+                }
+                let mut removed = 0;
+                loop {
+                    let n = libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len());
+                    if n <= 0 {
+                        break;
+                    }
+                    let n = n as usize;
+                    let mut at = 0;
+                    // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
+                    while at + 19 < n {
+                        let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                        if reclen == 0 || at + reclen > n {
+                            break;
+                        }
+                        let name = &buf[at + 19..at + reclen];
+                        let dot = name.starts_with(b".\0") || name.starts_with(b"..\0");
+                        if !dot && libc::unlinkat(fd, name.as_ptr().cast(), 0) == 0 {
+                            removed += 1;
+                        }
+                        at += reclen;
+                    }
+                }
+                if removed == 0 {
+                    break;
+                }
+            }
+            libc::close(fd);
+            libc::rmdir(path);
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    unsafe fn remove_flat_dir(_path: *const c_char) {}
 
     fn install() {
         for signal in [libc::SIGINT, libc::SIGTERM] {
@@ -761,6 +1120,10 @@ mod cleanup {
     pub(super) struct Slot;
 
     pub(super) fn register(_path: &std::path::Path) -> Option<Slot> {
+        None
+    }
+
+    pub(super) fn register_dir(_path: &std::path::Path) -> Option<Slot> {
         None
     }
 }

@@ -28,7 +28,7 @@ const COUNTER_BITS: u32 = 42;
 pub const COUNTER_LIMIT: u64 = 1 << COUNTER_BITS;
 
 /// Generates strictly increasing UUID v7 keys.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KeyGenerator {
     millis: u64,
     counter: u64,
@@ -68,6 +68,27 @@ impl KeyGenerator {
         }
         let tail = self.rng.next() as u32;
         compose_v7(self.millis, self.counter, tail)
+    }
+
+    /// Advance as `n` calls of [`KeyGenerator::next_key`] would, in
+    /// O(1) per counter overflow: the data set converter gives each input
+    /// the keys that follow the previous inputs' rows, whichever thread
+    /// converts it, so parallel and sequential conversions write the same keys.
+    pub fn skip(&mut self, mut n: u64) {
+        while n > 0 {
+            // Calls that only increment the counter (one draw each).
+            let room = COUNTER_LIMIT - 1 - self.counter;
+            if n <= room {
+                self.counter += n;
+                self.rng.skip(n);
+                return;
+            }
+            self.counter += room;
+            self.rng.skip(room);
+            // The call that overflows (two draws).
+            self.next_key();
+            n -= room + 1;
+        }
     }
 
     /// A key column of `rows` fresh keys.
@@ -120,10 +141,17 @@ pub fn split_v7(key: &[u8; 16]) -> (u64, u64) {
 }
 
 /// splitmix64: tiny, fast, good enough for the random tail of a key.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// Skip `n` draws (the state is a counter).
+    fn skip(&mut self, n: u64) {
+        self.0 = self
+            .0
+            .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(n));
+    }
+
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -255,6 +283,34 @@ mod tests {
         let ms = |k: &[u8; 16]| u64::from_be_bytes([0, 0, k[0], k[1], k[2], k[3], k[4], k[5]]);
         assert_eq!(ms(&keys[0]), 1_700_000_000_000);
         assert_eq!(ms(&keys[9_999]), 1_700_000_000_001);
+    }
+
+    #[test]
+    fn skip_is_the_same_as_drawing_keys() {
+        for (start, n) in [
+            (None, 0),
+            (None, 1),
+            (None, 1000),
+            (Some(COUNTER_LIMIT - 3), 5),
+            (Some(COUNTER_LIMIT - 3), 2),
+            (Some(COUNTER_LIMIT - 2), 1),
+        ] {
+            let mut drawn = KeyGenerator::with_seed(1_700_000_000_000, 7);
+            let mut skipped = KeyGenerator::with_seed(1_700_000_000_000, 7);
+            if let Some(c) = start {
+                drawn.counter = c;
+                skipped.counter = c;
+            }
+            for _ in 0..n {
+                drawn.next_key();
+            }
+            skipped.skip(n);
+            assert_eq!(
+                drawn.next_key(),
+                skipped.next_key(),
+                "start {start:?}, n {n}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! to the file are slices of them, except vector columns, which stay views of
 //! the memory-mapped pickle until each batch of them is built and written.
 
+pub mod dataset;
 pub mod key;
 pub mod refresh;
 pub mod write;
@@ -44,6 +45,11 @@ pub struct ConvertArgs {
     /// pandas 1.5-3.x), or a plain dict of lists / list of dicts. It is read safely: no code in
     /// it ever runs, and anything but known pandas/numpy/pyarrow objects is refused.
     pub input: PathBuf,
+
+    /// More pickles: with them (or with `-o DIR/`), the output is a data set directory of
+    /// ordered shards and a manifest.json, keyed as one sequence in the order given.
+    #[arg(value_name = "MORE")]
+    pub more_inputs: Vec<PathBuf>,
 
     /// Output file. Default: INPUT with the extension `.arrow` (`.parquet` with --format parquet).
     #[arg(short, long)]
@@ -104,6 +110,26 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "N", default_value_t = crate::pickle::DEFAULT_ARENA_FACTOR,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_memory_factor: u32,
+
+    /// Data set: rows per shard; each input is split into ceil(rows / N) shards (default:
+    /// one shard per input).
+    #[arg(long, value_name = "N")]
+    pub shard_rows: Option<u64>,
+
+    /// Data set: inputs converted at once (default: the available cores). Peak memory is
+    /// about N times one input's conversion; the output is the same for any N.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Reproducible keys: the seed of the keys' random bits (default: drawn from the OS).
+    /// With --key-time too, converting the same inputs again writes the same bytes.
+    #[arg(long, value_name = "SEED")]
+    pub key_seed: Option<u64>,
+
+    /// Reproducible keys: the time in the first key, RFC 3339 (`2026-11-30T12:00:00Z`;
+    /// default: now).
+    #[arg(long, value_name = "TIME")]
+    pub key_time: Option<humantime::Timestamp>,
 }
 
 impl ConvertArgs {
@@ -123,7 +149,44 @@ impl ConvertArgs {
             match_on: None,
             on_change: refresh::OnChange::Keep,
             max_memory_factor: crate::pickle::DEFAULT_ARENA_FACTOR,
+            more_inputs: Vec::new(),
+            shard_rows: None,
+            jobs: None,
+            key_seed: None,
+            key_time: None,
         }
+    }
+
+    /// Every input, in the order given.
+    pub fn inputs(&self) -> Vec<PathBuf> {
+        std::iter::once(self.input.clone())
+            .chain(self.more_inputs.iter().cloned())
+            .collect()
+    }
+
+    /// The data set directory to write, when the output is one: several
+    /// inputs, an `-o` ending with `/`, or an `-o` that is a directory.
+    pub fn dataset_output(&self) -> Option<PathBuf> {
+        let output = self.output.as_ref()?;
+        let slash = output.as_os_str().to_string_lossy().ends_with('/');
+        (!self.more_inputs.is_empty() || slash || output.is_dir()).then(|| output.clone())
+    }
+
+    /// The key generator `--key-seed` and `--key-time` ask for.
+    pub fn key_generator(&self) -> key::KeyGenerator {
+        if self.key_seed.is_none() && self.key_time.is_none() {
+            return key::KeyGenerator::new();
+        }
+        let millis = self
+            .key_time
+            .map(std::time::SystemTime::from)
+            .unwrap_or_else(std::time::SystemTime::now)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let seed = self
+            .key_seed
+            .unwrap_or_else(|| uuid::Uuid::now_v7().as_u64_pair().1);
+        key::KeyGenerator::with_seed(millis, seed)
     }
 
     /// Progress shown unless `--no-progress`.
@@ -221,6 +284,14 @@ impl fmt::Display for ConvertSummary {
 
 /// Run `embedstream convert` and print its summary.
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    if args.dataset_output().is_some() || !args.more_inputs.is_empty() {
+        let summary = dataset::convert(&args)?;
+        crate::stdout::print(&format!(
+            "{summary}\nServe it with: embedstream serve --data {}\n",
+            summary.output.display()
+        ))?;
+        return Ok(());
+    }
     let summary = convert(&args)?;
     let mut text = format!("{summary}\n");
     if args.format == OutputFormat::Ipc {
@@ -235,6 +306,15 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
 
 /// Convert `args.input` as the flags say; the library entry point.
 pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
+    if args.dataset_output().is_some() {
+        bail!(
+            "{}: a data set directory; `embedstream convert A.pkl B.pkl -o DIR/` writes one",
+            args.output_path().display()
+        );
+    }
+    if args.shard_rows.is_some() {
+        bail!("--shard-rows splits a data set: give its directory with -o DIR/");
+    }
     let started = Instant::now();
     let input = &args.input;
     let output = args.output_path();
@@ -280,36 +360,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         )?),
     };
 
-    let reading = Arc::new(Progress::new(
-        "reading",
-        Some(input_meta.len()),
-        Unit::Bytes,
-        args.progress_mode(),
-    ));
-    let progress_sink = reading.clone();
-    let budget = crate::pickle::arena_budget(
-        usize::try_from(input_meta.len()).unwrap_or(usize::MAX),
-        args.max_memory_factor,
-    );
-    let options = FrameOptions {
-        keep_float64: args.keep_float64,
-        max_arena_bytes: Some(budget),
-        progress: Some(Arc::new(move |bytes| progress_sink.set(bytes))),
-    };
-    let frame = frame::read_pickle(input, &options)
-        .map_err(|e| {
-            if e.is_over_memory_budget() {
-                anyhow::anyhow!(
-                    "{e}; if the file is genuine, allow more with --max-memory-factor \
-                     (now {})",
-                    args.max_memory_factor
-                )
-            } else {
-                e.into()
-            }
-        })
-        .with_context(|| format!("{}: cannot convert", input.display()))?;
-    reading.finish();
+    let frame = read_frame(input, input_meta.len(), args, args.progress_mode())?;
     tracing::debug!(
         rows = frame.rows,
         columns = frame.columns.len(),
@@ -337,11 +388,12 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
             (table, Some(summary))
         }
         _ => (
-            write::Table::from_frame(
+            write::Table::from_frame_keyed(
                 frame,
                 &args.key_column,
                 args.vector_column.as_deref(),
                 input,
+                &mut args.key_generator(),
             )?,
             None,
         ),
@@ -374,6 +426,42 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         elapsed: started.elapsed(),
         refresh,
     })
+}
+
+/// Pickle → columns, within the memory budget of `--max-memory-factor`;
+/// errors name the input.
+pub(crate) fn read_frame(
+    input: &Path,
+    input_len: u64,
+    args: &ConvertArgs,
+    mode: ProgressMode,
+) -> anyhow::Result<frame::Frame> {
+    let reading = Arc::new(Progress::new("reading", Some(input_len), Unit::Bytes, mode));
+    let progress_sink = reading.clone();
+    let budget = crate::pickle::arena_budget(
+        usize::try_from(input_len).unwrap_or(usize::MAX),
+        args.max_memory_factor,
+    );
+    let options = FrameOptions {
+        keep_float64: args.keep_float64,
+        max_arena_bytes: Some(budget),
+        progress: Some(Arc::new(move |bytes| progress_sink.set(bytes))),
+    };
+    let frame = frame::read_pickle(input, &options)
+        .map_err(|e| {
+            if e.is_over_memory_budget() {
+                anyhow::anyhow!(
+                    "{e}; if the file is genuine, allow more with --max-memory-factor \
+                     (now {})",
+                    args.max_memory_factor
+                )
+            } else {
+                e.into()
+            }
+        })
+        .with_context(|| format!("{}: cannot convert", input.display()))?;
+    reading.finish();
+    Ok(frame)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -49,7 +49,19 @@ impl Table {
         vector_column: Option<&str>,
         source: &Path,
     ) -> anyhow::Result<Self> {
-        Self::build(frame, key_column, vector_column, source, None)
+        Self::build(frame, key_column, vector_column, source, None, None)
+    }
+
+    /// [`Table::from_frame`] with keys drawn from `keys` (the data set
+    /// converter's one sequence over every input) instead of a fresh generator.
+    pub fn from_frame_keyed(
+        frame: Frame,
+        key_column: &str,
+        vector_column: Option<&str>,
+        source: &Path,
+        keys: &mut KeyGenerator,
+    ) -> anyhow::Result<Self> {
+        Self::build(frame, key_column, vector_column, source, None, Some(keys))
     }
 
     /// A refresh's table: the frame's rows in the plan's order, with the
@@ -65,7 +77,7 @@ impl Table {
         if plan.order.len() != frame.rows || plan.keys.len() != frame.rows {
             bail!("internal error: the refresh plan does not cover every row");
         }
-        Self::build(frame, key_column, vector_column, source, Some(plan))
+        Self::build(frame, key_column, vector_column, source, Some(plan), None)
     }
 
     fn build(
@@ -74,6 +86,7 @@ impl Table {
         vector_column: Option<&str>,
         source: &Path,
         plan: Option<Plan>,
+        generator: Option<&mut KeyGenerator>,
     ) -> anyhow::Result<Self> {
         let rows = frame.rows;
         let mut fields = Vec::with_capacity(frame.columns.len() + 1);
@@ -117,7 +130,10 @@ impl Table {
             Some(i) => i,
             None => {
                 fields.push(format::key_field(key_column));
-                let keys = refresh_keys.unwrap_or_else(|| KeyGenerator::new().column(rows));
+                let keys = refresh_keys.unwrap_or_else(|| match generator {
+                    Some(generator) => generator.column(rows),
+                    None => KeyGenerator::new().column(rows),
+                });
                 columns.push(ColumnData::Array(key::as_array(keys)));
                 fields.len() - 1
             }
@@ -233,6 +249,25 @@ impl Table {
         (!keys.is_empty()).then(|| (keys.value(0), keys.value(keys.len() - 1)))
     }
 
+    /// The key of row `row`.
+    pub fn key_at(&self, row: usize) -> Option<&[u8]> {
+        let ColumnData::Array(keys) = self.columns.get(self.key_index)? else {
+            return None;
+        };
+        let keys = keys.as_any().downcast_ref::<FixedSizeBinaryArray>()?;
+        (row < keys.len()).then(|| keys.value(row))
+    }
+
+    /// The schema of a file holding `rows` of the table's rows (a shard):
+    /// the same fields, the row count in the metadata.
+    pub fn schema_for_rows(&self, rows: usize) -> SchemaRef {
+        let mut metadata = self.schema.metadata().clone();
+        let mut meta = format::FileMetadata::read(&metadata);
+        meta.rows = Some(rows);
+        metadata.extend(meta.to_map());
+        Arc::new(Schema::new(self.schema.fields().clone()).with_metadata(metadata))
+    }
+
     /// Rows per batch: the flag, or about [`TARGET_BATCH_BYTES`] of data.
     pub fn batch_rows(&self, requested: Option<u32>) -> usize {
         if let Some(rows) = requested {
@@ -264,13 +299,42 @@ pub fn write(
     args: &ConvertArgs,
     progress: &Progress,
 ) -> anyhow::Result<Written> {
-    let batch_rows = table.batch_rows(args.batch_rows);
+    write_rows(
+        table,
+        0..table.rows(),
+        table.schema().clone(),
+        output,
+        args,
+        progress,
+    )
+}
+
+/// Write rows `range` of `table` to `output` atomically under `schema` (the
+/// table's fields; a shard's metadata): one shard of a data set.
+pub fn write_rows(
+    table: &Table,
+    range: std::ops::Range<usize>,
+    schema: SchemaRef,
+    output: &Path,
+    args: &ConvertArgs,
+    progress: &Progress,
+) -> anyhow::Result<Written> {
+    let batch_rows = table.batch_rows(args.batch_rows).max(1);
     let mut file = AtomicFile::create(output, args.force)?;
-    let schema = table.schema().clone();
-    let rows = table.rows();
-    let slices = (0..rows)
-        .step_by(batch_rows.max(1))
-        .map(|start| table.batch(start, batch_rows));
+    let end = range.end.min(table.rows());
+    let same_schema = Arc::ptr_eq(&schema, table.schema());
+    let slices = (range.start..end).step_by(batch_rows).map(|start| {
+        let batch = table.batch(start, batch_rows.min(end - start))?;
+        if same_schema {
+            return Ok(batch);
+        }
+        RecordBatch::try_new_with_options(
+            schema.clone(),
+            batch.columns().to_vec(),
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )
+        .context("internal error: the shard's columns do not form a table")
+    });
     let write_err = || format!("{}: writing failed", output.display());
     let mut batches = 0;
     let written = (|| -> anyhow::Result<()> {
@@ -292,8 +356,8 @@ pub fn write(
                     .set_compression(Compression::SNAPPY)
                     .set_max_row_group_row_count(Some(batch_rows.max(1) * 16))
                     .build();
-                let mut writer =
-                    ArrowWriter::try_new(&mut file, schema, Some(props)).with_context(write_err)?;
+                let mut writer = ArrowWriter::try_new(&mut file, schema.clone(), Some(props))
+                    .with_context(write_err)?;
                 for slice in slices {
                     let slice = slice?;
                     writer.write(&slice).with_context(write_err)?;
@@ -312,4 +376,23 @@ pub fn write(
     file.commit()?;
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     Ok(Written { batches, bytes })
+}
+
+/// Write a file of `schema` and no record batch to `output` atomically
+/// (the shard of an input of 0 rows).
+pub fn write_empty(schema: SchemaRef, output: &Path) -> anyhow::Result<()> {
+    let mut file = AtomicFile::create(output, false)?;
+    let write_err = || format!("{}: writing failed", output.display());
+    let written = (|| -> anyhow::Result<()> {
+        let mut writer =
+            FileWriter::try_new_with_options(&mut file, &schema, IpcWriteOptions::default())
+                .with_context(write_err)?;
+        writer.finish().with_context(write_err)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        return Err(file.write_error().map_or(e, anyhow::Error::new));
+    }
+    file.commit()?;
+    Ok(())
 }
