@@ -105,7 +105,7 @@ def flight_info(bootstrap: list[str], descriptor=None, timeout: float = 60.0):
 def read_partitions(bootstrap: list[str], descriptor=None, workers: int = 4,
                     timeout: float = 120.0,
                     on_batch: Callable[[int, str, int], None] | None = None,
-                    info=None) -> PartitionResult:
+                    info=None, generic_options=None) -> PartitionResult:
     """Every endpoint of the flight, in parallel on `workers` threads.
 
     Endpoint i is read first from `locations[i % len(locations)]` (round
@@ -115,7 +115,9 @@ def read_partitions(bootstrap: list[str], descriptor=None, workers: int = 4,
     batches of a failed attempt are discarded and the partition is read
     again, whole, elsewhere. `on_batch(endpoint, location, rows_so_far)` is
     called after each batch (a progress hook; the tests kill a replica
-    from it). Raises PartitionError if an endpoint fails at every location.
+    from it). `generic_options`: gRPC channel arguments for every DoGet
+    connection, e.g. [("grpc.http2.bdp_probe", 0)]. Raises PartitionError if
+    an endpoint fails at every location.
     """
     import pyarrow as pa
     import pyarrow.flight as flight
@@ -140,7 +142,7 @@ def read_partitions(bootstrap: list[str], descriptor=None, workers: int = 4,
         errors = []
         for uri in order(i, ep):
             batches, rows = [], 0
-            client = flight.connect(uri)
+            client = flight.connect(uri, generic_options=generic_options)
             try:
                 reader = client.do_get(ep.ticket, options=opts)
                 for chunk in reader:
@@ -183,12 +185,14 @@ class ResumingStream:
     in order; on a retryable error it moves to the next target and asks for
     the rows after the last row it yielded (`checkpoint`). Gives up after
     `max_failovers` failovers, or when every target failed in a row.
+    `options`: more gRPC channel arguments.
 
     `served`: [(target, rows)] per attempt, for reports and tests.
     """
 
     def __init__(self, targets: list[str], checkpoint: str = "", chunk_size: int = 0,
-                 timeout: float = 600.0, max_failovers: int = 10, connect_timeout: float = 10.0):
+                 timeout: float = 600.0, max_failovers: int = 10, connect_timeout: float = 10.0,
+                 options=()):
         if not targets:
             raise ValueError("no targets")
         self.targets = list(targets)
@@ -197,6 +201,7 @@ class ResumingStream:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_failovers = max_failovers
+        self.options = GRPC_OPTIONS + list(options)  # more gRPC channel arguments
         self.served: list[tuple[str, int]] = []
         self.errors: list[str] = []
 
@@ -211,7 +216,7 @@ class ResumingStream:
         while True:
             target = self.targets[t % len(self.targets)]
             rows = 0
-            channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
+            channel = grpc.insecure_channel(target, options=self.options)
             try:
                 grpc.channel_ready_future(channel).result(timeout=self.connect_timeout)
                 stub = pb2_grpc.EmbeddingStreamServiceStub(channel)

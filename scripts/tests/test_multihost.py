@@ -4,7 +4,7 @@
 
 The data set: three pickles written by pandas (create_test_data's reference
 layout, distinct ids and seeds, so each shard has its own dictionaries),
-converted with `convert A.pkl B.pkl C.pkl -o DIR/ --shard-rows M`; each
+converted with `convert A.pkl B.pkl C.pkl -o DIR/ --shard-rows M --batch-rows 100`; each
 replica runs `serve --data DIR --host 127.0.0.N --port P --advertise <all
 three> --partition-rows K`.
 
@@ -37,6 +37,16 @@ PICKLE_ROWS = (9000, 7000, 8000)  # A, B, C
 DIM = 384
 SHARD_ROWS = 5000                 # -> shards of 5000+4000, 5000+2000, 5000+3000 rows
 PARTITION_ROWS = 3000             # -> endpoints of at most 3000 rows within a shard
+# Small batches, and HTTP/2 BDP probing off in the clients that see a kill:
+# the receive window then stays near gRPC's default (64 KiB, plus the message
+# being read), so a replica cannot have sent much more than a batch ahead of
+# what the client has read. A replica killed when its first batch of a
+# partition (or chunk of a stream) arrives has most of it still unsent: the
+# partition fails part-way and the stream is cut, by flow control, not timing.
+# (With probing on, loopback's window grows to megabytes and a 3000-row
+# partition can arrive whole, trailers included, after the kill.)
+BATCH_ROWS = 100
+NO_BDP = [("grpc.http2.bdp_probe", 0)]
 PICKLE_COLUMNS = ["id", "Company Name", "Exp Years", "English Level", "Primary Keyword"]
 VECTOR = "job_post_vectors"
 
@@ -56,7 +66,8 @@ class DataSet:
                                  id_prefix=f"pickle-{name}")
             pickles.append(p)
         out = subprocess.run([str(exe), "convert", *map(str, pickles), "-o", f"{self.dir}/",
-                              "--shard-rows", str(SHARD_ROWS), "--no-progress"],
+                              "--shard-rows", str(SHARD_ROWS), "--batch-rows", str(BATCH_ROWS),
+                              "--no-progress"],
                              capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, f"convert failed ({out.returncode}):\n{out.stderr}"
         frame = pd.concat([pd.read_pickle(p) for p in pickles], ignore_index=True)
@@ -157,7 +168,8 @@ def test_replica_killed_mid_read_partitions_retried_elsewhere(dataset, replicas)
             replicas.kill(1)  # SIGKILL, reaped: nothing more comes from it
             killed.append((endpoint, rows))
 
-    result = read_partitions([replicas.uris[0]], workers=3, timeout=120, on_batch=on_batch)
+    result = read_partitions([replicas.uris[0]], workers=3, timeout=120, on_batch=on_batch,
+                             generic_options=NO_BDP)
     assert killed, "no batch came from the victim"
     failed = result.failed
     assert failed and all(a.location == victim for a in failed), failed
@@ -175,7 +187,7 @@ def test_replica_killed_mid_read_partitions_retried_elsewhere(dataset, replicas)
 
 
 def test_stream_resumes_on_another_replica_after_kill(dataset, replicas):
-    stream = ResumingStream(replicas.addrs, timeout=120, connect_timeout=5)
+    stream = ResumingStream(replicas.addrs, timeout=120, connect_timeout=5, options=NO_BDP)
     rows = []
     for chunk in stream:
         rows.extend(chunk.rows)
