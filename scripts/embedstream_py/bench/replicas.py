@@ -3,7 +3,7 @@
 Run from the repository root, with the benchmark venv and a release build:
 
     PYTHONPATH=scripts .venv-bench/bin/python -m embedstream_py.bench.replicas \\
-        [--pickles 3] [--rows 60000] [--partition-rows 10000] [--readers 6] [--runs 3]
+        [--pickles 3] [--rows 60000] [--partition-rows 10000] [--readers 6] [--runs 5] [--passes 5]
 
 Data (built once into bench-data/replicas-*, gitignored): --pickles pickles
 of --rows x 384 written by pandas (create_test_data's reference layout,
@@ -13,7 +13,8 @@ distinct ids), converted with `convert A.pkl B.pkl … -o DIR/ --shard-rows
 (embedstream_py.replica_set), then one client process (this one): GetFlightInfo,
 then every endpoint DoGet on --readers threads, endpoint i from its location
 i mod R, batches counted and dropped. One warm-up read (page cache), then
---runs reads per R, interleaved (1,2,3,1,2,3,…), medians reported: GB/s of
+--runs runs of --passes whole reads per R, interleaved (1,2,3,1,2,3,…),
+medians reported: GB/s of
 Arrow buffers (RecordBatch.nbytes, 1 GB = 1e9 B), rows/s, and the CPU
 seconds of the servers (all replicas, /proc/PID/stat) and of the client
 (getrusage) per read, as a share of the machine's cores × wall time: what
@@ -104,12 +105,16 @@ def read_all(uris: list[str], readers: int) -> dict:
     return {"endpoints": len(eps), **tot}
 
 
-def measure(rs: ReplicaSet, readers: int) -> dict:
+def measure(rs: ReplicaSet, readers: int, passes: int) -> dict:
     pids = [p.pid for p in rs.procs]
     s0 = sum(cpu_seconds(p) for p in pids)
     c0 = client_cpu()
     t0 = time.perf_counter()
-    got = read_all(rs.uris, readers)
+    got = {"rows": 0, "bytes": 0}
+    for _ in range(passes):
+        one = read_all(rs.uris, readers)
+        got = {"endpoints": one["endpoints"], "rows": got["rows"] + one["rows"],
+               "bytes": got["bytes"] + one["bytes"]}
     wall = time.perf_counter() - t0
     return {**got, "wall_s": wall, "server_cpu_s": sum(cpu_seconds(p) for p in pids) - s0,
             "client_cpu_s": client_cpu() - c0}
@@ -125,7 +130,8 @@ def main() -> int:
     ap.add_argument("--partition-rows", type=int, default=10_000)
     ap.add_argument("--readers", type=int, default=6, help="client threads")
     ap.add_argument("--replicas", default="1,2,3")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--passes", type=int, default=5, help="whole-set reads per measurement")
     a = ap.parse_args()
     C.require_venv()
     exe = C.embedstream_bin()
@@ -145,7 +151,7 @@ def main() -> int:
             read_all(sets[r].uris, a.readers)
         for run in range(a.runs):
             for r in counts:
-                m = measure(sets[r], a.readers)
+                m = measure(sets[r], a.readers, a.passes)
                 results[r].append(m)
                 print(f"  run {run + 1} R={r}: {m['bytes'] / m['wall_s'] / 1e9:.2f} GB/s, "
                       f"{m['rows'] / m['wall_s']:,.0f} rows/s, servers {m['server_cpu_s']:.2f} "
@@ -165,18 +171,23 @@ def main() -> int:
         rps = C.median([m["rows"] / m["wall_s"] for m in ms])
         srv = C.median([m["server_cpu_s"] / (m["wall_s"] * cores) for m in ms])
         cli = C.median([m["client_cpu_s"] / (m["wall_s"] * cores) for m in ms])
+        srv_gb = C.median([m["server_cpu_s"] / (m["bytes"] / 1e9) for m in ms])
+        cli_gb = C.median([m["client_cpu_s"] / (m["bytes"] / 1e9) for m in ms])
         base = base or gbs
         summary[r] = {"gb_s": gbs, "rows_s": rps, "wall_s": wall, "server_cpu_share": srv,
-                      "client_cpu_share": cli, "endpoints": ms[0]["endpoints"],
+                      "client_cpu_share": cli, "server_cpu_s_per_gb": srv_gb,
+                      "client_cpu_s_per_gb": cli_gb, "endpoints": ms[0]["endpoints"],
                       "bytes": ms[0]["bytes"]}
         rows_out.append([r, ms[0]["endpoints"], f"{gbs:.2f}", f"{rps:,.0f}",
                          f"{C.ratio(gbs, base):.2f}x", f"{srv * 100:.0f}%", f"{cli * 100:.0f}%",
-                         f"{(srv + cli) * 100:.0f}%"])
+                         f"{(srv + cli) * 100:.0f}%", f"{srv_gb:.2f}", f"{cli_gb:.2f}"])
     print(f"\n== aggregate Flight DoGet, {a.readers} readers, medians of {a.runs} runs "
-          f"({summary[counts[0]]['bytes'] / 1e6:,.0f} MB of Arrow buffers per read; "
+          f"({summary[counts[0]]['bytes'] / a.passes / 1e6:,.0f} MB of Arrow buffers per read, "
+          f"{a.passes} reads per run; "
           f"CPU as a share of {cores} cores x wall)")
     print(C.table(rows_out, ["replicas", "endpoints", "GB/s", "rows/s", "vs 1", "servers CPU",
-                             "client CPU", "total CPU"]))
+                             "client CPU", "total CPU", "servers CPU-s/GB",
+                             "client CPU-s/GB"]))
     print(f"load after: {C.loadavg()}")
     C.save_results("replicas", {"machine": machine, "args": vars(a), "data": str(data),
                                 "data_bytes": size, "runs": results, "summary": summary})

@@ -4,18 +4,21 @@ Run from the repository root, with the benchmark venv and a release build:
 
     PYTHONPATH=scripts .venv-bench/bin/python -m embedstream_py.bench.shards \\
         [--parts a,b] [--rows 60000] [--startup-rows 141897] [--shards 100] [--runs 3]
+        [--out-root DIR]
 
 a) `convert P0.pkl P1.pkl P2.pkl P3.pkl -o DIR/ --force --key-seed 1 --key-time T
    --jobs J` with J = 2 (the default on 2 cores) against J = 1 (sequential),
    4 pickles of --rows x 384 written by pandas (create_test_data's reference
    layout), each run under /usr/bin/time -v in a fresh process; one warm-up,
    then --runs runs interleaved (2,1,2,1,…); median wall, CPU and peak RSS;
-   target: jobs 1 / jobs 2 >= 1.7x. Both outputs' manifest.json (with every
+   target: jobs 1 / jobs 2 >= 1.7x. The outputs go under --out-root
+   (default bench-data/; /dev/shm takes the disk's fsync out). Both outputs' manifest.json (with every
    shard's SHA-256) are compared: the same bytes either way.
 b) start-up: one pickle of --startup-rows rows converted to a single file and
    to a data set of --shards shards (`--shard-rows ceil(rows / shards)`); the
-   time from just before the process is spawned to the first answered RPC (a
-   Flight ListFlights that succeeds, polled every ms), and the `startup_ms`
+   time from just before the process is spawned to the first answered RPC (the
+   port polled by TCP connects every 0.5 ms, then a Flight ListFlights on a
+   fresh client, which must succeed), and the `startup_ms`
    the server logs; one warm-up, then --runs runs of each, interleaved.
 """
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -53,7 +57,7 @@ def pickles(n: int, rows: int, dim: int) -> list[Path]:
 def part_a(exe: Path, a) -> dict:
     ins = pickles(4, a.rows, a.dim)
     mb = sum(p.stat().st_size for p in ins) / 1e6
-    outs = {j: C.DATA_DIR / f"shards-out-jobs{j}" for j in (1, 2)}
+    outs = {j: Path(a.out_root) / f"shards-out-jobs{j}" for j in (1, 2)}
 
     def cmd(j):
         return [str(exe), "convert", *map(str, ins), "-o", f"{outs[j]}/", "--force",
@@ -101,23 +105,29 @@ def first_rpc_ms(exe: Path, data: Path, timeout: float = 120.0) -> tuple[float, 
                                  "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                                 env=env)
         try:
-            client = flight.connect(f"grpc://127.0.0.1:{port}")
-            opts = flight.FlightCallOptions(timeout=1)
+            opts = flight.FlightCallOptions(timeout=5)
             while True:
                 if proc.poll() is not None:
                     log.seek(0)
                     raise RuntimeError(f"serve exited {proc.returncode}: "
                                        f"{log.read().decode(errors='replace')[-2000:]}")
+                if time.perf_counter() - t0 > timeout:
+                    raise RuntimeError(f"no answer after {timeout:.0f} s")
+                # A TCP probe first: a gRPC client whose first connect is
+                # refused backs off (~100 ms+), which would be measured instead.
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) != 0:
+                        time.sleep(0.0005)
+                        continue
+                client = flight.connect(f"grpc://127.0.0.1:{port}")
                 try:
                     list(client.list_flights(options=opts))
                     ready = time.perf_counter() - t0
                     break
                 except (flight.FlightError, pa.ArrowException, OSError):
-                    pass
-                if time.perf_counter() - t0 > timeout:
-                    raise RuntimeError(f"no answer after {timeout:.0f} s")
-                time.sleep(0.001)
-            client.close()
+                    time.sleep(0.0005)
+                finally:
+                    client.close()
             logged = None
             deadline = time.perf_counter() + 5
             while logged is None and time.perf_counter() < deadline:
@@ -192,6 +202,8 @@ def main() -> int:
     ap.add_argument("--startup-rows", type=int, default=C.REF_ROWS)
     ap.add_argument("--shards", type=int, default=100)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--out-root", default=str(C.DATA_DIR),
+                    help="where part a writes (e.g. /dev/shm: tmpfs, fsync costs nothing)")
     a = ap.parse_args()
     C.require_venv()
     exe = C.embedstream_bin()
