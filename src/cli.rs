@@ -39,7 +39,8 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Convert a pandas DataFrame pickle into an Arrow IPC file with a sorted UUID v7 key.
+    /// Convert a pandas DataFrame pickle into an Arrow IPC file with a sorted UUID v7 key
+    /// (several pickles, or `-o DIR/`: a data set directory of ordered shards).
     Convert(convert::ConvertArgs),
     /// Memory-map a converted file and serve it over gRPC (StreamEmbedding and Arrow Flight).
     Serve(serve::ServeArgs),
@@ -47,7 +48,8 @@ pub enum Command {
     Stream(client::stream::StreamArgs),
     /// Upload a converted file to the Batch Server's IngestDataStream, with retries.
     Upload(client::upload::UploadArgs),
-    /// Summarise a converted file: schema, rows, key range, vector column, batches.
+    /// Summarise a converted file (schema, rows, key range, vector column, batches) or a data
+    /// set directory; `--verify` checks a data set against every checksum of its manifest.
     Inspect(inspect::InspectArgs),
     /// Ask a server's gRPC health service; exit 0 only when it is SERVING (for probes).
     Health(client::health::HealthArgs),

@@ -1,5 +1,6 @@
 //! File-system helpers shared by the commands: atomic output files
-//! ([`AtomicFile`]) and byte counts for people ([`human_bytes`]).
+//! ([`AtomicFile`]), atomic output directories ([`AtomicDir`], a data set)
+//! and byte counts for people ([`human_bytes`]).
 //!
 //! An output file is written where no reader can see it, fsynced, then put
 //! in place under its final name in one step. A crash, a kill or an error
@@ -371,9 +372,18 @@ impl AtomicDir {
         File::open(&self.temp)
             .and_then(|d| d.sync_all())
             .map_err(|e| AtomicFileError::io(&dest, e))?;
-        test_hook::hold_before_commit();
+        test_hook::hold_before_dir_commit();
         if self.replace {
-            rename::exchange(&self.temp, &dest).map_err(|e| AtomicFileError::io(&dest, e))?;
+            match rename::exchange(&self.temp, &dest) {
+                // The destination went away meanwhile: nothing to swap with.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.temp.is_dir() => {
+                    rename::no_replace(&self.temp, &dest)
+                        .map_err(|e| AtomicFileError::io(&dest, e))?;
+                    self.committed = true;
+                    return Ok(());
+                }
+                other => other.map_err(|e| AtomicFileError::io(&dest, e))?,
+            }
             // The old data set (or file) is now under the temporary name.
             self.committed = true;
             let old = self.temp.clone();
@@ -1045,7 +1055,7 @@ mod cleanup {
     /// `path` is a valid NUL-terminated string.
     #[cfg(target_os = "linux")]
     unsafe fn remove_flat_dir(path: *const c_char) {
-        // SAFETY (whole body): `path` is valid (the caller's contract);
+        // SAFETY: for the whole body: `path` is valid (the caller's contract);
         // `buf` outlives every call that writes it, and getdents64 writes at
         // most `buf.len()` bytes; each record is read within the `n` bytes
         // the kernel returned, its name NUL-terminated inside the record.
@@ -1140,7 +1150,17 @@ mod test_hook {
     /// `EMBEDSTREAM_TEST_HOLD_COMMIT=PATH`: once every byte is written and
     /// synced, create PATH and wait to be killed (for at most 10 minutes).
     pub(super) fn hold_before_commit() {
-        if let Some(marker) = std::env::var_os("EMBEDSTREAM_TEST_HOLD_COMMIT") {
+        hold("EMBEDSTREAM_TEST_HOLD_COMMIT");
+    }
+
+    /// `EMBEDSTREAM_TEST_HOLD_DIR_COMMIT=PATH`: the same, once a data set
+    /// directory is complete, before it is renamed into place.
+    pub(super) fn hold_before_dir_commit() {
+        hold("EMBEDSTREAM_TEST_HOLD_DIR_COMMIT");
+    }
+
+    fn hold(variable: &str) {
+        if let Some(marker) = std::env::var_os(variable) {
             let _ = std::fs::File::create(marker);
             std::thread::sleep(std::time::Duration::from_secs(600));
         }
@@ -1293,6 +1313,70 @@ mod tests {
                 dest.display()
             )
         );
+    }
+
+    #[test]
+    fn a_directory_appears_whole_and_replaces_only_a_data_set() {
+        let parent = tempfile::tempdir().unwrap();
+        let dest = parent.path().join("ds");
+        let manifest = crate::format::manifest::MANIFEST_FILE;
+        let built = AtomicDir::create(&parent.path().join("ds/"), false).unwrap();
+        assert_eq!(
+            built.dest(),
+            dest.as_path(),
+            "a trailing slash names the same directory"
+        );
+        std::fs::write(built.path().join(manifest), b"one").unwrap();
+        assert!(!dest.exists(), "nothing under the final name before commit");
+        built.commit().unwrap();
+        assert_eq!(std::fs::read(dest.join(manifest)).unwrap(), b"one");
+
+        let err = AtomicDir::create(&dest, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: already exists; pass --force to replace it",
+                dest.display()
+            )
+        );
+        // Abandoned: the temporary directory goes, the data set stays.
+        let abandoned = AtomicDir::create(&dest, true).unwrap();
+        std::fs::write(abandoned.path().join(manifest), b"two").unwrap();
+        drop(abandoned);
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
+        // Replaced in one step, the old one removed.
+        let again = AtomicDir::create(&dest, true).unwrap();
+        std::fs::write(again.path().join(manifest), b"two").unwrap();
+        again.commit().unwrap();
+        assert_eq!(std::fs::read(dest.join(manifest)).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
+
+        let other = parent.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("keep"), b"").unwrap();
+        assert!(matches!(
+            AtomicDir::create(&other, true),
+            Err(AtomicFileError::NotADataSet(_))
+        ));
+        // An empty directory is taken without --force.
+        let empty = parent.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let into_empty = AtomicDir::create(&empty, false).unwrap();
+        std::fs::write(into_empty.path().join(manifest), b"three").unwrap();
+        into_empty.commit().unwrap();
+        assert_eq!(std::fs::read(empty.join(manifest)).unwrap(), b"three");
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn stale_temporary_names_are_recognised() {
+        assert_eq!(stale_dir_pid(".ds.embedstream-1234-9af.tmp"), Some(1234));
+        assert_eq!(stale_dir_pid(".a.b.embedstream-7-0.tmp"), Some(7));
+        assert_eq!(stale_dir_pid("ds.embedstream-1234-9af.tmp"), None);
+        assert_eq!(stale_dir_pid(".ds.embedstream-1234-xyz.tmp"), None);
+        assert_eq!(stale_dir_pid(".ds.embedstream-x-1.tmp"), None);
+        assert_eq!(stale_dir_pid(".out.arrow.123-abc-0.tmp"), None);
+        assert!(process_alive(std::process::id()));
     }
 
     #[test]

@@ -317,15 +317,19 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<DatasetSummary> {
             });
         }
     });
+    // The first input (in input order) that failed on its own; inputs
+    // stopped because of it are not errors of theirs.
     let mut done = Vec::with_capacity(inputs.len());
+    let mut aborted = false;
     for result in results {
         match result.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Some(Ok(input)) => done.push(input),
             Some(Err(Failure::Own(e))) => return Err(e),
-            Some(Err(Failure::Aborted)) | None => {
-                bail!("internal error: the conversion stopped without an error")
-            }
+            Some(Err(Failure::Aborted)) | None => aborted = true,
         }
+    }
+    if aborted {
+        bail!("internal error: the conversion stopped without an error");
     }
     // The data set's schema: the first input with rows (or, if none has
     // any, the first input).
@@ -419,15 +423,12 @@ fn convert_input(
         .sum();
     let mut keys = base.clone();
     keys.skip(offset);
-    let table = Table::from_frame_keyed(
-        frame,
-        &args.key_column,
-        args.vector_column.as_deref(),
-        input,
-        &mut keys,
-    )
-    .with_context(|| format!("{}: cannot convert", input.display()))
-    .map_err(Failure::Own)?;
+    // An input of 0 rows has no vector values to type its vector column:
+    // only its column names count (it takes the data set's schema).
+    let vector_column = args.vector_column.as_deref().filter(|_| rows > 0);
+    let table = Table::from_frame_keyed(frame, &args.key_column, vector_column, input, &mut keys)
+        .with_context(|| format!("{}: cannot convert", input.display()))
+        .map_err(Failure::Own)?;
     if rows == 0 {
         // Written after every input with rows, under the data set's schema.
         return Ok(InputDone::Empty {
@@ -475,6 +476,17 @@ fn convert_input(
             .map_err(Failure::Own)?;
         shards.push(entry);
     }
+    tracing::info!(
+        "{}: {rows} rows → {} (shards {} to {})",
+        input.display(),
+        if count == 1 {
+            "1 shard".to_string()
+        } else {
+            format!("{count} shards")
+        },
+        first_shard,
+        first_shard + count - 1
+    );
     Ok(InputDone::Shards {
         shards,
         schema: table.schema().clone(),

@@ -2,6 +2,13 @@
 //! batches decoded in place (zero-copy) on first use, and the key index used
 //! to resume.
 //!
+//! A data set directory ([`crate::format::manifest`]) is one store over all
+//! its shards ([`Store::open_dataset`]): batches and rows are numbered
+//! globally, shard after shard, so readers never see shards. Its shards are
+//! checked against the manifest at open (each refusal names the shard), and
+//! each IPC block against its SHA-256 the first time it is read
+//! ([`Store::batch`], [`Store::record_batch_block`]; the result is cached).
+//!
 //! Invariants, checked by [`Store::open`] and relied on by every reader:
 //! - the key column's values are strictly increasing across the whole file,
 //!   compared as big-endian bytes (that is UUID v7 time order), and never null;

@@ -15,6 +15,7 @@ mod convert_cli;
 mod convert_write;
 mod damaged_arrow;
 mod dataset;
+mod dataset_convert;
 mod frame_fixtures;
 mod health;
 mod hot_swap;

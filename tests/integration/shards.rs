@@ -948,3 +948,95 @@ fn serve_a_data_set_directory_from_the_command_line_and_reload_on_sighup() {
         "{stderr}"
     );
 }
+
+/// Byte offset in `path` of dictionary block `d`'s body (from the footer).
+fn dictionary_body_offset(path: &Path, d: usize) -> usize {
+    let bytes = std::fs::read(path).unwrap();
+    let len = bytes.len();
+    let footer_len =
+        arrow_ipc::reader::read_footer_length(bytes[len - 10..].try_into().unwrap()).unwrap();
+    let footer = arrow_ipc::root_as_footer(&bytes[len - 10 - footer_len..len - 10]).unwrap();
+    let block = footer.dictionaries().unwrap().get(d);
+    (block.offset() + i64::from(block.metaDataLength())) as usize
+}
+
+#[tokio::test]
+async fn a_damaged_dictionary_is_data_loss_naming_the_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("set");
+    make_dataset(&dir, &[0..100, 100..200], 32, true);
+    // The last byte of shard 1's first dictionary body (a string byte or
+    // padding: either way only the checksum sees it).
+    let shard = dir.join("shard-00001.arrow");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let start = dictionary_body_offset(&shard, 0);
+    bytes[start + 8] ^= 0x01;
+    std::fs::write(&shard, &bytes).unwrap();
+    let server = serve(&dir, |_| {}).await;
+    let want = "the served file is damaged: record batch 4 cannot be decoded (shard 1 (shard-00001.arrow), its record batch 0: dictionary 0: its bytes do not match their checksum";
+    let mut client = EmbeddingStreamServiceClient::new(channel(&server).await);
+    let mut stream = client
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: String::new(),
+            chunk_size: 25,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rows = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => rows += chunk.rows.len(),
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(rows, 100);
+    assert_eq!(status.code(), Code::DataLoss);
+    assert!(status.message().starts_with(want), "{}", status.message());
+    // Flight, resuming inside shard 1: its dictionaries are checked first.
+    let after = uuid_text(common::key_for_row(150));
+    let status = FlightServiceClient::new(channel(&server).await)
+        .do_get(Ticket::new(format!("after:{after}")))
+        .await
+        .unwrap()
+        .into_inner()
+        .try_collect::<Vec<FlightData>>()
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss);
+    assert!(
+        status.message().starts_with(
+            "the served file is damaged: record batch 5 cannot be decoded (shard 1 (shard-00001.arrow), its record batch 1: dictionary 0: its bytes do not match their checksum"
+        ),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_single_file_is_partitioned_with_partition_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("one.arrow");
+    common::write_sample_file(&path, 100, DIM, 16);
+    let server = serve(&path, |c| c.partition_rows = Some(30)).await;
+    let info = info_of(&mut FlightClient::new(channel(&server).await), "one").await;
+    let sizes: Vec<u64> = info
+        .endpoint
+        .iter()
+        .map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&e.app_metadata).unwrap()["rows"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sizes, [30, 30, 30, 10]);
+    let got: Vec<[u8; 16]> = read_endpoints(&server, &info)
+        .await
+        .iter()
+        .flat_map(|p| keys_of(p))
+        .collect();
+    assert_eq!(got, keys(0..100));
+    server.shutdown().await.unwrap();
+}
