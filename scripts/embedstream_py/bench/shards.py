@@ -12,8 +12,9 @@ a) `convert P0.pkl P1.pkl P2.pkl P3.pkl -o DIR/ --force --key-seed 1 --key-time 
    layout), each run under /usr/bin/time -v in a fresh process; one warm-up,
    then --runs runs interleaved (2,1,2,1,…); median wall, CPU and peak RSS;
    target: jobs 1 / jobs 2 >= 1.7x. The outputs go under --out-root
-   (default bench-data/; /dev/shm takes the disk's fsync out). Both outputs' manifest.json (with every
-   shard's SHA-256) are compared: the same bytes either way.
+   (default bench-data/; /dev/shm takes the disk's fsync out). Both
+   outputs' manifest.json (with every shard's SHA-256) are compared: the
+   same bytes either way.
 b) start-up: one pickle of --startup-rows rows converted to a single file and
    to a data set of --shards shards (`--shard-rows ceil(rows / shards)`); the
    time from just before the process is spawned to the first answered RPC (the
