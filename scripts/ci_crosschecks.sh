@@ -11,7 +11,8 @@
 #  3. `serve` checked by a grpcio client and pyarrow.flight, and `stream`;
 #     the same over TLS with a bearer token, and /metrics (needs `openssl`);
 #     a refresh under a live `serve`, resumed with the old file's checkpoints;
-#  4. `upload` checked by a grpcio receiver.
+#  4. `upload` checked by a grpcio receiver;
+#  5. three replicas of a data set on 127.0.0.2-4 (scripts/tests/test_multihost.py).
 # One `ok: NAME` / `FAILED: NAME` line per check, then
 # `cross-checks: N passed, N failed`; exits 1 if any failed.
 #
@@ -147,6 +148,15 @@ for variant in "com.alpha.backend.grpc" "embedding" "embedding --fail-first"; do
   check "upload ($variant)" "$BIN" upload "$DATA" --to "127.0.0.1:$RPORT" --service-package "$package"
   check "receiver got every row ($variant)" wait "$RPID"
 done
+
+step "multi-host: three replicas on 127.0.0.2-4, read in parallel, killed mid-read and mid-stream"
+# A data set converted from three pandas pickles, served by three replicas
+# that advertise each other: pyarrow.flight reads every endpoint in parallel
+# round robin, then again with a replica SIGKILLed mid-read (its partitions
+# re-read elsewhere); a grpcio StreamEmbedding resumes its checkpoint on
+# another replica after a SIGKILL. Every row once, equal to the pickles'.
+check "multi-host (pytest scripts/tests/test_multihost.py)" "$PY" -m pytest \
+  scripts/tests/test_multihost.py -m multihost --embedstream-bin "$BIN" -q -p no:cacheprovider
 
 echo
 echo "cross-checks: $PASSED passed, $FAILED failed"

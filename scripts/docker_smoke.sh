@@ -254,6 +254,17 @@ if [ ${#COMPOSE[@]} -gt 0 ]; then
     fail "docker-compose --profile check up"
   fi
   "${COMPOSE[@]}" --profile check down >/dev/null 2>&1
+  # The replicas profile (issue 12): three serve services on 127.0.0.2-4 that
+  # advertise each other; checked as configuration only (the multi-host
+  # behaviour itself is scripts/tests/test_multihost.py in the cross-checks).
+  if cfg=$("${COMPOSE[@]}" --profile replicas config 2>&1); then
+    adv="grpc://127.0.0.2:50071,grpc://127.0.0.3:50071,grpc://127.0.0.4:50071"
+    [ "$(grep -c -- "$adv" <<<"$cfg")" -eq 3 ] && grep -q -- "- 127.0.0.4:50071" <<<"$cfg" &&
+      ok "compose --profile replicas config: three replicas advertising each other" ||
+      fail "compose --profile replicas config: $(echo "$cfg" | grep -A12 'replica-' | head -20)"
+  else
+    fail "compose --profile replicas config: $(echo "$cfg" | tail -5)"
+  fi
 fi
 
 summary

@@ -501,8 +501,11 @@ def company_names(count: int, rng) -> list[str]:
     return names
 
 
-def write_reference_like(path: Path, rows: int, dim: int, seed: int, companies: int) -> None:
-    """The reference layout at scale: bulk numpy generation, then to_pickle."""
+def write_reference_like(path: Path, rows: int, dim: int, seed: int, companies: int,
+                         id_prefix: str = "job") -> None:
+    """The reference layout at scale: bulk numpy generation, then to_pickle.
+    `id_prefix` names the ids (uuid5 of `<prefix>-<row>`): pickles meant to be
+    one data set take different prefixes, so their ids differ."""
     import numpy as np
     import pandas as pd
 
@@ -516,7 +519,7 @@ def write_reference_like(path: Path, rows: int, dim: int, seed: int, companies: 
         rng.choice(11, size=rows, p=np.array([8, 10, 12, 13, 12, 11, 10, 8, 6, 5, 5]) / 100)]
     english = np.array(ENGLISH_LEVELS, dtype=object)[rng.integers(0, len(ENGLISH_LEVELS), rows)]
     keyword = np.array(KEYWORDS, dtype=object)[rng.integers(0, len(KEYWORDS), rows)]
-    ids = np.array(_gen_ids(rows), dtype=object)
+    ids = np.array(_gen_ids(rows, id_prefix), dtype=object)
     df = pd.DataFrame({
         "id": ids,
         "Company Name": names[company_idx],
