@@ -269,23 +269,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<DatasetSummary> {
     }
     let mut lengths = Vec::with_capacity(inputs.len());
     for input in &inputs {
-        let meta = std::fs::metadata(input).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow::anyhow!(
-                    "{}: no such file; give the path of a pandas pickle",
-                    input.display()
-                )
-            } else {
-                anyhow::anyhow!("{}: {e}", input.display())
-            }
-        })?;
-        if !meta.is_file() {
-            bail!(
-                "{}: not a file; give the path of a pandas pickle",
-                input.display()
-            );
-        }
-        lengths.push(meta.len());
+        lengths.push(super::input_size(input)?);
     }
     // Refuse an occupied destination before the (possibly long) reads.
     let dir = AtomicDir::create(&output, args.force)?;

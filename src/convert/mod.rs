@@ -304,6 +304,28 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The size of the pickle at `input`; a clear refusal if it is missing or
+/// not a file.
+pub(crate) fn input_size(input: &Path) -> anyhow::Result<u64> {
+    let meta = std::fs::metadata(input).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!(
+                "{}: no such file; give the path of a pandas pickle",
+                input.display()
+            )
+        } else {
+            anyhow::anyhow!("{}: {e}", input.display())
+        }
+    })?;
+    if !meta.is_file() {
+        bail!(
+            "{}: not a file; give the path of a pandas pickle",
+            input.display()
+        );
+    }
+    Ok(meta.len())
+}
+
 /// Convert `args.input` as the flags say; the library entry point.
 pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
     if args.dataset_output().is_some() {
@@ -318,22 +340,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
     let started = Instant::now();
     let input = &args.input;
     let output = args.output_path();
-    let input_meta = std::fs::metadata(input).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!(
-                "{}: no such file; give the path of a pandas pickle",
-                input.display()
-            )
-        } else {
-            anyhow::anyhow!("{}: {e}", input.display())
-        }
-    })?;
-    if !input_meta.is_file() {
-        bail!(
-            "{}: not a file; give the path of a pandas pickle",
-            input.display()
-        );
-    }
+    let input_len = input_size(input)?;
     if same_file(input, &output) {
         bail!(
             "{}: the output would overwrite the input; choose another path with -o",
@@ -360,7 +367,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         )?),
     };
 
-    let frame = read_frame(input, input_meta.len(), args, args.progress_mode())?;
+    let frame = read_frame(input, input_len, args, args.progress_mode())?;
     tracing::debug!(
         rows = frame.rows,
         columns = frame.columns.len(),

@@ -216,6 +216,28 @@ async fn serve(dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     Server::spawn(config).await.unwrap()
 }
 
+/// Pull StreamEmbedding from the start in chunks of `chunk_size` until it
+/// fails: the rows received before the error, and the error.
+async fn rows_until_error(server: &Server, chunk_size: i32) -> (usize, tonic::Status) {
+    let mut client = EmbeddingStreamServiceClient::new(channel(server).await);
+    let mut stream = client
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: String::new(),
+            chunk_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rows = 0;
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => rows += chunk.rows.len(),
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => return (rows, status),
+        }
+    }
+}
+
 async fn channel(server: &Server) -> Channel {
     Channel::from_shared(format!("http://{}", server.local_addr()))
         .unwrap()
@@ -490,23 +512,7 @@ async fn a_damaged_batch_is_data_loss_naming_the_shard_and_the_rest_serves() {
     let server = serve(&dir, |_| {}).await;
     let want = "the served file is damaged: record batch 5 cannot be decoded (shard 1 (shard-00001.arrow), its record batch 1: its bytes do not match their checksum";
     // StreamEmbedding: every row before the batch, then DATA_LOSS.
-    let mut client = EmbeddingStreamServiceClient::new(channel(&server).await);
-    let mut stream = client
-        .stream_embedding(StreamEmbeddingRequest {
-            last_processed_uuid: String::new(),
-            chunk_size: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut rows = 0;
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(chunk)) => rows += chunk.rows.len(),
-            Ok(None) => panic!("the stream ended without an error"),
-            Err(status) => break status,
-        }
-    };
+    let (rows, status) = rows_until_error(&server, 10).await;
     assert_eq!(rows, 130);
     assert_eq!(status.code(), Code::DataLoss);
     assert!(status.message().starts_with(want), "{}", status.message());
@@ -974,23 +980,7 @@ async fn a_damaged_dictionary_is_data_loss_naming_the_shard() {
     std::fs::write(&shard, &bytes).unwrap();
     let server = serve(&dir, |_| {}).await;
     let want = "the served file is damaged: record batch 4 cannot be decoded (shard 1 (shard-00001.arrow), its record batch 0: dictionary 0: its bytes do not match their checksum";
-    let mut client = EmbeddingStreamServiceClient::new(channel(&server).await);
-    let mut stream = client
-        .stream_embedding(StreamEmbeddingRequest {
-            last_processed_uuid: String::new(),
-            chunk_size: 25,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut rows = 0;
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(chunk)) => rows += chunk.rows.len(),
-            Ok(None) => panic!("the stream ended without an error"),
-            Err(status) => break status,
-        }
-    };
+    let (rows, status) = rows_until_error(&server, 25).await;
     assert_eq!(rows, 100);
     assert_eq!(status.code(), Code::DataLoss);
     assert!(status.message().starts_with(want), "{}", status.message());
