@@ -11,7 +11,7 @@ use arrow_array::{Array, FixedSizeBinaryArray};
 use crate::{
     format::{
         self, format_uuid,
-        manifest::{schema_entries, sha256_hex, sha256_hex_of, Manifest, ShardEntry},
+        manifest::{block_checksum, schema_entries, sha256_hex_of, Manifest, ShardEntry},
         FileLayout,
     },
     store::{MappedIpcFile, StoreError},
@@ -27,8 +27,8 @@ pub struct InspectArgs {
     #[arg(long)]
     pub key_column: Option<String>,
 
-    /// Data set: check every shard against the manifest (size, whole-file and per-block
-    /// SHA-256, schema, rows, key range and order); exit 1 naming the first bad shard.
+    /// Data set: check every shard against the manifest (size, whole-file SHA-256, per-block
+    /// XXH3-128, schema, rows, key range and order); exit 1 naming the first bad shard.
     #[arg(long)]
     pub verify: bool,
 }
@@ -240,7 +240,7 @@ pub fn dataset_report(dir: &Path, verify: bool) -> anyhow::Result<String> {
         }
         let _ = writeln!(
             out,
-            "verified: {} shards against the manifest (size, file and block SHA-256, schema, rows, keys)",
+            "verified: {} shards against the manifest (size, file SHA-256, block XXH3-128, schema, rows, keys)",
             manifest.shards.len()
         );
     }
@@ -274,9 +274,9 @@ fn verify_shard(dir: &Path, manifest: &Manifest, shard: &ShardEntry) -> Result<(
             .dictionary_extent(i)
             .unwrap_or_else(|| Err("missing".into()))
             .map_err(|e| format!("dictionary {i}: {e}"))?;
-        if &sha256_hex(&bytes) != expected {
+        if &block_checksum(&bytes) != expected {
             return Err(format!(
-                "dictionary {i}: its SHA-256 does not match the manifest"
+                "dictionary {i}: its XXH3-128 does not match the manifest"
             ));
         }
     }
@@ -292,9 +292,9 @@ fn verify_shard(dir: &Path, manifest: &Manifest, shard: &ShardEntry) -> Result<(
             .record_batch_extent(i)
             .unwrap_or_else(|| Err("missing".into()))
             .map_err(|e| format!("batch {i}: {e}"))?;
-        if sha256_hex(&bytes) != expected.sha256 {
+        if block_checksum(&bytes) != expected.xxh3 {
             return Err(format!(
-                "batch {i}: its SHA-256 does not match the manifest"
+                "batch {i}: its XXH3-128 does not match the manifest"
             ));
         }
         let rows = file.batch_num_rows(i).unwrap_or(0) as u64;

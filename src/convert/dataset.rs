@@ -45,7 +45,7 @@ use crate::{
     format::{
         format_uuid,
         manifest::{
-            schema_entries, sha256_hex, sha256_hex_of, BatchEntry, Manifest, ShardEntry,
+            block_checksum, schema_entries, sha256_hex_of, BatchEntry, Manifest, ShardEntry,
             MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
         },
     },
@@ -569,7 +569,7 @@ fn schema_difference(a: &Schema, b: &Schema, a_name: &Path, b_name: &Path) -> Op
     None
 }
 
-/// A shard's manifest entry: its size, whole-file SHA-256 and one SHA-256
+/// A shard's manifest entry: its size, whole-file SHA-256 and one XXH3-128
 /// per IPC block, read back from the file just written.
 fn shard_entry(
     path: &Path,
@@ -581,7 +581,7 @@ fn shard_entry(
     let extent_error = |what: String, e: String| anyhow::anyhow!("{what}: {e}");
     let dictionaries = (0..mapped.num_dictionaries())
         .map(|i| match mapped.dictionary_extent(i) {
-            Some(Ok(bytes)) => Ok(sha256_hex(&bytes)),
+            Some(Ok(bytes)) => Ok(block_checksum(&bytes)),
             Some(Err(e)) => Err(extent_error(format!("dictionary {i}"), e)),
             None => Err(extent_error(format!("dictionary {i}"), "missing".into())),
         })
@@ -590,7 +590,7 @@ fn shard_entry(
         .map(|i| match mapped.record_batch_extent(i) {
             Some(Ok(bytes)) => Ok(BatchEntry {
                 rows: mapped.batch_num_rows(i).unwrap_or(0) as u64,
-                sha256: sha256_hex(&bytes),
+                xxh3: block_checksum(&bytes),
             }),
             Some(Err(e)) => Err(extent_error(format!("batch {i}"), e)),
             None => Err(extent_error(format!("batch {i}"), "missing".into())),

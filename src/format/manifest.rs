@@ -18,11 +18,20 @@
 //! - `file` is a plain file name inside the directory (no separator, no
 //!   `..`), and no two shards name the same file.
 //!
-//! Checksums are SHA-256, lowercase hex ([`sha256_hex`]): `sha256` over the
-//! whole shard file (what `inspect --verify` checks), and one per IPC block
-//! (`dictionaries`, `batches`: the block's bytes as the footer locates them,
-//! metadata and body), which a server checks lazily, the first time it
-//! serves a block, so that start-up never reads more than the key column.
+//! Checksums, lowercase hex:
+//! - `sha256`: SHA-256 of the whole shard file ([`sha256_hex_of`]), what
+//!   `inspect --verify` checks and what a copy is compared with;
+//! - `dictionaries` and `batches[].xxh3`: XXH3-128 of each IPC block
+//!   ([`block_checksum`]; the block's bytes as the footer locates them,
+//!   metadata and body), which a server checks lazily, the first time it
+//!   serves a block, so that start-up never reads more than the key column.
+//!
+//! The per-block sums guard against damage (a bad copy, a truncated or
+//! rewritten file, bit rot), not against an adversary: the manifest that
+//! lists them is not signed, so a cryptographic hash per block would add no
+//! protection. XXH3 runs at memory speed, where SHA-256 (with SHA-NI) took
+//! 35% of a data set conversion's CPU (BENCHMARKS.md, shards) and a first
+//! read's.
 
 use std::path::Path;
 
@@ -85,7 +94,7 @@ pub struct ShardEntry {
     pub bytes: u64,
     /// SHA-256 of the whole file.
     pub sha256: String,
-    /// SHA-256 of each dictionary block, in footer order.
+    /// XXH3-128 of each dictionary block, in footer order ([`block_checksum`]).
     #[serde(default)]
     pub dictionaries: Vec<String>,
     /// Each record batch, in footer order.
@@ -97,8 +106,8 @@ pub struct ShardEntry {
 pub struct BatchEntry {
     /// Rows in the batch.
     pub rows: u64,
-    /// SHA-256 of the block's bytes (metadata and body).
-    pub sha256: String,
+    /// XXH3-128 of the block's bytes, metadata and body ([`block_checksum`]).
+    pub xxh3: String,
 }
 
 /// Why a manifest is refused.
@@ -209,15 +218,20 @@ impl Manifest {
             for digest in shard
                 .dictionaries
                 .iter()
-                .chain(shard.batches.iter().map(|b| &b.sha256))
-                .chain(std::iter::once(&shard.sha256))
+                .chain(shard.batches.iter().map(|b| &b.xxh3))
             {
-                if !is_sha256_hex(digest) {
+                if !is_hex(digest, BLOCK_CHECKSUM_HEX) {
                     return Err(format!(
-                        "{label}: `{}` is not a SHA-256 in lowercase hex",
+                        "{label}: block checksum `{}` is not an XXH3-128 in lowercase hex",
                         digest.chars().take(80).collect::<String>()
                     ));
                 }
+            }
+            if !is_hex(&shard.sha256, 64) {
+                return Err(format!(
+                    "{label}: sha256 `{}` is not a SHA-256 in lowercase hex",
+                    shard.sha256.chars().take(80).collect::<String>()
+                ));
             }
             total = total
                 .checked_add(shard.rows)
@@ -283,7 +297,17 @@ pub fn schema_entries(schema: &Schema) -> Vec<FieldEntry> {
         .collect()
 }
 
-/// SHA-256 of `bytes`, lowercase hex: every checksum of a data set.
+/// Hex digits of a block checksum.
+const BLOCK_CHECKSUM_HEX: usize = 32;
+
+/// The checksum of one IPC block: XXH3-128 of its bytes, lowercase hex
+/// (32 digits). The one definition the writer, the server and `inspect`
+/// use.
+pub fn block_checksum(bytes: &[u8]) -> String {
+    hex(&twox_hash::XxHash3_128::oneshot(bytes).to_be_bytes())
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
@@ -312,8 +336,8 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+fn is_hex(s: &str, digits: usize) -> bool {
+    s.len() == digits && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn is_plain_file_name(name: &str) -> bool {
@@ -346,7 +370,7 @@ mod tests {
             } else {
                 vec![BatchEntry {
                     rows,
-                    sha256: sha256_hex(b"batch"),
+                    xxh3: block_checksum(b"batch"),
                 }]
             },
         }
@@ -376,6 +400,9 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(sha256_hex_of(&b"abc"[..]).unwrap(), sha256_hex(b"abc"));
+        // XXH3-128 of the empty input, as the reference implementation gives it.
+        assert_eq!(block_checksum(b""), "99aa06d3014798d86001c324468d497f");
+        assert_eq!(block_checksum(b"abc").len(), 32);
     }
 
     #[test]
@@ -422,8 +449,11 @@ mod tests {
         digest.shards[0].sha256 = "XYZ".into();
         assert_eq!(
             check(digest),
-            "shard 0 (a.arrow): `XYZ` is not a SHA-256 in lowercase hex"
+            "shard 0 (a.arrow): sha256 `XYZ` is not a SHA-256 in lowercase hex"
         );
+        let mut block = manifest(vec![shard("a.arrow", 3, Some((1, 2)))]);
+        block.shards[0].batches[0].xxh3 = sha256_hex(b"not this algorithm");
+        assert!(check(block).starts_with("shard 0 (a.arrow): block checksum `"));
         let mut version = manifest(vec![]);
         version.format_version = 9;
         assert!(check(version).starts_with("format_version 9 is not supported"));

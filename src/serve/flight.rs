@@ -41,7 +41,7 @@
 //! exactly as stored (no re-encoding, no copy: the bytes go from the memory
 //! map to the socket). Only a batch cut by the start or end of the rows (a
 //! resume point, a range's ends) is sliced and re-encoded. For a data set,
-//! each block's SHA-256 is checked against the manifest the first time it
+//! each block's checksum is checked against the manifest the first time it
 //! is sent ([`crate::store::Store::record_batch_block`]); a mismatch ends
 //! the call with DATA_LOSS naming the shard and batch. Rows come in key
 //! order. Each row's key is the `uuid` column (`FixedSizeBinary(16)`,

@@ -17,7 +17,7 @@
 //! A data set directory reloads the same way: on SIGHUP, and on a rename of
 //! a directory onto its name (`IN_MOVED_TO` in the parent, as for a file).
 //! Writes inside the directory are not watched (send SIGHUP after changing
-//! shards in place). Its validation checks every block's SHA-256 too, and
+//! shards in place). Its validation checks every block's checksum too, and
 //! each shard is under its own lease: a write to any of them revokes the
 //! generation.
 //!

@@ -6,7 +6,7 @@
 //! its shards ([`Store::open_dataset`]): batches and rows are numbered
 //! globally, shard after shard, so readers never see shards. Its shards are
 //! checked against the manifest at open (each refusal names the shard), and
-//! each IPC block against its SHA-256 the first time it is read
+//! each IPC block against its checksum (XXH3-128) the first time it is read
 //! ([`Store::batch`], [`Store::record_batch_block`]; the result is cached).
 //!
 //! Invariants, checked by [`Store::open`] and relied on by every reader:
@@ -50,7 +50,7 @@ pub use ipc_file::{BatchError, IpcBlock, MappedIpcFile};
 pub use crate::format::Key;
 use crate::format::{
     check_key_order, format_uuid,
-    manifest::{schema_entries, sha256_hex, Manifest, ManifestError, MANIFEST_FILE},
+    manifest::{block_checksum, schema_entries, Manifest, ManifestError, MANIFEST_FILE},
     FileLayout, LayoutError,
 };
 
@@ -156,7 +156,7 @@ struct Shard {
     label: String,
     /// Whether the writer vouched for its key order.
     keys_verified_by_writer: bool,
-    /// The manifest's per-block SHA-256, checked lazily; `None` for a single file.
+    /// The manifest's per-block checksums, checked lazily; `None` for a single file.
     sums: Option<BlockSums>,
 }
 
@@ -171,7 +171,7 @@ struct BlockSums {
 }
 
 impl Shard {
-    /// Check block `local`'s SHA-256 (and, before any batch, every
+    /// Check block `local`'s checksum (and, before any batch, every
     /// dictionary's) against the manifest, once; a single file has no sums.
     fn verify_batch(&self, local: usize) -> Result<(), String> {
         let Some(sums) = &self.sums else {
@@ -225,12 +225,12 @@ impl Shard {
 }
 
 fn check_sum(bytes: &[u8], want: &str) -> Result<(), String> {
-    let got = sha256_hex(bytes);
+    let got = block_checksum(bytes);
     if got == want {
         Ok(())
     } else {
         Err(format!(
-            "its bytes do not match their checksum (SHA-256 {got}, the manifest lists {want})"
+            "its bytes do not match their checksum (XXH3-128 {got}, the manifest lists {want})"
         ))
     }
 }
@@ -410,7 +410,7 @@ impl Store {
                 label,
                 keys_verified_by_writer,
                 sums: Some(BlockSums {
-                    batches: entry.batches.iter().map(|b| b.sha256.clone()).collect(),
+                    batches: entry.batches.iter().map(|b| b.xxh3.clone()).collect(),
                     dictionaries: entry.dictionaries.clone(),
                     batch_checked: entry.batches.iter().map(|_| OnceLock::new()).collect(),
                     dictionaries_checked: OnceLock::new(),
@@ -636,7 +636,7 @@ impl Store {
 
     /// Record batch `b` (global, key order), decoded on first use and
     /// cached; for a data set its block is first checked against the
-    /// manifest's SHA-256 (once). A [`BatchError`] names the shard and
+    /// manifest's checksum (once). A [`BatchError`] names the shard and
     /// batch if the bytes are damaged, or if `b` is out of range.
     pub fn batch(&self, b: usize) -> Result<&RecordBatch, BatchError> {
         if b >= self.num_batches() {

@@ -648,7 +648,7 @@ fn inspect_summarises_a_data_set_and_verify_names_the_damaged_shard() {
     ]));
     assert!(
         err.contains(
-            "shard 2 (shard-00002.arrow): batch 1: its SHA-256 does not match the manifest"
+            "shard 2 (shard-00002.arrow): batch 1: its XXH3-128 does not match the manifest"
         ),
         "{err}"
     );

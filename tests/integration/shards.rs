@@ -29,7 +29,7 @@ use embedstream::{
     format::{
         self,
         manifest::{
-            schema_entries, sha256_hex, sha256_hex_of, BatchEntry, Manifest, ShardEntry,
+            block_checksum, schema_entries, sha256_hex_of, BatchEntry, Manifest, ShardEntry,
             MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
         },
     },
@@ -148,7 +148,7 @@ fn shard_entry(dir: &Path, name: &str) -> (ShardEntry, Schema) {
     let batches: Vec<BatchEntry> = (0..file.num_batches())
         .map(|b| BatchEntry {
             rows: file.batch_num_rows(b).unwrap() as u64,
-            sha256: sha256_hex(&file.record_batch_extent(b).unwrap().unwrap()),
+            xxh3: block_checksum(&file.record_batch_extent(b).unwrap().unwrap()),
         })
         .collect();
     let rows: u64 = batches.iter().map(|b| b.rows).sum();
@@ -164,7 +164,7 @@ fn shard_entry(dir: &Path, name: &str) -> (ShardEntry, Schema) {
         bytes: std::fs::metadata(&path).unwrap().len(),
         sha256: sha256_hex_of(File::open(&path).unwrap()).unwrap(),
         dictionaries: (0..file.num_dictionaries())
-            .map(|d| sha256_hex(&file.dictionary_extent(d).unwrap().unwrap()))
+            .map(|d| block_checksum(&file.dictionary_extent(d).unwrap().unwrap()))
             .collect(),
         batches,
     };
@@ -411,7 +411,7 @@ fn every_manifest_refusal_names_the_shard() {
     );
     // Number of dictionaries.
     let mut m = good.clone();
-    m.shards[1].dictionaries.push(sha256_hex(b"x"));
+    m.shards[1].dictionaries.push(block_checksum(b"x"));
     refused_with(
         &m,
         "shard 1 (shard-00001.arrow): the file holds 0 dictionaries, the manifest lists 1",
