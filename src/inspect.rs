@@ -11,7 +11,7 @@ use arrow_array::{Array, FixedSizeBinaryArray};
 use crate::{
     format::{
         self, format_uuid,
-        manifest::{block_checksum, schema_entries, sha256_hex_of, Manifest, ShardEntry},
+        manifest::{block_checksum, schema_entries, sha256_hex, Manifest, ShardEntry},
         FileLayout,
     },
     store::{MappedIpcFile, StoreError},
@@ -305,10 +305,7 @@ fn verify_shard(dir: &Path, manifest: &Manifest, shard: &ShardEntry) -> Result<(
             ));
         }
     }
-    let whole = std::fs::File::open(&path)
-        .and_then(sha256_hex_of)
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    if whole != shard.sha256 {
+    if sha256_hex(file.bytes()) != shard.sha256 {
         return Err("the file's SHA-256 does not match the manifest".into());
     }
     if schema_entries(file.schema()) != manifest.schema {

@@ -45,7 +45,7 @@ use crate::{
     format::{
         format_uuid,
         manifest::{
-            block_checksum, schema_entries, sha256_hex_of, BatchEntry, Manifest, ShardEntry,
+            block_checksum, schema_entries, sha256_hex, BatchEntry, Manifest, ShardEntry,
             MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
         },
     },
@@ -597,8 +597,7 @@ fn shard_entry(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let bytes = mapped.len() as u64;
-    drop(mapped);
-    let sha256 = sha256_hex_of(std::fs::File::open(path)?)?;
+    let sha256 = sha256_hex(mapped.bytes());
     Ok(ShardEntry {
         file,
         rows,

@@ -19,7 +19,7 @@
 //!   `..`), and no two shards name the same file.
 //!
 //! Checksums, lowercase hex:
-//! - `sha256`: SHA-256 of the whole shard file ([`sha256_hex_of`]), what
+//! - `sha256`: SHA-256 of the whole shard file ([`sha256_hex`]), what
 //!   `inspect --verify` checks and what a copy is compared with;
 //! - `dictionaries` and `batches[].xxh3`: XXH3-128 of each IPC block
 //!   ([`block_checksum`]; the block's bytes as the footer locates them,
@@ -312,22 +312,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-/// SHA-256 of everything `reader` yields, lowercase hex (whole shard files,
-/// read in 1 MiB steps so memory stays flat).
-pub fn sha256_hex_of(mut reader: impl std::io::Read) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
@@ -399,7 +383,6 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(sha256_hex_of(&b"abc"[..]).unwrap(), sha256_hex(b"abc"));
         // XXH3-128 of the empty input, as the reference implementation gives it.
         assert_eq!(block_checksum(b""), "99aa06d3014798d86001c324468d497f");
         assert_eq!(block_checksum(b"abc").len(), 32);

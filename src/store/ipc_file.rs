@@ -307,6 +307,11 @@ impl MappedIpcFile {
         self.bytes.len()
     }
 
+    /// The whole mapped file (what a data set's whole-file SHA-256 covers).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Whether the mapped file is empty (never, once opened).
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()

@@ -9,7 +9,13 @@ use arrow_array::{
 };
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema};
-use embedstream::format;
+use embedstream::{
+    format,
+    proto::{
+        embedding_stream_service_client::EmbeddingStreamServiceClient, RowChunk,
+        StreamEmbeddingRequest,
+    },
+};
 
 /// Deterministic UUID v7 keys, strictly increasing: row `i` gets timestamp
 /// `1_700_000_000_000 + i` ms and random bits derived from `i`.
@@ -248,4 +254,25 @@ pub fn closed_pipe() -> std::process::Stdio {
     let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(reader);
     writer.into()
+}
+
+/// Every RowChunk of one StreamEmbedding call resuming after `after`
+/// (empty: from the first row) in chunks of `chunk`, or its error status.
+pub async fn pull(
+    client: &mut EmbeddingStreamServiceClient<tonic::transport::Channel>,
+    after: &str,
+    chunk: i32,
+) -> Result<Vec<RowChunk>, tonic::Status> {
+    let mut stream = client
+        .stream_embedding(StreamEmbeddingRequest {
+            last_processed_uuid: after.to_string(),
+            chunk_size: chunk,
+        })
+        .await?
+        .into_inner();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        chunks.push(chunk);
+    }
+    Ok(chunks)
 }

@@ -3,7 +3,7 @@
 //! resume and chunk-size edges, cancellation, concurrency, health,
 //! reflection, Flight, and every start-up refusal.
 
-use crate::common;
+use crate::common::{self, pull};
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -77,25 +77,6 @@ async fn open_stream(
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn pull(
-    client: &mut EmbeddingStreamServiceClient<Channel>,
-    after: &str,
-    chunk: i32,
-) -> Result<Vec<RowChunk>, Status> {
-    let mut stream = client
-        .stream_embedding(StreamEmbeddingRequest {
-            last_processed_uuid: after.to_string(),
-            chunk_size: chunk,
-        })
-        .await?
-        .into_inner();
-    let mut chunks = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        chunks.push(chunk);
-    }
-    Ok(chunks)
 }
 
 /// Row `i` as the server must send it.

@@ -29,7 +29,7 @@ use embedstream::{
     format::{
         self,
         manifest::{
-            block_checksum, schema_entries, sha256_hex_of, BatchEntry, Manifest, ShardEntry,
+            block_checksum, schema_entries, sha256_hex, BatchEntry, Manifest, ShardEntry,
             MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
         },
     },
@@ -162,7 +162,7 @@ fn shard_entry(dir: &Path, name: &str) -> (ShardEntry, Schema) {
         first_key: range.as_ref().map(|r| r.0.clone()),
         last_key: range.map(|r| r.1),
         bytes: std::fs::metadata(&path).unwrap().len(),
-        sha256: sha256_hex_of(File::open(&path).unwrap()).unwrap(),
+        sha256: sha256_hex(&std::fs::read(&path).unwrap()),
         dictionaries: (0..file.num_dictionaries())
             .map(|d| block_checksum(&file.dictionary_extent(d).unwrap().unwrap()))
             .collect(),
@@ -249,18 +249,7 @@ async fn channel(server: &Server) -> Channel {
 async fn pull(server: &Server, after: &str, chunk: i32) -> Result<Vec<RowChunk>, Status> {
     let mut client = EmbeddingStreamServiceClient::new(channel(server).await)
         .max_decoding_message_size(usize::MAX);
-    let mut stream = client
-        .stream_embedding(StreamEmbeddingRequest {
-            last_processed_uuid: after.to_string(),
-            chunk_size: chunk,
-        })
-        .await?
-        .into_inner();
-    let mut chunks = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        chunks.push(chunk);
-    }
-    Ok(chunks)
+    common::pull(&mut client, after, chunk).await
 }
 
 /// Every row of `chunks` is row `from + k` of `common`, and they end at `to`.
@@ -479,15 +468,21 @@ fn every_manifest_refusal_names_the_shard() {
     Dataset::open(&dir, &DatasetOptions::default()).unwrap();
 }
 
-/// Byte offset in `path` of record batch `b`'s body (from the footer).
-fn batch_body_offset(path: &Path, b: usize) -> usize {
+/// Byte offset in `path` of a block's body, the block chosen from the
+/// footer by `pick` (a record batch or a dictionary).
+fn body_offset(path: &Path, pick: impl Fn(&arrow_ipc::Footer<'_>) -> arrow_ipc::Block) -> usize {
     let bytes = std::fs::read(path).unwrap();
     let len = bytes.len();
     let footer_len =
         arrow_ipc::reader::read_footer_length(bytes[len - 10..].try_into().unwrap()).unwrap();
     let footer = arrow_ipc::root_as_footer(&bytes[len - 10 - footer_len..len - 10]).unwrap();
-    let block = footer.recordBatches().unwrap().get(b);
+    let block = pick(&footer);
     (block.offset() + i64::from(block.metaDataLength())) as usize
+}
+
+/// Byte offset in `path` of record batch `b`'s body.
+fn batch_body_offset(path: &Path, b: usize) -> usize {
+    body_offset(path, |f| *f.recordBatches().unwrap().get(b))
 }
 
 #[tokio::test]
@@ -955,15 +950,9 @@ fn serve_a_data_set_directory_from_the_command_line_and_reload_on_sighup() {
     );
 }
 
-/// Byte offset in `path` of dictionary block `d`'s body (from the footer).
+/// Byte offset in `path` of dictionary block `d`'s body.
 fn dictionary_body_offset(path: &Path, d: usize) -> usize {
-    let bytes = std::fs::read(path).unwrap();
-    let len = bytes.len();
-    let footer_len =
-        arrow_ipc::reader::read_footer_length(bytes[len - 10..].try_into().unwrap()).unwrap();
-    let footer = arrow_ipc::root_as_footer(&bytes[len - 10 - footer_len..len - 10]).unwrap();
-    let block = footer.dictionaries().unwrap().get(d);
-    (block.offset() + i64::from(block.metaDataLength())) as usize
+    body_offset(path, |f| *f.dictionaries().unwrap().get(d))
 }
 
 #[tokio::test]
