@@ -170,7 +170,29 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
-class Server:
+def logged_startup_ms(log, wait: float = 5.0) -> float | None:
+    """The `startup_ms=` a server wrote to `log` (an open binary file), waiting
+    up to `wait` s for the line; None if it never came."""
+    deadline = time.perf_counter() + wait
+    while time.perf_counter() < deadline:
+        log.seek(0)
+        m = re.search(rb"startup_ms=([0-9.]+)", log.read())
+        if m:
+            return float(m.group(1))
+        time.sleep(0.01)
+    return None
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after `timeout` s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
     """A server subprocess on 127.0.0.1 with an RSS sampler; stops on exit."""
 
     def __init__(self, name: str, cmd: list[str], port: int, env: dict | None = None,

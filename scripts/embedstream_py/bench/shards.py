@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
-import signal
 import socket
 import subprocess
 import tempfile
@@ -129,22 +127,9 @@ def first_rpc_ms(exe: Path, data: Path, timeout: float = 120.0) -> tuple[float, 
                     time.sleep(0.0005)
                 finally:
                     client.close()
-            logged = None
-            deadline = time.perf_counter() + 5
-            while logged is None and time.perf_counter() < deadline:
-                log.seek(0)
-                m = re.search(rb"startup_ms=([0-9.]+)", log.read())
-                if m:
-                    logged = float(m.group(1))
-                else:
-                    time.sleep(0.01)
+            logged = C.logged_startup_ms(log)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            C.stop_process(proc)
     return ready * 1e3, logged
 
 

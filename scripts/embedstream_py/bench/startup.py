@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -28,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from embedstream_py.bench.common import free_port
+from embedstream_py.bench.common import free_port, logged_startup_ms, stop_process
 
 
 def one_run(exe: str, data: Path, timeout: float = 120.0) -> tuple[float, float | None]:
@@ -54,22 +52,9 @@ def one_run(exe: str, data: Path, timeout: float = 120.0) -> tuple[float, float 
                     raise RuntimeError(f"not listening after {timeout:.0f} s")
                 time.sleep(0.0005)
             # The "serving" line is written right after the port opens.
-            logged = None
-            deadline = time.perf_counter() + 5
-            while logged is None and time.perf_counter() < deadline:
-                log.seek(0)
-                m = re.search(rb"startup_ms=([0-9.]+)", log.read())
-                if m:
-                    logged = float(m.group(1))
-                else:
-                    time.sleep(0.01)
+            logged = logged_startup_ms(log)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     return ready * 1e3, logged
 
 
