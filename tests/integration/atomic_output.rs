@@ -1,6 +1,8 @@
 //! Output files are atomic and leave no litter: a `convert` killed mid-write
 //! (SIGKILL, SIGTERM, SIGINT) leaves nothing beside the output and an
 //! existing output untouched; output-error messages say their cause once.
+use crate::common::names;
+
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -50,15 +52,6 @@ fn kill(child: &mut Child, signal: i32) {
         Some(signal),
         "ended by the signal: {status}"
     );
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// Killed with the data written but not yet in place: nothing but the

@@ -4,6 +4,8 @@
 //! refusal with its message, atomic output (no litter after success, a
 //! refusal, SIGTERM; a SIGKILL's temporary swept by the next convert), and
 //! `inspect --verify` naming a damaged shard and batch.
+use crate::common::names;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -106,15 +108,6 @@ fn refused(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// Every column of an Arrow file by name, its batches concatenated; and the
