@@ -209,6 +209,14 @@ impl AtomicFile {
     /// Flush, fsync and put in place. Dropping an `AtomicFile` without
     /// committing leaves nothing behind.
     pub fn commit(self) -> Result<(), AtomicFileError> {
+        self.commit_with_head(&[])
+    }
+
+    /// [`commit`](Self::commit), with the first `head.len()` bytes written
+    /// so far replaced by `head` first (a header settled after the rest of
+    /// the file was written). A `head` longer than what was written is
+    /// refused, and nothing is put in place.
+    pub fn commit_with_head(self, head: &[u8]) -> Result<(), AtomicFileError> {
         let AtomicFile {
             dest,
             force,
@@ -216,7 +224,15 @@ impl AtomicFile {
             sink,
             ..
         } = self;
+        let written = sink.offset + sink.current.len as u64;
+        if head.len() as u64 > written {
+            return Err(AtomicFileError::io(
+                &dest,
+                io::Error::other("internal error: a settled header longer than the file"),
+            ));
+        }
         sink.finish()
+            .and_then(|()| write_at(temp.file(), head, 0))
             .and_then(|()| temp.file().sync_all())
             .map_err(|e| AtomicFileError::io(&dest, e))?;
         test_hook::hold_before_commit();

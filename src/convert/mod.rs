@@ -9,6 +9,7 @@
 
 pub mod dataset;
 pub mod key;
+mod late_schema;
 pub mod refresh;
 pub mod write;
 
@@ -376,7 +377,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
 
     let (table, refresh) = match (&previous, &args.match_on) {
         (Some(previous), Some(match_on)) => {
-            let plan = refresh::plan(
+            let mut plan = refresh::plan(
                 &frame,
                 previous,
                 match_on,
@@ -385,6 +386,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
                 input,
             )?;
             let summary = plan.summary.clone();
+            let comparison = plan.take_comparison(previous);
             let table = write::Table::refreshed(
                 frame,
                 &args.key_column,
@@ -392,7 +394,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
                 input,
                 plan,
             )?;
-            (table, Some(summary))
+            (table, Some((summary, comparison)))
         }
         _ => (
             write::Table::from_frame_keyed(
@@ -405,14 +407,24 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
             None,
         ),
     };
-    drop(previous);
     let writing = Progress::new(
         "writing",
         Some(table.rows() as u64),
         Unit::Rows,
         args.progress_mode(),
     );
-    let written = write::write(&table, &output, args, &writing)?;
+    let (written, refresh) = match refresh {
+        Some((_, Some(mut comparison))) => {
+            let written = write::write(&table, &output, args, &writing, Some(&mut comparison))?;
+            (written, Some(comparison.summary()))
+        }
+        Some((summary, None)) => (
+            write::write(&table, &output, args, &writing, None)?,
+            Some(summary),
+        ),
+        None => (write::write(&table, &output, args, &writing, None)?, None),
+    };
+    drop(previous);
     writing.finish();
 
     Ok(ConvertSummary {

@@ -31,9 +31,20 @@
 //! whatever the tails). Their time is therefore OLD's last key's, not the
 //! wall clock's; an empty OLD starts at the Unix epoch.
 //!
-//! Every check (both match columns, nulls, duplicates on either side, OLD's
-//! key column and its being an embedstream file) runs before anything is
-//! written.
+//! When kept rows are compared: under `--on-change renew`, before writing
+//! (the output's order depends on it), each pickle vector element narrowed
+//! in place. Under `keep` (the default) the order does not depend on it, so
+//! the comparison is left to the writer ([`Comparison`]): each written
+//! batch's kept rows, already built as written, against OLD's. The pickle's
+//! vectors are then read once, as in a plain conversion, instead of twice;
+//! the changed count reaches the file's metadata when the last row is
+//! written ([`late_schema`]).
+//!
+//! Every check of the inputs (both match columns, nulls, duplicates on
+//! either side, OLD's key column and its being an embedstream file) runs
+//! before anything is written. An OLD batch that cannot be decoded during a
+//! comparison made while writing ends the conversion with its error, and
+//! the output, written atomically, is not put in place.
 
 use std::{
     fmt,
@@ -46,7 +57,8 @@ use arrow_array::{
     cast::AsArray,
     types::{Float32Type, Float64Type},
     Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, FixedSizeListArray, Int64Array,
-    LargeBinaryArray, LargeStringArray, StringArray, StringViewArray, UInt32Array, UInt64Array,
+    LargeBinaryArray, LargeStringArray, RecordBatch, StringArray, StringViewArray, UInt32Array,
+    UInt64Array,
 };
 use arrow_buffer::Buffer;
 use arrow_cast::cast::cast;
@@ -56,7 +68,7 @@ use arrow_select::take::take;
 use hashbrown::HashTable;
 use twox_hash::XxHash3_64;
 
-use super::key;
+use super::{key, late_schema, write::BatchObserver};
 use crate::{
     format::{self, format_uuid},
     frame::{ColumnData, Frame, WrittenRow},
@@ -281,8 +293,136 @@ pub struct Plan {
     pub order: Vec<u32>,
     /// Key of each output row (strictly increasing).
     pub keys: FixedSizeBinaryArray,
-    /// Counts and lineage.
+    /// Counts and lineage (`changed` is 0 until a deferred comparison ran).
     pub summary: RefreshSummary,
+    /// `--on-change keep`: the comparison of kept rows with OLD, left to be
+    /// made as the rows are written ([`Comparison`]).
+    deferred: Option<Deferred>,
+    /// Whether the changed count is settled after the rows are written.
+    changed_late: bool,
+}
+
+/// What a comparison made while writing needs: the OLD row of each kept
+/// output row (output rows `0..old_rows.len()`, in OLD's order), and the
+/// columns compared (output column, OLD column).
+#[derive(Debug)]
+struct Deferred {
+    old_rows: Vec<u32>,
+    columns: Vec<(usize, usize)>,
+}
+
+impl Plan {
+    /// The `embedstream.*` metadata entries of the new file; the changed
+    /// count is [`late_schema::PLACEHOLDER`] while a comparison is deferred.
+    pub fn metadata(&self) -> Vec<(String, String)> {
+        let mut entries = self.summary.metadata();
+        if self.changed_late {
+            for (key, value) in &mut entries {
+                if key == format::META_REFRESH_CHANGED {
+                    *value = late_schema::PLACEHOLDER.to_string();
+                }
+            }
+        }
+        entries
+    }
+
+    /// The comparison to make as the rows are written, if it was deferred
+    /// (then this plan's `changed` count is not final: the comparison's is).
+    pub fn take_comparison<'p>(&mut self, previous: &'p Previous) -> Option<Comparison<'p>> {
+        let Deferred { old_rows, columns } = self.deferred.take()?;
+        Some(Comparison {
+            store: &previous.store,
+            old_path: previous.path.display().to_string(),
+            old_rows,
+            columns,
+            changed: 0,
+            pages: OldPages::find(&previous.store),
+            released: 0,
+            summary: self.summary.clone(),
+        })
+    }
+}
+
+/// `--on-change keep`'s comparison, made as the output is written: each
+/// written batch's kept rows (their vectors already narrowed, as written)
+/// against OLD's rows, so the pickle is read once, by the writer, and not
+/// once more for the comparison. The changed count goes into the file's
+/// metadata when every row is written ([`late_schema`]).
+pub struct Comparison<'p> {
+    store: &'p Store,
+    old_path: String,
+    old_rows: Vec<u32>,
+    columns: Vec<(usize, usize)>,
+    changed: usize,
+    pages: OldPages,
+    /// OLD batches below this one are compared and their pages released.
+    released: usize,
+    summary: RefreshSummary,
+}
+
+impl Comparison<'_> {
+    /// The refresh's summary, with the changed count compared so far.
+    pub fn summary(&self) -> RefreshSummary {
+        RefreshSummary {
+            changed: self.changed,
+            ..self.summary.clone()
+        }
+    }
+}
+
+impl BatchObserver for Comparison<'_> {
+    fn observe(&mut self, first_row: usize, batch: &RecordBatch) -> anyhow::Result<()> {
+        let store = self.store;
+        let end = (first_row + batch.num_rows()).min(self.old_rows.len());
+        let news: Vec<ColumnData> = self
+            .columns
+            .iter()
+            .map(|&(c, _)| ColumnData::Array(batch.column(c).clone()))
+            .collect();
+        let mut k = first_row;
+        while k < end {
+            // The run of this batch's kept rows that lie in one OLD batch.
+            let (b, _) = store.locate(self.old_rows[k] as usize);
+            let (b_start, b_end) = (store.batch_start(b), store.batch_start(b + 1));
+            let run_end = k + self.old_rows[k..end].partition_point(|&r| (r as usize) < b_end);
+            let olds = self
+                .columns
+                .iter()
+                .map(|&(_, old)| decode(store, b, old, &self.old_path))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let differs = olds
+                .iter()
+                .zip(&news)
+                .map(|(old, new)| row_differs(old, new))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            for (kk, &old_row) in self.old_rows[k..run_end]
+                .iter()
+                .enumerate()
+                .map(|(n, r)| (k + n, r))
+            {
+                let (i, j) = (old_row as usize - b_start, kk - first_row);
+                for differ in &differs {
+                    if differ(i, j)? {
+                        self.changed += 1;
+                        break;
+                    }
+                }
+            }
+            for passed in self.released..b {
+                self.pages.release(store, passed);
+            }
+            self.released = self.released.max(b);
+            k = run_end;
+        }
+        Ok(())
+    }
+
+    fn settled(&self) -> Vec<(String, String)> {
+        vec![(
+            format::META_REFRESH_CHANGED.to_string(),
+            self.changed.to_string(),
+        )]
+    }
 }
 
 const NONE: u32 = u32::MAX;
@@ -348,13 +488,17 @@ pub fn plan(
 
     // Columns compared: every NEW column but the match column, by name, if
     // OLD has the same set with the same types; otherwise all kept rows changed.
+    // (NEW column, OLD column, NEW's data)
     let schema = store.schema();
-    let mut compared: Vec<(usize, &ColumnData)> = Vec::new();
+    let mut compared: Vec<(usize, usize, &ColumnData)> = Vec::new();
     let mut same_columns = true;
-    for column in frame.columns.iter().filter(|c| c.name != match_on) {
+    for (c, column) in frame.columns.iter().enumerate() {
+        if column.name == match_on {
+            continue;
+        }
         match schema.index_of(&column.name) {
             Ok(i) if schema.field(i).data_type() == &column.data.data_type() => {
-                compared.push((i, &column.data));
+                compared.push((c, i, &column.data));
             }
             _ => same_columns = false,
         }
@@ -370,9 +514,13 @@ pub fn plan(
     // value found either way is the one match.
     //
     // Kept rows are listed (with OLD's keys, read while the batch is
-    // resident) as their batch is compared: in OLD's order, changed ones
-    // left for fresh keys under `--on-change renew`.
+    // resident) in OLD's order. Under `--on-change renew` each batch's are
+    // compared now (the order depends on it: changed ones are left for
+    // fresh keys); under `keep` the comparison is deferred to the writer,
+    // which builds every kept row anyway ([`Comparison`]).
     let renew = on_change == OnChange::Renew;
+    let defer = same_columns && !renew;
+    let mut deferred_rows: Vec<u32> = Vec::new();
     let old_pages = OldPages::find(store);
     let mut matched = vec![false; n];
     let mut changed = vec![false; n];
@@ -433,10 +581,12 @@ pub fn plan(
             for &(_, j) in &pairs {
                 changed[j as usize] = true;
             }
+        } else if defer {
+            deferred_rows.extend(pairs.iter().map(|&(i, _)| (start + i) as u32));
         } else if !pairs.is_empty() {
             // Each pair compared in place: OLD's decoded column (a view of
             // its map) against NEW's whole column, nothing gathered or built.
-            for &(old_index, new_data) in &compared {
+            for &(_, old_index, new_data) in &compared {
                 let old_array = decode(store, b, old_index, &old_path)?;
                 let differs = row_differs(&old_array, new_data)?;
                 for &(i, j) in &pairs {
@@ -510,10 +660,16 @@ pub fn plan(
         changed: changed.iter().filter(|&&c| c).count(),
         generation: previous.identity.generation + 1,
     };
+    let deferred = defer.then(|| Deferred {
+        old_rows: deferred_rows,
+        columns: compared.iter().map(|&(c, old, _)| (c, old)).collect(),
+    });
     Ok(Plan {
         order,
         keys: FixedSizeBinaryArray::new(16, Buffer::from_vec(keys), None),
         summary,
+        changed_late: deferred.is_some(),
+        deferred,
     })
 }
 

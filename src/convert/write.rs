@@ -10,6 +10,7 @@ use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterPr
 
 use super::{
     key::{self, KeyGenerator},
+    late_schema::{self, LateSchemaFile},
     refresh::{self, Plan},
     ConvertArgs, OutputFormat,
 };
@@ -121,7 +122,7 @@ impl Table {
         let key_adopted = key_index.is_some();
         let (order, refresh_keys, refresh_meta) = match plan {
             Some(plan) => {
-                let meta = plan.summary.metadata();
+                let meta = plan.metadata();
                 (Some(plan.order), Some(plan.keys), meta)
             }
             None => (None, None, Vec::new()),
@@ -292,20 +293,35 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Write `table` to `output` atomically in the format the flags ask for.
+/// Sees each record batch as it is written, and gives the final values of
+/// the schema metadata entries the table reserved with
+/// [`late_schema::PLACEHOLDER`] once every batch is (a refresh's changed
+/// count). Arrow IPC only.
+pub trait BatchObserver {
+    /// `batch` holds the table's rows `first_row..first_row + batch.num_rows()`.
+    fn observe(&mut self, first_row: usize, batch: &RecordBatch) -> anyhow::Result<()>;
+    /// The reserved entries' final values (each at most
+    /// [`late_schema::MAX_LATE_VALUE`] bytes).
+    fn settled(&self) -> Vec<(String, String)>;
+}
+
+/// Write `table` to `output` atomically in the format the flags ask for;
+/// `observer`, if any, sees every batch and settles the late metadata.
 pub fn write(
     table: &Table,
     output: &Path,
     args: &ConvertArgs,
     progress: &Progress,
+    observer: Option<&mut dyn BatchObserver>,
 ) -> anyhow::Result<Written> {
-    write_rows(
+    write_observed(
         table,
         0..table.rows(),
         table.schema().clone(),
         output,
         args,
         progress,
+        observer,
     )
 }
 
@@ -319,6 +335,18 @@ pub fn write_rows(
     args: &ConvertArgs,
     progress: &Progress,
 ) -> anyhow::Result<Written> {
+    write_observed(table, range, schema, output, args, progress, None)
+}
+
+fn write_observed(
+    table: &Table,
+    range: std::ops::Range<usize>,
+    schema: SchemaRef,
+    output: &Path,
+    args: &ConvertArgs,
+    progress: &Progress,
+    mut observer: Option<&mut dyn BatchObserver>,
+) -> anyhow::Result<Written> {
     let batch_rows = table.batch_rows(args.batch_rows).max(1);
     let mut file = AtomicFile::create(output, args.force)?;
     let end = range.end.min(table.rows());
@@ -326,30 +354,50 @@ pub fn write_rows(
     let slices = (range.start..end).step_by(batch_rows).map(|start| {
         let batch = table.batch(start, batch_rows.min(end - start))?;
         if same_schema {
-            return Ok(batch);
+            return Ok((start, batch));
         }
         RecordBatch::try_new_with_options(
             schema.clone(),
             batch.columns().to_vec(),
             &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
         )
+        .map(|batch| (start, batch))
         .context("internal error: the shard's columns do not form a table")
     });
     let write_err = || format!("{}: writing failed", output.display());
     let mut batches = 0;
+    // The file's settled start, when an observer settles late metadata.
+    let mut head = Vec::new();
     let written = (|| -> anyhow::Result<()> {
         match args.format {
             OutputFormat::Ipc => {
                 let options = IpcWriteOptions::default();
-                let mut writer = FileWriter::try_new_with_options(&mut file, &schema, options)
-                    .with_context(write_err)?;
+                let mut out = LateSchemaFile::new(&mut file);
+                let mut writer =
+                    FileWriter::try_new_with_options(&mut out, &schema, options.clone())
+                        .with_context(write_err)?;
+                writer.get_mut().header_written();
                 for slice in slices {
-                    let slice = slice?;
+                    let (start, slice) = slice?;
                     writer.write(&slice).with_context(write_err)?;
+                    if let Some(observer) = observer.as_mut() {
+                        observer.observe(start, &slice)?;
+                    }
                     batches += 1;
                     progress.inc(slice.num_rows() as u64);
                 }
+                if observer.is_some() {
+                    writer.get_mut().capture_tail();
+                }
                 writer.finish().with_context(write_err)?;
+                drop(writer);
+                if let Some(observer) = observer.as_ref() {
+                    let settled = late_schema::settle_metadata(&schema, &observer.settled())?;
+                    head = out.settle(&settled, &options).with_context(write_err)?;
+                }
+            }
+            OutputFormat::Parquet if observer.is_some() => {
+                bail!("internal error: late metadata is settled in Arrow IPC files only")
             }
             OutputFormat::Parquet => {
                 let props = WriterProperties::builder()
@@ -359,7 +407,7 @@ pub fn write_rows(
                 let mut writer = ArrowWriter::try_new(&mut file, schema.clone(), Some(props))
                     .with_context(write_err)?;
                 for slice in slices {
-                    let slice = slice?;
+                    let (_, slice) = slice?;
                     writer.write(&slice).with_context(write_err)?;
                     progress.inc(slice.num_rows() as u64);
                 }
@@ -373,7 +421,7 @@ pub fn write_rows(
     if let Err(e) = written {
         return Err(file.write_error().map_or(e, anyhow::Error::new));
     }
-    file.commit()?;
+    file.commit_with_head(&head)?;
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     Ok(Written { batches, bytes })
 }

@@ -62,6 +62,7 @@ fn write(
         out,
         &args,
         &Progress::new("t", None, Unit::Rows, ProgressMode::Hidden),
+        None,
     )
     .unwrap()
 }

@@ -378,6 +378,58 @@ fn on_change_renew_gives_changed_rows_fresh_keys_with_the_added_ones() {
     assert_eq!(store.position_after(&old_last), 6);
 }
 
+/// The schema metadata of an IPC file as its first message holds it (what a
+/// stream reader sees) and as its footer holds it (what a file reader sees).
+fn both_schemas_metadata(path: &Path) -> (HashMap<String, String>, HashMap<String, String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let at = bytes.windows(4).position(|w| w == [0xff; 4]).unwrap();
+    let stream =
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(&bytes[at..]), None).unwrap();
+    let file = arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(&bytes), None).unwrap();
+    (
+        stream.schema().metadata().clone().into(),
+        file.schema().metadata().clone().into(),
+    )
+}
+
+#[test]
+fn the_changed_count_made_while_writing_equals_the_one_made_before_and_both_schemas_hold_it() {
+    // `keep` compares as it writes, `renew` before: over batch sizes that
+    // cut OLD and NEW differently, both find a3 and a7 (and not a8).
+    let f = fixture();
+    let old_pkl = write_pickle(&f.dir, "old.pkl", &f.old_rows);
+    for (old_batch, new_batch) in [(1, 1), (2, 5), (3, 4), (7, 2), (10, 10)] {
+        let old = f.dir.join(format!("old-{old_batch}.arrow"));
+        let mut a = args(&old_pkl, &old, None);
+        a.batch_rows = Some(old_batch);
+        a.force = true;
+        convert(&a).unwrap();
+        for on_change in [OnChange::Keep, OnChange::Renew] {
+            let out = f.dir.join(format!("new-{old_batch}-{new_batch}.arrow"));
+            let mut a = args(&f.new_pkl, &out, Some(&old));
+            a.batch_rows = Some(new_batch);
+            a.on_change = on_change;
+            a.force = true;
+            let s = convert(&a).unwrap().refresh.unwrap();
+            let case = format!("OLD batches of {old_batch}, NEW of {new_batch}, {on_change:?}");
+            assert_eq!(
+                (s.kept, s.added, s.removed, s.changed),
+                (8, 2, 2, 2),
+                "{case}"
+            );
+            let (first, footer) = both_schemas_metadata(&out);
+            assert_eq!(first, footer, "{case}");
+            assert_eq!(footer[format::META_REFRESH_CHANGED], "2", "{case}");
+            assert_eq!(footer, read_file(&out).1, "{case}");
+            let bytes = std::fs::read(&out).unwrap();
+            assert!(
+                !bytes.windows(7).any(|w| w == b"settled"),
+                "{case}: a placeholder reached the file"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_same_pickle_against_the_same_old_gives_identical_keys() {
     let f = fixture();
