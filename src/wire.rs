@@ -15,6 +15,11 @@ pub const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
 /// (`StreamEmbeddingRequest`: two small fields; a Flight `Ticket`: `all` or
 /// `after:<uuid>`).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Most endpoints one `GetFlightInfo` lists when `--partition-rows` splits
+/// the rows (about 170 bytes each: a response of a few MB, built per call);
+/// a smaller `--partition-rows` is widened to stay under it. One endpoint
+/// per shard is never merged, whatever the shard count.
+pub const MAX_FLIGHT_ENDPOINTS: usize = 10_000;
 /// Rows per chunk when a request asks for 0; also what the Batch Server
 /// asks for, and the default chunk of `stream` and `upload`.
 pub const DEFAULT_CHUNK_SIZE: usize = 300;

@@ -377,6 +377,26 @@ impl FlightEndpointService {
     }
 }
 
+/// Rows per endpoint for `--partition-rows requested` over `store`:
+/// `requested`, widened when it would list more than
+/// [`wire::MAX_FLIGHT_ENDPOINTS`] endpoints (each shard's last range may be
+/// short, so `rows / step + shards` bounds the count).
+pub fn partition_step(store: &crate::store::Store, requested: usize) -> usize {
+    let requested = requested.max(1);
+    let shards = store.num_shards();
+    let count: usize = (0..shards)
+        .map(|s| store.shard_rows(s).len().div_ceil(requested))
+        .sum();
+    if count <= wire::MAX_FLIGHT_ENDPOINTS || shards >= wire::MAX_FLIGHT_ENDPOINTS {
+        return requested;
+    }
+    requested.max(
+        store
+            .num_rows()
+            .div_ceil(wire::MAX_FLIGHT_ENDPOINTS - shards),
+    )
+}
+
 /// The endpoints of `GetFlightInfo` for `store` (see [`Endpoints`]).
 pub fn endpoints(store: &crate::store::Store, config: &Endpoints) -> Vec<FlightEndpoint> {
     let with_locations = |mut endpoint: FlightEndpoint| {
@@ -396,10 +416,13 @@ pub fn endpoints(store: &crate::store::Store, config: &Endpoints) -> Vec<FlightE
             .with_app_metadata(metadata(0, store.num_rows()));
         return vec![with_locations(endpoint)];
     }
+    let step = config
+        .partition_rows
+        .map(|requested| partition_step(store, requested));
     let mut out = Vec::new();
     for s in 0..store.num_shards() {
         let rows = store.shard_rows(s);
-        let step = config.partition_rows.unwrap_or(rows.len()).max(1);
+        let step = step.unwrap_or(rows.len()).max(1);
         let mut first = rows.start;
         while first < rows.end {
             let last = (first + step).min(rows.end) - 1;

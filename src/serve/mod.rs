@@ -80,7 +80,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub key_column: Option<String>,
     /// Flight GetFlightInfo: one endpoint per key range of at most N rows
-    /// (ranges never cross a shard); default: one endpoint per shard.
+    /// (ranges never cross a shard; N is widened, with a warning, where it
+    /// would list more than 10,000 endpoints); default: one endpoint per shard.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub partition_rows: Option<u64>,
     /// Flight GetFlightInfo: the locations every endpoint lists, comma
@@ -287,6 +288,20 @@ impl Server {
         } else {
             config.advertise.clone()
         };
+        if let Some(requested) = config.partition_rows {
+            let step = flight::partition_step(dataset.store(), requested);
+            if step != requested {
+                tracing::warn!(
+                    requested,
+                    rows_per_endpoint = step,
+                    "--partition-rows {requested} would list more than {} Flight endpoints for \
+                     these {} rows; each endpoint covers up to {step} rows instead (give \
+                     --partition-rows {step} or more to silence this)",
+                    crate::wire::MAX_FLIGHT_ENDPOINTS,
+                    dataset.store().num_rows()
+                );
+            }
+        }
         let flight =
             flight::FlightEndpointService::new(live.clone(), dataset.name(), slots.clone())
                 .with_endpoints(flight::Endpoints {

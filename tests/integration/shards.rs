@@ -615,6 +615,62 @@ async fn info_of(flight: &mut FlightClient, name: &str) -> FlightInfo {
         .unwrap()
 }
 
+#[tokio::test]
+async fn a_partition_too_small_for_the_endpoint_cap_is_widened_and_still_covers_every_row_once() {
+    // 3 shards, 10,500 rows: --partition-rows 1 would list 10,500 endpoints.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("set");
+    let rows = 10_500;
+    make_dataset(&dir, &[0..4_000, 4_000..4_001, 4_001..rows], 512, false);
+    let server = serve(&dir, |c| c.partition_rows = Some(1)).await;
+    let mut flight = FlightClient::new(channel(&server).await);
+    let info = info_of(&mut flight, "set").await;
+    assert!(
+        info.endpoint.len() <= embedstream::wire::MAX_FLIGHT_ENDPOINTS,
+        "{} endpoints",
+        info.endpoint.len()
+    );
+    assert!(
+        info.endpoint.len() > 3,
+        "still split: {}",
+        info.endpoint.len()
+    );
+    // Consecutive inclusive key ranges from row 0 to the last, none across a shard.
+    let row_of: std::collections::HashMap<String, usize> = (0..rows)
+        .map(|r| (uuid_text(common::key_for_row(r)), r))
+        .collect();
+    let mut next = 0;
+    for endpoint in &info.endpoint {
+        let ticket = String::from_utf8(endpoint.ticket.clone().unwrap().ticket.to_vec()).unwrap();
+        let (first, last) = ticket
+            .strip_prefix("range:")
+            .and_then(|t| t.split_once(':'))
+            .unwrap();
+        let (first, last) = (row_of[first], row_of[last]);
+        assert_eq!(first, next, "{ticket}");
+        assert!(last >= first);
+        assert!(!(first < 4_000 && last >= 4_000) && !(first <= 4_000 && last > 4_000));
+        let meta: serde_json::Value = serde_json::from_slice(&endpoint.app_metadata).unwrap();
+        assert_eq!(meta["rows"].as_u64().unwrap() as usize, last + 1 - first);
+        next = last + 1;
+    }
+    assert_eq!(next, rows);
+    // One widened endpoint, read: its rows.
+    let one = FlightInfo {
+        endpoint: vec![info.endpoint[5].clone()],
+        ..info.clone()
+    };
+    let parts = read_endpoints(&server, &one).await;
+    let ticket =
+        String::from_utf8(info.endpoint[5].ticket.clone().unwrap().ticket.to_vec()).unwrap();
+    let (first, last) = ticket["range:".len()..].split_once(':').unwrap();
+    assert_eq!(
+        text_rows(&parts[0]),
+        expected_text_rows(row_of[first]..row_of[last] + 1)
+    );
+    server.shutdown().await.unwrap();
+}
+
 /// Read every endpoint of `info` with a client of `server`; the rows of
 /// each endpoint in turn.
 async fn read_endpoints(server: &Server, info: &FlightInfo) -> Vec<Vec<RecordBatch>> {
