@@ -297,7 +297,34 @@ def verify(a) -> int:
             return f"generation {gen}"
 
         checks.check("NEW is served as OLD's next generation (Flight)", next_generation)
+    def readers():
+        # The file's schema is written twice (first message, footer); a
+        # refresh settles its changed count into both after the rows.
+        import polars as pl
+        import pyarrow as pa
+
+        with pa.memory_map(str(a.new)) as source:
+            whole = source.read_buffer()
+        footer = pa.ipc.open_file(whole).schema.metadata
+        start = whole.to_pybytes()[:4096].index(b"\xff\xff\xff\xff")
+        first = pa.ipc.open_stream(whole.slice(start)).schema.metadata
+        if first != footer:
+            diff = sorted(k.decode() for k in set(first) ^ set(footer)
+                          | {k for k in first if first.get(k) != footer.get(k)})
+            raise Failure(f"the first schema message and the footer differ in {diff}")
+        want = {"kept": len(new_src) - len(added), "added": len(added),
+                "removed": len(removed), "changed": len(changed)}
+        got = {k: int(footer.get(f"embedstream.refresh.{k}".encode(), b"-1")) for k in want}
+        if got != want:
+            raise Failure(f"the metadata's refresh counts are {got}, the refresh made {want}")
+        ids = pl.read_ipc(a.new)["id"].to_list()
+        if ids != new_src:
+            raise Failure("polars reads other ids than pyarrow")
+        return f"pyarrow (file and stream) and polars agree; counts {want}"
+
     checks.check("NEW kept OLD's keys, dropped the removed rows, added the new ones", keys_kept)
+    checks.check("NEW's schema and refresh counts read alike from both ends, by pyarrow and polars",
+                 readers)
     checks.check("kept rows: changed content replaced, unchanged content as in OLD", content)
 
     def full():

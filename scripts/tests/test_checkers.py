@@ -455,10 +455,14 @@ def test_hostile_fixtures_reproduce(tmp_path):
 # refresh_check: a checkpoint on OLD resumes on the refreshed file
 # ---------------------------------------------------------------------------
 
-def py_refresh(old: Path, new_pkl: Path, out: Path, rekey: bool) -> Path:
+def py_refresh(old: Path, new_pkl: Path, out: Path, rekey: bool, state: Path,
+               split: bool = False) -> Path:
     """NEW.pkl converted against OLD as `convert --previous OLD --match-on id`
     does (kept ids keep OLD's key, the others get fresh keys after OLD's last,
-    in pickle order; sorted by key), or, with `rekey`, as a plain conversion."""
+    in pickle order; sorted by key; the refresh counts in the metadata, from
+    what `refresh_check prepare` did), or, with `rekey`, as a plain
+    conversion. `split`: the first schema message's changed count differs
+    from the footer's (a late value settled at one end only)."""
     import pandas as pd
 
     from embedstream_py.datafile import key_bytes, read_table
@@ -466,6 +470,9 @@ def py_refresh(old: Path, new_pkl: Path, out: Path, rekey: bool) -> Path:
     df = pd.read_pickle(new_pkl)
     if rekey:
         return write_ipc(py_convert.to_table(df, new_pkl.name, "uuid", False), out)
+    done = json.loads(state.read_text())
+    counts = {"kept": len(df) - len(done["added"]), "added": len(done["added"]),
+              "removed": len(done["removed"]), "changed": len(done["changed"])}
     t = read_table(old)
     old_key = dict(zip(t.column("id").to_pylist(), key_bytes(t)))
     added = [v for v in df["id"] if v not in old_key]
@@ -475,24 +482,37 @@ def py_refresh(old: Path, new_pkl: Path, out: Path, rekey: bool) -> Path:
                      for v in df["id"]])
     table = py_convert.to_table(df, new_pkl.name, "uuid", False, keys=keys)
     order = sorted(range(len(df)), key=lambda i: keys[i].tobytes())
-    return write_ipc(table.take(order), out)
+    meta = dict(table.schema.metadata or {})
+    meta.update({f"embedstream.refresh.{k}".encode(): str(v).encode() for k, v in counts.items()})
+    write_ipc(table.take(order).replace_schema_metadata(meta), out)
+    if split:
+        data = bytearray(out.read_bytes())
+        value = str(counts["changed"]).encode()
+        fb_string = len(value).to_bytes(4, "little") + value + b"\0"
+        at = data.index(fb_string)  # the first schema message comes first
+        wrong = str(counts["changed"] + 1).encode()
+        assert len(wrong) == len(value)
+        data[at + 4:at + 4 + len(value)] = wrong
+        out.write_bytes(bytes(data))
+    return out
 
 
-@pytest.mark.parametrize("rekey,messages", [
-    (False, []),
-    (True, ["kept rows got other keys than in OLD",
-            "resume with OLD's checkpoint inside the kept rows",
-            "resume with OLD's checkpoint at a removed row",
-            "resume with OLD's checkpoint at the last row, kept"]),
+@pytest.mark.parametrize("rekey,split,messages", [
+    (False, False, []),
+    (True, False, ["kept rows got other keys than in OLD",
+                   "resume with OLD's checkpoint inside the kept rows",
+                   "resume with OLD's checkpoint at a removed row",
+                   "resume with OLD's checkpoint at the last row, kept"]),
+    (False, True, ["the first schema message and the footer differ in ['embedstream.refresh.changed']"]),
 ])
-def test_refresh_check(tmp_path, sample_arrow, rekey, messages):
+def test_refresh_check(tmp_path, sample_arrow, rekey, split, messages):
     state, new_pkl = tmp_path / "state.json", tmp_path / "new.pkl"
     common = ["--old", sample_arrow, "--state", state]
     with Server("stream", "--data", sample_arrow) as s:
         r = run("refresh_check", "prepare", "--server", f"127.0.0.1:{s.port}", *common,
                 "--pickle", REPO / "data" / "sample.pkl", "--new-pickle", new_pkl)
     assert r.returncode == 0, r.stdout + r.stderr
-    new = py_refresh(sample_arrow, new_pkl, tmp_path / "new.arrow", rekey)
+    new = py_refresh(sample_arrow, new_pkl, tmp_path / "new.arrow", rekey, state, split)
     with Server("stream", "--data", new) as s:
         r = run("refresh_check", "verify", "--server", f"127.0.0.1:{s.port}", *common,
                 "--new", new, "--timeout", 60)
