@@ -314,7 +314,7 @@ pub fn write(
     progress: &Progress,
     observer: Option<&mut dyn BatchObserver>,
 ) -> anyhow::Result<Written> {
-    write_observed(
+    write_rows(
         table,
         0..table.rows(),
         table.schema().clone(),
@@ -326,19 +326,9 @@ pub fn write(
 }
 
 /// Write rows `range` of `table` to `output` atomically under `schema` (the
-/// table's fields; a shard's metadata): one shard of a data set.
+/// table's fields; a shard's metadata: one shard of a data set); `observer`
+/// as for [`write`].
 pub fn write_rows(
-    table: &Table,
-    range: std::ops::Range<usize>,
-    schema: SchemaRef,
-    output: &Path,
-    args: &ConvertArgs,
-    progress: &Progress,
-) -> anyhow::Result<Written> {
-    write_observed(table, range, schema, output, args, progress, None)
-}
-
-fn write_observed(
     table: &Table,
     range: std::ops::Range<usize>,
     schema: SchemaRef,
