@@ -449,7 +449,6 @@ fn convert_input(
             &path,
             args,
             &progress,
-            None,
         )
         .with_context(|| format!("{}: cannot write {file}", input.display()))
         .map_err(Failure::Own)?;

@@ -7,7 +7,7 @@
 //! belongs in the schema's metadata, which the IPC file format holds twice:
 //! in the schema message at the start and in the footer at the end.
 //!
-//! How, with arrow's own [`FileWriter`]:
+//! How, with arrow's own [`FileWriter`](arrow_ipc::writer::FileWriter):
 //! - the table's schema carries [`PLACEHOLDER`] for each late value, longer
 //!   than any final value ([`MAX_LATE_VALUE`]), so the schema message the
 //!   writer puts first reserves at least the room the final one needs;
@@ -35,17 +35,17 @@ use arrow_schema::Schema;
 /// What a late metadata value holds until it is settled: longer than any
 /// final value by more than any flatbuffer alignment, so the final schema
 /// message always fits in the room this one took.
-pub(crate) const PLACEHOLDER: &str = "(settled once the rows are written)";
+pub const PLACEHOLDER: &str = "(settled once the rows are written)";
 
 /// The longest final value (a `u64` in decimal).
-pub(crate) const MAX_LATE_VALUE: usize = 20;
+pub const MAX_LATE_VALUE: usize = 20;
 
 const MAGIC: &[u8; 6] = b"ARROW1";
 const CONTINUATION: [u8; 4] = [0xff; 4];
 
 /// The file under an arrow [`FileWriter`](arrow_ipc::writer::FileWriter):
 /// see the module docs.
-pub(crate) struct LateSchemaFile<'a, W: Write> {
+pub struct LateSchemaFile<'a, W: Write> {
     inner: &'a mut W,
     /// The start of the file, up to the end of the schema message: kept
     /// until [`LateSchemaFile::header_written`].
@@ -57,7 +57,8 @@ pub(crate) struct LateSchemaFile<'a, W: Write> {
 }
 
 impl<'a, W: Write> LateSchemaFile<'a, W> {
-    pub(crate) fn new(inner: &'a mut W) -> Self {
+    /// A file written through `inner`.
+    pub fn new(inner: &'a mut W) -> Self {
         LateSchemaFile {
             inner,
             head: Vec::new(),
@@ -68,23 +69,19 @@ impl<'a, W: Write> LateSchemaFile<'a, W> {
 
     /// The writer has written the magic and the schema message (it does so
     /// when created).
-    pub(crate) fn header_written(&mut self) {
+    pub fn header_written(&mut self) {
         self.head_done = true;
     }
 
     /// Every record batch is written: what comes next (the footer) is kept.
-    pub(crate) fn capture_tail(&mut self) {
+    pub fn capture_tail(&mut self) {
         self.tail.get_or_insert_with(Vec::new);
     }
 
     /// Write the footer with `schema` (the table's schema with its final
     /// values) and return the file's new start, to write over its first
     /// bytes.
-    pub(crate) fn settle(
-        self,
-        schema: &Schema,
-        options: &IpcWriteOptions,
-    ) -> anyhow::Result<Vec<u8>> {
+    pub fn settle(self, schema: &Schema, options: &IpcWriteOptions) -> anyhow::Result<Vec<u8>> {
         let head = settled_head(&self.head, schema, options)?;
         let tail = self
             .tail
@@ -233,10 +230,7 @@ fn settled_tail(tail: &[u8], schema: &Schema) -> anyhow::Result<Vec<u8>> {
 
 /// `schema` with `entries` set in its metadata; each must replace a
 /// [`PLACEHOLDER`] and be at most [`MAX_LATE_VALUE`] long.
-pub(crate) fn settle_metadata(
-    schema: &Schema,
-    entries: &[(String, String)],
-) -> anyhow::Result<Schema> {
+pub fn settle_metadata(schema: &Schema, entries: &[(String, String)]) -> anyhow::Result<Schema> {
     let mut metadata = schema.metadata().clone();
     for (key, value) in entries {
         ensure!(

@@ -9,7 +9,7 @@
 
 pub mod dataset;
 pub mod key;
-mod late_schema;
+pub mod late_schema;
 pub mod refresh;
 pub mod write;
 
@@ -375,7 +375,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         "pickle read"
     );
 
-    let (table, refresh) = match (&previous, &args.match_on) {
+    let (table, pending) = match (&previous, &args.match_on) {
         (Some(previous), Some(match_on)) => {
             let mut plan = refresh::plan(
                 &frame,
@@ -385,8 +385,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
                 args.on_change,
                 input,
             )?;
-            let summary = plan.summary.clone();
-            let comparison = plan.take_comparison(previous);
+            let pending = plan.take_pending();
             let table = write::Table::refreshed(
                 frame,
                 &args.key_column,
@@ -394,7 +393,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
                 input,
                 plan,
             )?;
-            (table, Some((summary, comparison)))
+            (table, pending.map(|p| (p, previous)))
         }
         _ => (
             write::Table::from_frame_keyed(
@@ -413,16 +412,28 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
         Unit::Rows,
         args.progress_mode(),
     );
-    let (written, refresh) = match refresh {
-        Some((_, Some(mut comparison))) => {
-            let written = write::write(&table, &output, args, &writing, Some(&mut comparison))?;
-            (written, Some(comparison.summary()))
+    let key_range =
+        |range: Option<(&[u8], &[u8])>| range.map(|(a, b)| (format_uuid(a), format_uuid(b)));
+    let (written, refresh, key_range) = match pending {
+        Some((pending, previous)) => {
+            // Kept rows are compared with OLD's as they are written.
+            let step = table.batch_rows(args.batch_rows).max(1);
+            let mut batches = pending.batches(&table, previous, step);
+            let schema = table.schema().clone();
+            let written =
+                write::write_batches(&mut batches, schema, step, &output, args, &writing)?;
+            let range = batches.key_range();
+            (
+                written,
+                Some(batches.summary()),
+                key_range(range.as_ref().map(|(a, b)| (&a[..], &b[..]))),
+            )
         }
-        Some((summary, None)) => (
-            write::write(&table, &output, args, &writing, None)?,
-            Some(summary),
+        None => (
+            write::write(&table, &output, args, &writing)?,
+            None,
+            key_range(table.key_range()),
         ),
-        None => (write::write(&table, &output, args, &writing, None)?, None),
     };
     drop(previous);
     writing.finish();
@@ -437,9 +448,7 @@ pub fn convert(args: &ConvertArgs) -> anyhow::Result<ConvertSummary> {
             .map(|(i, dim, ty)| (table.schema().field(i).name().clone(), dim, ty)),
         key_column: args.key_column.clone(),
         key_adopted: table.key_adopted(),
-        key_range: table
-            .key_range()
-            .map(|(a, b)| (format_uuid(a), format_uuid(b))),
+        key_range,
         batches: written.batches,
         bytes: written.bytes,
         elapsed: started.elapsed(),

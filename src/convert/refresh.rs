@@ -1,12 +1,18 @@
 //! `convert NEW.pkl --previous OLD.arrow --match-on COLUMN`: a re-export
 //! converted so that every row still exported keeps the key it had in OLD.
 //!
-//! The join. NEW's match column (in memory, from the pickle) is indexed in a
-//! hash table of row numbers (4 bytes a row; values are hashed with XXH3-64
-//! and compared in place, never copied). OLD is read through
-//! [`Store`] batch by batch, decoding only the match column and the columns
-//! compared, and each OLD row probes the table once: O(NEW + OLD), no nested
-//! scan, and OLD's vectors are never held beyond one batch.
+//! The join ([`plan`]). NEW's match column (in memory, from the pickle) is
+//! indexed in a hash table of row numbers (4 bytes a row; values are hashed
+//! with XXH3-64 and compared in place, never copied). OLD is read through
+//! [`Store`] batch by batch, decoding only the match column, and each OLD
+//! row probes the table once: O(NEW + OLD), no nested scan.
+//!
+//! The comparison ([`RefreshBatches`]), as the file is written: each batch
+//! of kept rows, built as it is written (vectors narrowed), against OLD's
+//! rows, decoded one OLD batch at a time and released behind. The pickle's
+//! vectors are read once, by the writer, as in a plain conversion; the
+//! changed count reaches the file's metadata when the last row is out
+//! ([`late_schema`]).
 //!
 //! - A NEW row found in OLD is *kept*: it takes OLD's key, and the output
 //!   lists kept rows in OLD's order (which is key order).
@@ -17,7 +23,8 @@
 //!   another type), every kept row is changed.
 //! - `--on-change renew` gives changed rows fresh keys instead, assigned with
 //!   the added rows in pickle order; the output then lists them after the
-//!   kept ones.
+//!   kept ones (each batch of kept rows goes out without its changed ones,
+//!   which wait for the fresh section).
 //! - A NEW row not in OLD is *added* and gets a fresh key; an OLD row not in
 //!   NEW is *removed*.
 //!
@@ -31,47 +38,40 @@
 //! whatever the tails). Their time is therefore OLD's last key's, not the
 //! wall clock's; an empty OLD starts at the Unix epoch.
 //!
-//! When kept rows are compared: under `--on-change renew`, before writing
-//! (the output's order depends on it), each pickle vector element narrowed
-//! in place. Under `keep` (the default) the order does not depend on it, so
-//! the comparison is left to the writer ([`Comparison`]): each written
-//! batch's kept rows, already built as written, against OLD's. The pickle's
-//! vectors are then read once, as in a plain conversion, instead of twice;
-//! the changed count reaches the file's metadata when the last row is
-//! written ([`late_schema`]).
-//!
 //! Every check of the inputs (both match columns, nulls, duplicates on
 //! either side, OLD's key column and its being an embedstream file) runs
-//! before anything is written. An OLD batch that cannot be decoded during a
-//! comparison made while writing ends the conversion with its error, and
-//! the output, written atomically, is not put in place.
+//! before anything is written. An OLD batch that cannot be decoded during
+//! the comparison ends the conversion with its error, and the output,
+//! written atomically, is not put in place.
 
 use std::{
     fmt,
     io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{anyhow, bail, Context};
 use arrow_array::{
-    cast::AsArray,
-    types::{Float32Type, Float64Type},
-    Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, FixedSizeListArray, Int64Array,
-    LargeBinaryArray, LargeStringArray, RecordBatch, StringArray, StringViewArray, UInt32Array,
-    UInt64Array,
+    cast::AsArray, Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeBinaryArray,
+    FixedSizeListArray, Int64Array, LargeBinaryArray, LargeStringArray, RecordBatch, StringArray,
+    StringViewArray, UInt32Array, UInt64Array,
 };
 use arrow_buffer::Buffer;
 use arrow_cast::cast::cast;
 use arrow_ord::ord::make_comparator;
 use arrow_schema::{DataType, SortOptions};
-use arrow_select::take::take;
+use arrow_select::{filter::filter_record_batch, take::take};
 use hashbrown::HashTable;
 use twox_hash::XxHash3_64;
 
-use super::{key, late_schema, write::BatchObserver};
+use super::{
+    key, late_schema,
+    write::{BatchSource, Table},
+};
 use crate::{
     format::{self, format_uuid},
-    frame::{ColumnData, Frame, WrittenRow},
+    frame::{ColumnData, Frame},
     store::Store,
 };
 
@@ -285,108 +285,151 @@ fn footer_hash(path: &Path) -> Result<u64, String> {
     Ok(XxHash3_64::oneshot(&footer))
 }
 
-/// The refresh, decided: output row `i` is frame row `order[i]` with key
-/// `keys[i]`.
+/// The refresh, joined: output row `i` is frame row `order[i]` with key
+/// `keys[i]` as if no kept row changed (kept rows in OLD's order with OLD's
+/// keys, then the added ones in pickle order with fresh keys). Which kept
+/// rows changed is found as they are written ([`RefreshBatches`]).
 #[derive(Debug)]
 pub struct Plan {
     /// Frame row of each output row.
     pub order: Vec<u32>,
     /// Key of each output row (strictly increasing).
     pub keys: FixedSizeBinaryArray,
-    /// Counts and lineage (`changed` is 0 until a deferred comparison ran).
+    /// Counts and lineage (`changed` is 0 until the rows are written).
     pub summary: RefreshSummary,
-    /// `--on-change keep`: the comparison of kept rows with OLD, left to be
-    /// made as the rows are written ([`Comparison`]).
-    deferred: Option<Deferred>,
-    /// Whether the changed count is settled after the rows are written.
-    changed_late: bool,
+    pending: Option<Pending>,
 }
 
-/// What a comparison made while writing needs: the OLD row of each kept
-/// output row (output rows `0..old_rows.len()`, in OLD's order), and the
-/// columns compared (output column, OLD column).
+/// What the writing of a refresh needs besides the table.
 #[derive(Debug)]
-struct Deferred {
+pub struct Pending {
+    /// The OLD row of each kept output row (output rows `0..old_rows.len()`).
     old_rows: Vec<u32>,
-    columns: Vec<(usize, usize)>,
+    /// The columns compared: (table column, OLD column). `None`: NEW's
+    /// columns are not OLD's, and every kept row is changed.
+    columns: Option<Vec<(usize, usize)>>,
+    /// Per frame row, the tail of a fresh key it would get (its match
+    /// value's XXH3-64, low 32 bits).
+    tails: Vec<u32>,
+    on_change: OnChange,
+    summary: RefreshSummary,
 }
 
 impl Plan {
     /// The `embedstream.*` metadata entries of the new file; the changed
-    /// count is [`late_schema::PLACEHOLDER`] while a comparison is deferred.
+    /// count is [`late_schema::PLACEHOLDER`] until the rows are written.
     pub fn metadata(&self) -> Vec<(String, String)> {
         let mut entries = self.summary.metadata();
-        if self.changed_late {
-            for (key, value) in &mut entries {
-                if key == format::META_REFRESH_CHANGED {
-                    *value = late_schema::PLACEHOLDER.to_string();
-                }
+        for (key, value) in &mut entries {
+            if key == format::META_REFRESH_CHANGED {
+                *value = late_schema::PLACEHOLDER.to_string();
             }
         }
         entries
     }
 
-    /// The comparison to make as the rows are written, if it was deferred
-    /// (then this plan's `changed` count is not final: the comparison's is).
-    pub fn take_comparison<'p>(&mut self, previous: &'p Previous) -> Option<Comparison<'p>> {
-        let Deferred { old_rows, columns } = self.deferred.take()?;
-        Some(Comparison {
-            store: &previous.store,
-            old_path: previous.path.display().to_string(),
-            old_rows,
-            columns,
-            changed: 0,
-            pages: OldPages::find(&previous.store),
-            released: 0,
-            summary: self.summary.clone(),
-        })
+    /// What the writing needs besides the table ([`Pending::batches`]).
+    pub fn take_pending(&mut self) -> Option<Pending> {
+        self.pending.take()
     }
 }
 
-/// `--on-change keep`'s comparison, made as the output is written: each
-/// written batch's kept rows (their vectors already narrowed, as written)
-/// against OLD's rows, so the pickle is read once, by the writer, and not
-/// once more for the comparison. The changed count goes into the file's
-/// metadata when every row is written ([`late_schema`]).
-pub struct Comparison<'p> {
-    store: &'p Store,
-    old_path: String,
-    old_rows: Vec<u32>,
-    columns: Vec<(usize, usize)>,
-    changed: usize,
-    pages: OldPages,
-    /// OLD batches below this one are compared and their pages released.
-    released: usize,
-    summary: RefreshSummary,
-}
-
-impl Comparison<'_> {
-    /// The refresh's summary, with the changed count compared so far.
-    pub fn summary(&self) -> RefreshSummary {
-        RefreshSummary {
-            changed: self.changed,
-            ..self.summary.clone()
+impl Pending {
+    /// The refreshed file's batches: `table` (built from the [`Plan`]) in
+    /// batches of about `step` rows, each kept row compared with OLD's as
+    /// its batch is built.
+    pub fn batches<'a>(
+        self,
+        table: &'a Table,
+        previous: &'a Previous,
+        step: usize,
+    ) -> RefreshBatches<'a> {
+        RefreshBatches {
+            table,
+            store: &previous.store,
+            old_path: previous.path.display().to_string(),
+            step: step.max(1),
+            next: 0,
+            changed: 0,
+            renewed: Vec::new(),
+            fresh: None,
+            fresh_next: 0,
+            pages: OldPages::find(&previous.store),
+            released: 0,
+            first_key: None,
+            last_key: None,
+            pending: self,
         }
     }
 }
 
-impl BatchObserver for Comparison<'_> {
-    fn observe(&mut self, first_row: usize, batch: &RecordBatch) -> anyhow::Result<()> {
+/// A refresh's record batches, compared with OLD as they are built: each
+/// batch of kept rows (vectors narrowed as written) against OLD's rows, so
+/// the pickle is read once, by the writer, as in a plain conversion.
+/// - `--on-change keep`: every batch goes out as planned; changed rows are
+///   counted.
+/// - `--on-change renew`: changed rows are left out of their batch and go,
+///   with the added rows and in pickle order, to the fresh section after
+///   the kept rows, with fresh keys after OLD's last.
+///
+/// The changed count reaches the file's metadata once every batch is out
+/// ([`late_schema`]).
+pub struct RefreshBatches<'a> {
+    table: &'a Table,
+    store: &'a Store,
+    old_path: String,
+    pending: Pending,
+    step: usize,
+    /// The next output row of the plan's kept and added rows.
+    next: usize,
+    changed: usize,
+    /// `renew`: the frame rows of the changed kept rows.
+    renewed: Vec<u32>,
+    /// `renew`: the fresh section (frame rows and keys), made once the
+    /// kept rows are out.
+    fresh: Option<(Vec<u32>, FixedSizeBinaryArray)>,
+    fresh_next: usize,
+    pages: OldPages,
+    /// OLD batches below this one are compared and their pages released.
+    released: usize,
+    first_key: Option<[u8; 16]>,
+    last_key: Option<[u8; 16]>,
+}
+
+impl RefreshBatches<'_> {
+    /// The refresh's summary, with the changed rows counted so far.
+    pub fn summary(&self) -> RefreshSummary {
+        RefreshSummary {
+            changed: self.changed,
+            ..self.pending.summary.clone()
+        }
+    }
+
+    /// The first and last key written.
+    pub fn key_range(&self) -> Option<([u8; 16], [u8; 16])> {
+        self.first_key.zip(self.last_key)
+    }
+
+    /// Which rows of `batch` (output rows `first..`, all kept) differ from
+    /// their OLD row.
+    fn compare(&mut self, first: usize, batch: &RecordBatch) -> anyhow::Result<Vec<bool>> {
+        let Some(columns) = &self.pending.columns else {
+            return Ok(vec![true; batch.num_rows()]);
+        };
         let store = self.store;
-        let end = (first_row + batch.num_rows()).min(self.old_rows.len());
-        let news: Vec<ColumnData> = self
-            .columns
+        let old_rows = &self.pending.old_rows[first..first + batch.num_rows()];
+        let news: Vec<ArrayRef> = columns
             .iter()
-            .map(|&(c, _)| ColumnData::Array(batch.column(c).clone()))
+            .map(|&(c, _)| batch.column(c).clone())
             .collect();
-        let mut k = first_row;
-        while k < end {
-            // The run of this batch's kept rows that lie in one OLD batch.
-            let (b, _) = store.locate(self.old_rows[k] as usize);
+        let mut changed = vec![false; old_rows.len()];
+        let mut k = 0;
+        while k < old_rows.len() {
+            // The run of this batch's rows that lie in one OLD batch.
+            let (b, _) = store.locate(old_rows[k] as usize);
             let (b_start, b_end) = (store.batch_start(b), store.batch_start(b + 1));
-            let run_end = k + self.old_rows[k..end].partition_point(|&r| (r as usize) < b_end);
-            let olds = self
-                .columns
+            let run_end = k + old_rows[k..].partition_point(|&r| (r as usize) < b_end);
+            let olds = columns
                 .iter()
                 .map(|&(_, old)| decode(store, b, old, &self.old_path))
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -395,18 +438,9 @@ impl BatchObserver for Comparison<'_> {
                 .zip(&news)
                 .map(|(old, new)| row_differs(old, new))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            for (kk, &old_row) in self.old_rows[k..run_end]
-                .iter()
-                .enumerate()
-                .map(|(n, r)| (k + n, r))
-            {
-                let (i, j) = (old_row as usize - b_start, kk - first_row);
-                for differ in &differs {
-                    if differ(i, j)? {
-                        self.changed += 1;
-                        break;
-                    }
-                }
+            for j in k..run_end {
+                let i = old_rows[j] as usize - b_start;
+                changed[j] = differs.iter().any(|differ| differ(i, j));
             }
             for passed in self.released..b {
                 self.pages.release(store, passed);
@@ -414,7 +448,109 @@ impl BatchObserver for Comparison<'_> {
             self.released = self.released.max(b);
             k = run_end;
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    /// `renew`'s fresh section: the changed kept rows and the added ones,
+    /// in pickle order, with keys after OLD's last.
+    fn fresh_section(&self) -> anyhow::Result<(Vec<u32>, FixedSizeBinaryArray)> {
+        let kept = self.pending.old_rows.len();
+        let mut rows = self.renewed.clone();
+        rows.extend_from_slice(self.table.frame_rows(kept, self.table.rows() - kept));
+        rows.sort_unstable();
+        let mut fresh = FreshKeys::after(self.store.key_range().map(|(_, last)| last));
+        let mut keys = Vec::with_capacity(rows.len() * 16);
+        for &row in &rows {
+            let tail = self.pending.tails.get(row as usize).copied().unwrap_or(0);
+            keys.extend_from_slice(&fresh.next(tail)?);
+        }
+        Ok((
+            rows,
+            FixedSizeBinaryArray::new(16, Buffer::from_vec(keys), None),
+        ))
+    }
+
+    /// Record `batch`'s keys (first and last written), checking that they
+    /// increase from the last batch's: the file records `keys_sorted = true`,
+    /// which OLD's keys in OLD's order, then fresh ones after OLD's last,
+    /// give by construction; checked here once (16 bytes a row) rather than
+    /// trusted.
+    fn written(&mut self, batch: RecordBatch) -> anyhow::Result<Option<RecordBatch>> {
+        let keys = batch
+            .column(self.table.key_index())
+            .as_fixed_size_binary_opt()
+            .ok_or_else(|| anyhow!("internal error: the key column is not FixedSizeBinary"))?;
+        for key in keys.iter().flatten() {
+            let key: [u8; 16] = key
+                .try_into()
+                .map_err(|_| anyhow!("internal error: a key of {} bytes", key.len()))?;
+            if self.last_key.is_some_and(|last| last >= key) {
+                bail!(
+                    "internal error: refreshed keys are not increasing at key {}",
+                    format_uuid(&key)
+                );
+            }
+            self.first_key.get_or_insert(key);
+            self.last_key = Some(key);
+        }
+        Ok(Some(batch))
+    }
+}
+
+impl BatchSource for RefreshBatches<'_> {
+    fn next_batch(&mut self) -> anyhow::Result<Option<RecordBatch>> {
+        let kept = self.pending.old_rows.len();
+        let renew = self.pending.on_change == OnChange::Renew;
+        // The kept rows, compared as each batch of them is built.
+        while self.next < kept {
+            let (first, len) = (self.next, self.step.min(kept - self.next));
+            let batch = self.table.batch(first, len)?;
+            self.next += len;
+            let changed = self.compare(first, &batch)?;
+            let count = changed.iter().filter(|&&c| c).count();
+            self.changed += count;
+            if !renew || count == 0 {
+                return self.written(batch);
+            }
+            let frame_rows = self.table.frame_rows(first, len);
+            self.renewed.extend(
+                frame_rows
+                    .iter()
+                    .zip(&changed)
+                    .filter(|(_, &c)| c)
+                    .map(|(&r, _)| r),
+            );
+            let unchanged = BooleanArray::from(changed.iter().map(|c| !c).collect::<Vec<_>>());
+            let batch = filter_record_batch(&batch, &unchanged)?;
+            if batch.num_rows() > 0 {
+                return self.written(batch);
+            }
+        }
+        if !renew {
+            // The added rows, as planned.
+            if self.next >= self.table.rows() {
+                return Ok(None);
+            }
+            let len = self.step.min(self.table.rows() - self.next);
+            let batch = self.table.batch(self.next, len)?;
+            self.next += len;
+            return self.written(batch);
+        }
+        if self.fresh.is_none() {
+            self.fresh = Some(self.fresh_section()?);
+        }
+        let Some((rows, keys)) = &self.fresh else {
+            return Ok(None);
+        };
+        if self.fresh_next >= rows.len() {
+            return Ok(None);
+        }
+        let (first, len) = (self.fresh_next, self.step.min(rows.len() - self.fresh_next));
+        let batch = self
+            .table
+            .batch_of(&rows[first..first + len], Arc::new(keys.slice(first, len)))?;
+        self.fresh_next += len;
+        self.written(batch)
     }
 
     fn settled(&self) -> Vec<(String, String)> {
@@ -464,12 +600,15 @@ pub fn plan(
     let new_match = MatchColumn::new(new_match_col.data.to_array()?, match_on, &new_path)?;
 
     // NEW's index: row numbers, hashed by value; nulls and duplicates refused.
+    // Each row's hash also gives the tail of the fresh key it may get.
     let mut index: HashTable<u32> = HashTable::with_capacity(n);
+    let mut tails: Vec<u32> = Vec::with_capacity(n);
     for j in 0..n {
         let value = new_match
             .get(j)
             .ok_or_else(|| null_error(&new_path, match_on, j))?;
         let hash = value.hash();
+        tails.push(hash as u32);
         let entry = index.entry(
             hash,
             |&r| new_match.get(r as usize) == Some(value),
@@ -488,9 +627,9 @@ pub fn plan(
 
     // Columns compared: every NEW column but the match column, by name, if
     // OLD has the same set with the same types; otherwise all kept rows changed.
-    // (NEW column, OLD column, NEW's data)
+    // (NEW column, which is the table's, OLD column)
     let schema = store.schema();
-    let mut compared: Vec<(usize, usize, &ColumnData)> = Vec::new();
+    let mut compared: Vec<(usize, usize)> = Vec::new();
     let mut same_columns = true;
     for (c, column) in frame.columns.iter().enumerate() {
         if column.name == match_on {
@@ -498,7 +637,7 @@ pub fn plan(
         }
         match schema.index_of(&column.name) {
             Ok(i) if schema.field(i).data_type() == &column.data.data_type() => {
-                compared.push((c, i, &column.data));
+                compared.push((c, i));
             }
             _ => same_columns = false,
         }
@@ -513,18 +652,12 @@ pub fn plan(
     // table answers otherwise. NEW's values are unique (checked above), so a
     // value found either way is the one match.
     //
-    // Kept rows are listed (with OLD's keys, read while the batch is
-    // resident) in OLD's order. Under `--on-change renew` each batch's are
-    // compared now (the order depends on it: changed ones are left for
-    // fresh keys); under `keep` the comparison is deferred to the writer,
-    // which builds every kept row anyway ([`Comparison`]).
-    let renew = on_change == OnChange::Renew;
-    let defer = same_columns && !renew;
-    let mut deferred_rows: Vec<u32> = Vec::new();
+    // Kept rows are listed in OLD's order, with OLD's keys and rows (read
+    // while the batch is resident); they are compared as they are written
+    // ([`RefreshBatches`]).
     let old_pages = OldPages::find(store);
     let mut matched = vec![false; n];
-    let mut changed = vec![false; n];
-    let mut kept = 0usize;
+    let mut kept_old_rows: Vec<u32> = Vec::with_capacity(n.min(old_rows));
     let mut order: Vec<u32> = Vec::with_capacity(n);
     let mut keys: Vec<u8> = Vec::with_capacity(n * 16);
     let mut removed: Vec<(u64, u32)> = Vec::new();
@@ -576,50 +709,15 @@ pub fn plan(
             guess = j + 1;
             pairs.push((i, j as u32));
         }
-        kept += pairs.len();
-        if !same_columns {
-            for &(_, j) in &pairs {
-                changed[j as usize] = true;
-            }
-        } else if defer {
-            deferred_rows.extend(pairs.iter().map(|&(i, _)| (start + i) as u32));
-        } else if !pairs.is_empty() {
-            // Each pair compared in place: OLD's decoded column (a view of
-            // its map) against NEW's whole column, nothing gathered or built.
-            for &(_, old_index, new_data) in &compared {
-                let old_array = decode(store, b, old_index, &old_path)?;
-                let differs = row_differs(&old_array, new_data)?;
-                for &(i, j) in &pairs {
-                    let j = j as usize;
-                    if !changed[j] && differs(i, j)? {
-                        changed[j] = true;
-                    }
-                }
-                if let ColumnData::Vectors(cells) = new_data {
-                    if let Some(&(_, j)) = pairs.last() {
-                        cells.release_through(j as usize);
-                    }
-                }
-            }
-        }
         for &(i, j) in &pairs {
-            if !(renew && changed[j as usize]) {
-                order.push(j);
-                keys.extend_from_slice(store.key(start + i));
-            }
+            order.push(j);
+            keys.extend_from_slice(store.key(start + i));
+            kept_old_rows.push((start + i) as u32);
         }
         old_pages.release(store, b);
     }
     drop(pairs);
-    // The comparison read NEW's vectors once, releasing the pickle's pages
-    // behind it; the writer reads them again from the start.
-    for column in &frame.columns {
-        if let ColumnData::Vectors(cells) = &column.data {
-            if let Some(source) = &cells.source {
-                source.rewind_release();
-            }
-        }
-    }
+    let kept = kept_old_rows.len();
     check_removed_duplicates(
         store,
         previous.match_index,
@@ -628,27 +726,15 @@ pub fn plan(
         &old_path,
     )?;
 
-    // Then fresh keys, in pickle order, their tails the match value's hash.
+    // Then the added rows, in pickle order, with fresh keys whose tails are
+    // their match value's hash (`renew` makes these again with the changed
+    // rows among them, once they are known).
     let mut fresh = FreshKeys::after(store.key_range().map(|(_, last)| last));
     for j in 0..n {
-        if !matched[j] || (renew && changed[j]) {
-            let hash = new_match.get(j).map_or(0, |v| v.hash());
+        if !matched[j] {
             order.push(j as u32);
-            keys.extend_from_slice(&fresh.next(hash as u32)?);
+            keys.extend_from_slice(&fresh.next(tails[j])?);
         }
-    }
-    // The file records `keys_sorted = true`: OLD's keys in OLD's order, then
-    // fresh ones after OLD's last, are increasing by construction; checked
-    // here once (16 bytes a row) rather than trusted.
-    if let Some(at) = keys
-        .chunks_exact(16)
-        .zip(keys.chunks_exact(16).skip(1))
-        .position(|(a, b)| a >= b)
-    {
-        bail!(
-            "internal error: refreshed keys are not increasing at output row {}",
-            at + 1
-        );
     }
     let summary = RefreshSummary {
         previous: previous.identity.clone(),
@@ -657,19 +743,20 @@ pub fn plan(
         kept,
         added: n - kept,
         removed: old_rows - kept,
-        changed: changed.iter().filter(|&&c| c).count(),
+        changed: 0,
         generation: previous.identity.generation + 1,
     };
-    let deferred = defer.then(|| Deferred {
-        old_rows: deferred_rows,
-        columns: compared.iter().map(|&(c, old, _)| (c, old)).collect(),
-    });
     Ok(Plan {
         order,
         keys: FixedSizeBinaryArray::new(16, Buffer::from_vec(keys), None),
+        pending: Some(Pending {
+            old_rows: kept_old_rows,
+            columns: same_columns.then_some(compared),
+            tails,
+            on_change,
+            summary: summary.clone(),
+        }),
         summary,
-        changed_late: deferred.is_some(),
-        deferred,
     })
 }
 
@@ -788,75 +875,30 @@ pub(crate) fn gather(column: &ColumnData, rows: &[u32]) -> anyhow::Result<ArrayR
     }
 }
 
-/// Whether row `i` of OLD's `old` and row `j` of NEW's `new` (same type)
-/// differ, as `new` is written: vectors narrowed element by element and
-/// compared by bits against OLD's stored row; float vectors of an arrow
-/// column by their bytes; other types by arrow's comparator (floats by total
-/// order, i.e. by bits; nulls equal only to nulls). Nothing is copied.
-type Differs<'a> = Box<dyn Fn(usize, usize) -> anyhow::Result<bool> + 'a>;
+/// Whether row `i` of OLD's `old` and row `j` of NEW's `new` (same type,
+/// as written: vectors already narrowed) differ: float vectors by their
+/// bytes (so by bits: `-0.0` differs from `0.0`, a NaN equals the same NaN);
+/// other types by arrow's comparator (floats by total order, i.e. by bits;
+/// nulls equal only to nulls). Nothing is copied. Rows in range.
+type Differs<'a> = Box<dyn Fn(usize, usize) -> bool + 'a>;
 
-fn row_differs<'a>(old: &'a ArrayRef, new: &'a ColumnData) -> anyhow::Result<Differs<'a>> {
-    let new = match new {
-        ColumnData::Vectors(cells) => {
-            let Some(list) = old.as_fixed_size_list_opt() else {
-                bail!(
-                    "internal error: a vector column compared with {}",
-                    old.data_type()
-                );
-            };
-            let dim = list.value_length() as usize;
-            let values = list.values();
-            let written: Box<dyn Fn(usize) -> Option<WrittenRow<'a>> + 'a> = match values
-                .data_type()
-            {
-                DataType::Float32 => {
-                    let v = values.as_primitive::<Float32Type>().values();
-                    Box::new(move |i| {
-                        (!list.is_null(i))
-                            .then(|| v.get(i * dim..(i + 1) * dim).map(WrittenRow::F32))
-                            .flatten()
-                    })
-                }
-                DataType::Float64 => {
-                    let v = values.as_primitive::<Float64Type>().values();
-                    Box::new(move |i| {
-                        (!list.is_null(i))
-                            .then(|| v.get(i * dim..(i + 1) * dim).map(WrittenRow::F64))
-                            .flatten()
-                    })
-                }
-                other => bail!("internal error: a vector column compared with items of {other}"),
-            };
-            return Ok(Box::new(move |i, j| {
-                if i >= list.len() {
-                    return Ok(true);
-                }
-                // A non-null OLD row whose values are out of reach differs.
-                let old_row = written(i);
-                if old_row.is_none() && !list.is_null(i) {
-                    return Ok(true);
-                }
-                Ok(!cells.row_equals(j, old_row)?)
-            }));
-        }
-        ColumnData::Array(new) => new,
-    };
+fn row_differs<'a>(old: &'a ArrayRef, new: &'a ArrayRef) -> anyhow::Result<Differs<'a>> {
     if let (Some(o), Some(n)) = (old.as_fixed_size_list_opt(), new.as_fixed_size_list_opt()) {
         if let (Some((ob, width)), Some((nb, _))) = (float_bytes(o), float_bytes(n)) {
             let row = o.value_length() as usize * width;
             return Ok(Box::new(move |i, k| {
                 if o.is_null(i) || n.is_null(k) {
-                    return Ok(o.is_null(i) != n.is_null(k));
+                    return o.is_null(i) != n.is_null(k);
                 }
-                Ok(ob.get(i * row..(i + 1) * row) != nb.get(k * row..(k + 1) * row))
+                ob.get(i * row..(i + 1) * row) != nb.get(k * row..(k + 1) * row)
             }));
         }
     }
     match make_comparator(old.as_ref(), new.as_ref(), SortOptions::default()) {
-        Ok(cmp) => Ok(Box::new(move |i, k| Ok(cmp(i, k).is_ne()))),
+        Ok(cmp) => Ok(Box::new(move |i, k| cmp(i, k).is_ne())),
         // A type arrow cannot order (e.g. Null): its logical equality, row by row.
         Err(_) => Ok(Box::new(move |i, k| {
-            Ok(old.slice(i, 1).to_data() != new.slice(k, 1).to_data())
+            old.slice(i, 1).to_data() != new.slice(k, 1).to_data()
         })),
     }
 }
@@ -1187,6 +1229,49 @@ mod tests {
         let end = key::compose_v7((1 << 48) - 1, key::COUNTER_LIMIT - 1, 0);
         let err = FreshKeys::after(Some(&end)).next(0).unwrap_err();
         assert!(err.to_string().contains("end of UUID v7 time"), "{err}");
+    }
+
+    /// What "changed" means, on rows as written: vectors by their bits (one
+    /// ulp, `-0.0` for `0.0`; the same NaN is no change), nulls equal only to
+    /// nulls; other columns by arrow's comparator.
+    #[test]
+    fn rows_differ_as_written() {
+        use arrow_array::{types::Float32Type, StringArray};
+        let list = |rows: Vec<Option<Vec<f32>>>| -> ArrayRef {
+            std::sync::Arc::new(
+                FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+                    rows.into_iter().map(|r| r.map(|v| v.into_iter().map(Some))),
+                    2,
+                ),
+            )
+        };
+        let nan = f32::from_bits(0x7fc0_0001);
+        let old = list(vec![
+            Some(vec![1.0, 0.0]),
+            Some(vec![nan, 2.0]),
+            None,
+            Some(vec![3.0, 4.0]),
+        ]);
+        let new = list(vec![
+            Some(vec![1.0, 0.0]),
+            Some(vec![nan, 2.0]),
+            None,
+            Some(vec![3.0, f32::from_bits(4.0f32.to_bits() + 1)]),
+            Some(vec![1.0, -0.0]),
+            Some(vec![f32::from_bits(nan.to_bits() + 1), 2.0]),
+        ]);
+        let differs = row_differs(&old, &new).unwrap();
+        assert!(!differs(0, 0) && !differs(1, 1) && !differs(2, 2));
+        assert!(differs(3, 3), "one ulp");
+        assert!(differs(0, 4), "-0.0 is not 0.0");
+        assert!(differs(1, 5), "another NaN");
+        assert!(differs(2, 0) && differs(0, 2), "null against a row");
+        let old: ArrayRef = std::sync::Arc::new(StringArray::from(vec![Some("a"), None]));
+        let new: ArrayRef =
+            std::sync::Arc::new(StringArray::from(vec![Some("a"), None, Some("b")]));
+        let differs = row_differs(&old, &new).unwrap();
+        assert!(!differs(0, 0) && !differs(1, 1));
+        assert!(differs(0, 2) && differs(1, 0));
     }
 
     #[test]

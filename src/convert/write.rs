@@ -3,7 +3,7 @@
 use std::{path::Path, sync::Arc};
 
 use anyhow::{bail, Context};
-use arrow_array::{Array, FixedSizeBinaryArray, RecordBatch};
+use arrow_array::{Array, ArrayRef, FixedSizeBinaryArray, RecordBatch};
 use arrow_ipc::writer::{FileWriter, IpcWriteOptions};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterProperties};
@@ -204,18 +204,8 @@ impl Table {
                 .map(|c| c.slice(start, len))
                 .collect::<Result<Vec<_>, _>>()?,
             Some(order) => {
-                let rows = &order[start..start + len];
-                self.columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        if i == self.key_index {
-                            Ok(c.slice(start, len)?)
-                        } else {
-                            refresh::gather(c, rows)
-                        }
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?
+                let keys = self.columns[self.key_index].slice(start, len)?;
+                return self.batch_of(&order[start..start + len], keys);
             }
         };
         RecordBatch::try_new_with_options(
@@ -224,6 +214,51 @@ impl Table {
             &arrow_array::RecordBatchOptions::new().with_row_count(Some(len)),
         )
         .context("internal error: the columns do not form a table")
+    }
+
+    /// Frame rows `rows` (in that order) as a record batch with the key
+    /// column `keys` (a refresh's rows: vector columns built now, every
+    /// other column gathered).
+    pub(crate) fn batch_of(&self, rows: &[u32], keys: ArrayRef) -> anyhow::Result<RecordBatch> {
+        if keys.len() != rows.len() {
+            bail!(
+                "internal error: {} keys for {} rows",
+                keys.len(),
+                rows.len()
+            );
+        }
+        let arrays = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == self.key_index {
+                    Ok(keys.clone())
+                } else {
+                    refresh::gather(c, rows)
+                }
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            arrays,
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+        )
+        .context("internal error: the columns do not form a table")
+    }
+
+    /// A refresh's frame rows of output rows `start..start + len` (empty
+    /// for a table that is not a refresh's).
+    pub(crate) fn frame_rows(&self, start: usize, len: usize) -> &[u32] {
+        self.order
+            .as_deref()
+            .and_then(|order| order.get(start..start.saturating_add(len).min(order.len())))
+            .unwrap_or(&[])
+    }
+
+    /// The index of the key column.
+    pub(crate) fn key_index(&self) -> usize {
+        self.key_index
     }
 
     /// Row count.
@@ -293,26 +328,57 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Sees each record batch as it is written, and gives the final values of
-/// the schema metadata entries the table reserved with
-/// [`late_schema::PLACEHOLDER`] once every batch is (a refresh's changed
-/// count). Arrow IPC only.
-pub trait BatchObserver {
-    /// `batch` holds the table's rows `first_row..first_row + batch.num_rows()`.
-    fn observe(&mut self, first_row: usize, batch: &RecordBatch) -> anyhow::Result<()>;
+/// The record batches a file is written from, in order, and the final
+/// values of the schema metadata entries reserved with
+/// [`late_schema::PLACEHOLDER`], once every batch is out (a refresh's
+/// changed count). A table's rows are one ([`write_rows`]); a refresh's
+/// batches, compared with OLD as they are built, another.
+pub trait BatchSource {
+    /// The next batch, `None` after the last.
+    fn next_batch(&mut self) -> anyhow::Result<Option<RecordBatch>>;
     /// The reserved entries' final values (each at most
-    /// [`late_schema::MAX_LATE_VALUE`] bytes).
-    fn settled(&self) -> Vec<(String, String)>;
+    /// [`late_schema::MAX_LATE_VALUE`] bytes), asked after the last batch.
+    fn settled(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
-/// Write `table` to `output` atomically in the format the flags ask for;
-/// `observer`, if any, sees every batch and settles the late metadata.
+/// Rows `next..end` of a table, `step` at a time, under `schema`.
+struct TableRows<'t> {
+    table: &'t Table,
+    next: usize,
+    end: usize,
+    step: usize,
+    schema: SchemaRef,
+}
+
+impl BatchSource for TableRows<'_> {
+    fn next_batch(&mut self) -> anyhow::Result<Option<RecordBatch>> {
+        if self.next >= self.end {
+            return Ok(None);
+        }
+        let len = self.step.min(self.end - self.next);
+        let batch = self.table.batch(self.next, len)?;
+        self.next += len;
+        if Arc::ptr_eq(&self.schema, self.table.schema()) {
+            return Ok(Some(batch));
+        }
+        RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            batch.columns().to_vec(),
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )
+        .map(Some)
+        .context("internal error: the shard's columns do not form a table")
+    }
+}
+
+/// Write `table` to `output` atomically in the format the flags ask for.
 pub fn write(
     table: &Table,
     output: &Path,
     args: &ConvertArgs,
     progress: &Progress,
-    observer: Option<&mut dyn BatchObserver>,
 ) -> anyhow::Result<Written> {
     write_rows(
         table,
@@ -321,13 +387,11 @@ pub fn write(
         output,
         args,
         progress,
-        observer,
     )
 }
 
 /// Write rows `range` of `table` to `output` atomically under `schema` (the
-/// table's fields; a shard's metadata: one shard of a data set); `observer`
-/// as for [`write`].
+/// table's fields; a shard's metadata): one shard of a data set.
 pub fn write_rows(
     table: &Table,
     range: std::ops::Range<usize>,
@@ -335,28 +399,38 @@ pub fn write_rows(
     output: &Path,
     args: &ConvertArgs,
     progress: &Progress,
-    mut observer: Option<&mut dyn BatchObserver>,
 ) -> anyhow::Result<Written> {
-    let batch_rows = table.batch_rows(args.batch_rows).max(1);
+    let step = table.batch_rows(args.batch_rows).max(1);
+    let mut rows = TableRows {
+        table,
+        next: range.start,
+        end: range.end.min(table.rows()),
+        step,
+        schema: schema.clone(),
+    };
+    write_batches(&mut rows, schema, step, output, args, progress)
+}
+
+/// Write every batch of `source` (of `schema`, about `batch_rows` rows
+/// each: Parquet row groups are 16 of them) to `output` atomically; a
+/// schema holding [`late_schema::PLACEHOLDER`] values gets the source's
+/// settled ones (Arrow IPC only).
+pub fn write_batches(
+    source: &mut dyn BatchSource,
+    schema: SchemaRef,
+    batch_rows: usize,
+    output: &Path,
+    args: &ConvertArgs,
+    progress: &Progress,
+) -> anyhow::Result<Written> {
+    let late = schema
+        .metadata()
+        .values()
+        .any(|v| v == late_schema::PLACEHOLDER);
     let mut file = AtomicFile::create(output, args.force)?;
-    let end = range.end.min(table.rows());
-    let same_schema = Arc::ptr_eq(&schema, table.schema());
-    let slices = (range.start..end).step_by(batch_rows).map(|start| {
-        let batch = table.batch(start, batch_rows.min(end - start))?;
-        if same_schema {
-            return Ok((start, batch));
-        }
-        RecordBatch::try_new_with_options(
-            schema.clone(),
-            batch.columns().to_vec(),
-            &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-        )
-        .map(|batch| (start, batch))
-        .context("internal error: the shard's columns do not form a table")
-    });
     let write_err = || format!("{}: writing failed", output.display());
     let mut batches = 0;
-    // The file's settled start, when an observer settles late metadata.
+    // The file's settled start, when the source settles late metadata.
     let mut head = Vec::new();
     let written = (|| -> anyhow::Result<()> {
         match args.format {
@@ -367,26 +441,22 @@ pub fn write_rows(
                     FileWriter::try_new_with_options(&mut out, &schema, options.clone())
                         .with_context(write_err)?;
                 writer.get_mut().header_written();
-                for slice in slices {
-                    let (start, slice) = slice?;
-                    writer.write(&slice).with_context(write_err)?;
-                    if let Some(observer) = observer.as_mut() {
-                        observer.observe(start, &slice)?;
-                    }
+                while let Some(batch) = source.next_batch()? {
+                    writer.write(&batch).with_context(write_err)?;
                     batches += 1;
-                    progress.inc(slice.num_rows() as u64);
+                    progress.inc(batch.num_rows() as u64);
                 }
-                if observer.is_some() {
+                if late {
                     writer.get_mut().capture_tail();
                 }
                 writer.finish().with_context(write_err)?;
                 drop(writer);
-                if let Some(observer) = observer.as_ref() {
-                    let settled = late_schema::settle_metadata(&schema, &observer.settled())?;
+                if late {
+                    let settled = late_schema::settle_metadata(&schema, &source.settled())?;
                     head = out.settle(&settled, &options).with_context(write_err)?;
                 }
             }
-            OutputFormat::Parquet if observer.is_some() => {
+            OutputFormat::Parquet if late => {
                 bail!("internal error: late metadata is settled in Arrow IPC files only")
             }
             OutputFormat::Parquet => {
@@ -396,10 +466,9 @@ pub fn write_rows(
                     .build();
                 let mut writer = ArrowWriter::try_new(&mut file, schema.clone(), Some(props))
                     .with_context(write_err)?;
-                for slice in slices {
-                    let (_, slice) = slice?;
-                    writer.write(&slice).with_context(write_err)?;
-                    progress.inc(slice.num_rows() as u64);
+                while let Some(batch) = source.next_batch()? {
+                    writer.write(&batch).with_context(write_err)?;
+                    progress.inc(batch.num_rows() as u64);
                 }
                 batches = writer.close().with_context(write_err)?.num_row_groups();
             }

@@ -26,7 +26,6 @@ use arrow_schema::DataType;
 use bytes::Bytes;
 
 pub use vectors::VectorCells;
-pub(crate) use vectors::WrittenRow;
 
 use crate::pickle::{Limits, Machine, PickleError, PickleSource};
 

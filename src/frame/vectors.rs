@@ -170,105 +170,6 @@ impl VectorCells {
             }
         }
     }
-
-    /// Drop the pickle's pages up to the end of row `row`'s bytes from the
-    /// resident set (for a reader that went through the rows without
-    /// building them; see [`PickleSource::release_before`]).
-    pub(crate) fn release_through(&self, row: usize) {
-        if let Some(VectorCell::Raw(raw, _)) = self.cells.get(row) {
-            self.release_through_raw(raw);
-        }
-    }
-
-    /// Whether row `row`, as [`slice`](Self::slice) would build it, has
-    /// exactly the bits of `written` (`None`: a null row). A null row equals
-    /// only a null row. Each element is narrowed and compared in place,
-    /// without building the row: the common float64 → float32 and float32
-    /// rows take a branch-free loop over the whole row (vectorised);
-    /// other dtypes are built into a row-sized buffer first.
-    pub(crate) fn row_equals(
-        &self,
-        row: usize,
-        written: Option<WrittenRow<'_>>,
-    ) -> Result<bool, FrameError> {
-        let cell = self
-            .cells
-            .get(row)
-            .ok_or_else(|| bad("vector row out of range"))?;
-        let null = self.nulls.as_ref().is_some_and(|n| n.is_null(row));
-        let written = match (null, written) {
-            (true, None) => return Ok(true),
-            (true, Some(_)) | (false, None) => return Ok(false),
-            (false, Some(w)) => w,
-        };
-        if written.len() != self.dim {
-            return Ok(false);
-        }
-        if let VectorCell::Raw(raw, dtype) = cell {
-            let dtype = self.dtype(*dtype)?;
-            if dtype.kind == NpKind::Float
-                && !dtype.big_endian
-                && raw.len() == self.dim * dtype.size
-            {
-                match (dtype.size, written) {
-                    (8, WrittenRow::F32(w)) => {
-                        let diff = raw.chunks_exact(8).zip(w).fold(0u32, |acc, (c, w)| {
-                            let x = f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32;
-                            acc | (x.to_bits() ^ w.to_bits())
-                        });
-                        return Ok(diff == 0);
-                    }
-                    (4, WrittenRow::F32(w)) => {
-                        let diff = raw.chunks_exact(4).zip(w).fold(0u32, |acc, (c, w)| {
-                            acc | (u32::from_le_bytes(c.try_into().unwrap_or([0; 4])) ^ w.to_bits())
-                        });
-                        return Ok(diff == 0);
-                    }
-                    (8, WrittenRow::F64(w)) => {
-                        let diff = raw.chunks_exact(8).zip(w).fold(0u64, |acc, (c, w)| {
-                            acc | (u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) ^ w.to_bits())
-                        });
-                        return Ok(diff == 0);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let mut built = Narrowed::new(self.keep_float64, self.dim)?;
-        match cell {
-            VectorCell::Null => built.zeros(self.dim),
-            VectorCell::Raw(raw, dtype) => built.push_raw(self.dtype(*dtype)?, raw)?,
-            VectorCell::Values(values) => values.iter().for_each(|x| built.push(*x)),
-        }
-        Ok(match (&built, written) {
-            (Narrowed::F32(b), WrittenRow::F32(w)) => b
-                .iter()
-                .map(|x| x.to_bits())
-                .eq(w.iter().map(|x| x.to_bits())),
-            (Narrowed::F64(b), WrittenRow::F64(w)) => b
-                .iter()
-                .map(|x| x.to_bits())
-                .eq(w.iter().map(|x| x.to_bits())),
-            _ => false,
-        })
-    }
-}
-
-/// One row of a written vector column (a `FixedSizeList`'s values), to
-/// compare with [`VectorCells::row_equals`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum WrittenRow<'a> {
-    F32(&'a [f32]),
-    F64(&'a [f64]),
-}
-
-impl WrittenRow<'_> {
-    fn len(&self) -> usize {
-        match self {
-            WrittenRow::F32(w) => w.len(),
-            WrittenRow::F64(w) => w.len(),
-        }
-    }
 }
 
 /// The values of a vector column being built: float32 (narrowed) or float64.
@@ -438,13 +339,10 @@ mod tests {
         assert_eq!(column.slice(7, 3).unwrap().len(), 0);
     }
 
-    /// `row_equals` says "equal" exactly when the row `slice` builds has the
-    /// same bits: for every kind of cell (float64 narrowed, float32, another
-    /// dtype, a Python list, null), a one-ulp change, `-0.0` for `0.0` and a
-    /// difference below float32 resolution (not a change once narrowed).
-    /// `take` builds what the slices build, in any order.
+    /// `take` builds what the slices build, in any order, for every kind of
+    /// cell (float64 narrowed, float32, another dtype, a Python list, null).
     #[test]
-    fn row_equals_compares_as_written_and_take_equals_slices() {
+    fn take_builds_what_slices_build() {
         let f64s =
             |xs: &[f64]| Bytes::from(xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
         let f32s =
@@ -478,72 +376,6 @@ mod tests {
             .values()
             .to_vec();
         let row = |i: usize| values[i * 3..(i + 1) * 3].to_vec();
-        for i in 0..5 {
-            let written = (!whole.is_null(i)).then(|| row(i));
-            let w = written.as_deref().map(WrittenRow::F32);
-            assert!(
-                column.row_equals(i, w).unwrap(),
-                "row {i} equals itself as written"
-            );
-            if let Some(mut bits) = written {
-                for k in 0..3 {
-                    let kept = bits[k];
-                    bits[k] = f32::from_bits(kept.to_bits() ^ 1);
-                    assert!(
-                        !column.row_equals(i, Some(WrittenRow::F32(&bits))).unwrap(),
-                        "row {i} item {k} one ulp off"
-                    );
-                    bits[k] = kept;
-                }
-                assert!(
-                    !column.row_equals(i, None).unwrap(),
-                    "row {i} against a null row"
-                );
-                assert!(
-                    !column
-                        .row_equals(i, Some(WrittenRow::F32(&bits[..2])))
-                        .unwrap(),
-                    "row {i} against a shorter row"
-                );
-                assert!(
-                    !column
-                        .row_equals(i, Some(WrittenRow::F64(&[0.0; 3])))
-                        .unwrap(),
-                    "row {i} against float64"
-                );
-            } else {
-                assert!(
-                    !column
-                        .row_equals(i, Some(WrittenRow::F32(&[0.0; 3])))
-                        .unwrap(),
-                    "null row {i} against values"
-                );
-            }
-        }
-        // Below float32 resolution: the same once narrowed; -0.0 is not 0.0.
-        assert!(column
-            .row_equals(0, Some(WrittenRow::F32(&[1.5, -2.0, 8.25])))
-            .unwrap());
-        assert!(!column
-            .row_equals(2, Some(WrittenRow::F32(&[0.25, 8.0, -0.0])))
-            .unwrap());
-        assert!(column.row_equals(9, None).is_err());
-
-        // float64 kept: compared as float64.
-        let wide = VectorCells {
-            keep_float64: true,
-            ..clone_cells(&column)
-        };
-        assert!(wide
-            .row_equals(0, Some(WrittenRow::F64(&[1.5, -2.0, 8.25 + 1e-12])))
-            .unwrap());
-        assert!(!wide
-            .row_equals(0, Some(WrittenRow::F64(&[1.5, -2.0, 8.25])))
-            .unwrap());
-        assert!(wide
-            .row_equals(3, Some(WrittenRow::F64(&[4.0, 5.0, 0.1])))
-            .unwrap());
-
         let order = [4u32, 0, 2, 1, 3, 0];
         let taken = column.take(&order).unwrap();
         let taken = taken.as_fixed_size_list();
@@ -561,16 +393,5 @@ mod tests {
         }
         assert!(column.take(&[5]).is_err());
         assert_eq!(column.take(&[]).unwrap().len(), 0);
-    }
-
-    fn clone_cells(c: &VectorCells) -> VectorCells {
-        VectorCells {
-            cells: c.cells.clone(),
-            dtypes: c.dtypes.clone(),
-            dim: c.dim,
-            keep_float64: c.keep_float64,
-            nulls: c.nulls.clone(),
-            source: None,
-        }
     }
 }

@@ -62,7 +62,6 @@ fn write(
         out,
         &args,
         &Progress::new("t", None, Unit::Rows, ProgressMode::Hidden),
-        None,
     )
     .unwrap()
 }

@@ -393,9 +393,9 @@ fn both_schemas_metadata(path: &Path) -> (HashMap<String, String>, HashMap<Strin
 }
 
 #[test]
-fn the_changed_count_made_while_writing_equals_the_one_made_before_and_both_schemas_hold_it() {
-    // `keep` compares as it writes, `renew` before: over batch sizes that
-    // cut OLD and NEW differently, both find a3 and a7 (and not a8).
+fn the_changed_count_is_the_same_over_any_batch_sizes_in_both_modes_and_both_schemas_hold_it() {
+    // Kept rows are compared as their batch is written: over batch sizes
+    // that cut OLD and NEW differently, both modes find a3 and a7 (and not a8).
     let f = fixture();
     let old_pkl = write_pickle(&f.dir, "old.pkl", &f.old_rows);
     for (old_batch, new_batch) in [(1, 1), (2, 5), (3, 4), (7, 2), (10, 10)] {
@@ -426,6 +426,66 @@ fn the_changed_count_made_while_writing_equals_the_one_made_before_and_both_sche
                 !bytes.windows(7).any(|w| w == b"settled"),
                 "{case}: a placeholder reached the file"
             );
+        }
+    }
+}
+
+#[test]
+fn when_new_columns_are_not_olds_every_kept_row_is_changed() {
+    // NEW renames a column: every kept row changed; `keep` keeps their keys,
+    // `renew` gives every row a fresh key, in pickle order.
+    let f = fixture();
+    let (old_file, _) = read_file(&f.old);
+    let renamed = f.dir.join("renamed.pkl");
+    std::fs::write(
+        &renamed,
+        pickle_named(&f.new_rows, ["id", "Company", "vec"]),
+    )
+    .unwrap();
+    for on_change in [OnChange::Keep, OnChange::Renew] {
+        let out = f.dir.join(format!("renamed-{on_change:?}.arrow"));
+        let mut a = args(&renamed, &out, Some(&f.old));
+        a.on_change = on_change;
+        let s = convert(&a).unwrap().refresh.unwrap();
+        assert_eq!(
+            (s.kept, s.added, s.removed, s.changed),
+            (8, 2, 2, 8),
+            "{on_change:?}"
+        );
+        let store = Store::open(&out, None).unwrap();
+        let meta = store.schema().metadata().clone();
+        assert_eq!(meta[format::META_REFRESH_CHANGED], "8");
+        let ids = store.schema().index_of("id").unwrap();
+        let mut rows = Vec::new();
+        for b in 0..store.num_batches() {
+            let batch = store.batch(b).unwrap();
+            let keys = store.batch_keys(b);
+            for i in 0..batch.num_rows() {
+                let key: [u8; 16] = keys.value(i).try_into().unwrap();
+                rows.push((
+                    batch.column(ids).as_string::<i32>().value(i).to_string(),
+                    key,
+                ));
+            }
+        }
+        let got: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+        let old_last = old_file.last().unwrap().key;
+        match on_change {
+            OnChange::Keep => {
+                assert_eq!(
+                    got,
+                    ["a0", "a1", "a3", "a4", "a6", "a7", "a8", "a9", "n0", "n1"]
+                );
+                for (id, key) in &rows[..8] {
+                    assert_eq!(*key, key_of(&old_file, id), "{id}");
+                }
+            }
+            OnChange::Renew => {
+                let pickle_order: Vec<String> =
+                    f.new_rows.iter().map(|r| r.id.clone().unwrap()).collect();
+                assert_eq!(got, pickle_order);
+                assert!(rows.iter().all(|(_, key)| *key > old_last && is_v7(key)));
+            }
         }
     }
 }
