@@ -15,7 +15,7 @@ Per scale (rows = 141,897 x scale, 384-d float64, the reference layout):
   - measured, each under `/usr/bin/time -v` in a fresh process, one warm-up then
     --runs runs, alternating so both see the same machine state:
       plain:   embedstream convert NEW.pkl -o plain.arrow --force --no-progress
-      refresh: embedstream convert NEW.pkl --previous OLD.arrow --match-on id
+      refresh: embedstream convert NEW.pkl --previous OLD.arrow --match-on id [--on-change renew]
                -o refresh.arrow --force --no-progress
 It prints the medians, the ratios and the targets of issue 9 (refresh time
 <= 1.3x plain; refresh peak RSS <= plain + 64 MiB), and checks the refresh's
@@ -99,6 +99,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", default="1,10", help="row multiples of 141,897 (default 1,10)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--on-change", choices=["keep", "renew"], default="keep",
+                    help="the refresh's --on-change (default keep, the default of convert)")
     ap.add_argument("--dim", type=int, default=C.REF_DIM)
     ap.add_argument("--before-bin", default=None,
                     help="another embedstream binary measured in the same run (before/after)")
@@ -128,7 +130,7 @@ def main() -> None:
             cmds[label] = (
                 [b, "convert", str(new_pkl), "-o", str(plain_out), "--force", "--no-progress"],
                 [b, "convert", str(new_pkl), "--previous", str(old), "--match-on", "id",
-                 "-o", str(refresh_out), "--force", "--no-progress"],
+                 "--on-change", a.on_change, "-o", str(refresh_out), "--force", "--no-progress"],
             )
         print(f"== {rows:,} rows x {a.dim}; load {C.loadavg()}\n  warm-up:", end="", flush=True)
         first = {}
