@@ -538,6 +538,8 @@ impl BatchSource for RefreshBatches<'_> {
         }
         if self.fresh.is_none() {
             self.fresh = Some(self.fresh_section()?);
+            // The fresh rows are in pickle order: a second pass over it.
+            self.table.rewind_input_release();
         }
         let Some((rows, keys)) = &self.fresh else {
             return Ok(None);

@@ -261,6 +261,21 @@ impl Table {
         self.key_index
     }
 
+    /// Before a second pass over the input's rows in input order (a
+    /// refresh's fresh section): building vector rows releases the
+    /// pickle's pages behind the last row built, from the start again.
+    /// Without this, rows before where the first pass ended stay resident
+    /// once read, with the pages the kernel maps around each fault.
+    pub(crate) fn rewind_input_release(&self) {
+        for column in &self.columns {
+            if let ColumnData::Vectors(cells) = column {
+                if let Some(source) = &cells.source {
+                    source.rewind_release();
+                }
+            }
+        }
+    }
+
     /// Row count.
     pub fn rows(&self) -> usize {
         self.rows
