@@ -1,6 +1,6 @@
 //! `embedstream convert`: pickle → columns ([`crate::frame`]) → key column
 //! ([`key`]) → Arrow IPC or Parquet file ([`write`]), written atomically
-//! ([`atomic`]). With `--previous OLD.arrow`, [`refresh`] joins the pickle
+//! ([`crate::fs::AtomicFile`]). With `--previous OLD.arrow`, [`refresh`] joins the pickle
 //! with OLD first, so rows still exported keep OLD's keys.
 //!
 //! Memory: the frame's columns are the only copy of the data; batches written

@@ -38,7 +38,9 @@ pub struct Table {
     key_adopted: bool,
     vector: Option<(usize, usize, DataType)>,
     /// A refresh's row order: output row `i` is frame row `order[i]` (the key
-    /// column is already in output order).
+    /// column is already in that order). It is the plan's, as if no kept row
+    /// changed: under `--on-change renew` the refresh's batches move the
+    /// changed ones ([`refresh::RefreshBatches`]).
     order: Option<Vec<u32>>,
 }
 
@@ -66,8 +68,10 @@ impl Table {
     }
 
     /// A refresh's table: the frame's rows in the plan's order, with the
-    /// plan's keys and its lineage in the metadata ([`refresh::plan`] has
-    /// refused an input that carries its own key column).
+    /// plan's keys and its lineage in the metadata, the changed count
+    /// reserved for later ([`refresh::plan`] has refused an input that
+    /// carries its own key column). Written through
+    /// [`refresh::RefreshBatches`].
     pub fn refreshed(
         frame: Frame,
         key_column: &str,
@@ -319,7 +323,7 @@ impl Table {
         Arc::new(Schema::new(self.schema.fields().clone()).with_metadata(metadata))
     }
 
-    /// Rows per batch: the flag, or about [`TARGET_BATCH_BYTES`] of data.
+    /// Rows per batch: the flag, or about `TARGET_BATCH_BYTES` (3 MiB) of data.
     pub fn batch_rows(&self, requested: Option<u32>) -> usize {
         if let Some(rows) = requested {
             return rows as usize;
